@@ -1,0 +1,1 @@
+"""KMeansPartition Kubernetes operator (kopf)."""

@@ -1,0 +1,1 @@
+"""KMeansPartition runner: read, normalise, fit, assign, write."""

@@ -1,0 +1,214 @@
+"""The job spec: one typed model, the single source of truth.
+
+`JobSpec` holds every field of NeMo Curator's ``KMeansStage`` (same names and
+defaults) plus ``storage_options``, ``overwrite`` and ``scheduler_address``.
+`KMeansPartitionSpec` extends it with what the Kubernetes operator needs
+(``cluster``, ``engine``, ``storage``, Job limits, ``cleanup_policy``); the CRD's
+OpenAPI schema is generated from it (``kmeans_partition.operator.crd``).
+
+Python attribute names are snake_case; manifests use camelCase aliases
+(``nClusters``, ``inputPath``). Both are accepted when parsing.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "kmeanspartition.dev"
+API_VERSION = "v1alpha1"
+KIND = "KMeansPartition"
+PLURAL = "kmeanspartitions"
+SHORT_NAME = "kmp"
+
+
+class SpecError(ValueError):
+    """A spec field is invalid; the message names the field."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        prefixed = message.startswith(f"{field}:")
+        super().__init__(message if prefixed else f"{field}: {message}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+
+class JobSpec(_Model):
+    """What the runner needs to read, fit, assign and write one k-means partition job."""
+
+    n_clusters: int = Field(ge=1, description="Number of k-means clusters (k).")
+    id_field: str = Field(min_length=1, description="Column holding the document id.")
+    embedding_field: str = Field(min_length=1, description="Column holding the embedding vector.")
+    input_path: Union[str, list[str]] = Field(
+        description="File, directory, glob or list of them; any fsspec URI (s3://, gs://, file://, local)."
+    )
+    output_path: str = Field(min_length=1, description="Where centroid=N/ partitions and the manifest go.")
+    metadata_fields: Optional[list[str]] = Field(
+        default=None, description="Extra columns carried through to the output."
+    )
+    verbose: bool = Field(default=False, description="Log more detail.")
+    embedding_dim: Optional[int] = Field(
+        default=None, ge=1, description="Expected embedding length; checked against the data."
+    )
+    input_filetype: Literal["parquet", "jsonl"] = Field(default="parquet", description="Input format.")
+    max_iter: int = Field(default=300, ge=1, description="Maximum Lloyd iterations.")
+    tol: float = Field(
+        default=1e-4,
+        ge=0,
+        description="Stop when the summed squared centroid shift <= tol x mean per-feature variance.",
+    )
+    random_state: int = Field(default=42, description="Seed for initialisation.")
+    init: Literal["k-means||", "random"] = Field(default="k-means||", description="Initialisation method.")
+    oversampling_factor: float = Field(
+        default=2.0, gt=0, description="k-means|| candidates per round, as a multiple of n_clusters."
+    )
+    max_samples_per_batch: int = Field(
+        default=32768, ge=1, description="Rows per distance block (bounds scratch memory)."
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec storage options (endpoint, region, anon, ...)."
+    )
+    overwrite: bool = Field(default=False, description="Replace an existing output written by this tool.")
+    scheduler_address: Optional[str] = Field(
+        default=None,
+        description="Dask scheduler address; else env DASK_SCHEDULER_ADDRESS; else a LocalCluster.",
+    )
+
+    @field_validator("input_path")
+    @classmethod
+    def _input_not_empty(cls, value: Union[str, list[str]]) -> Union[str, list[str]]:
+        paths = [value] if isinstance(value, str) else value
+        if not paths or any(not p for p in paths):
+            raise ValueError("must name at least one non-empty path")
+        return value
+
+    @field_validator("metadata_fields")
+    @classmethod
+    def _metadata_unique(cls, value: Optional[list[str]]) -> Optional[list[str]]:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("metadata field names must be unique")
+        return value
+
+    @property
+    def input_paths(self) -> list[str]:
+        return [self.input_path] if isinstance(self.input_path, str) else list(self.input_path)
+
+
+class Engine(str, Enum):
+    auto = "auto"
+    dask = "dask"
+    raft = "raft"
+
+
+class CleanupPolicy(str, Enum):
+    always = "Always"
+    on_success = "OnSuccess"
+    never = "Never"
+
+
+class ResourceRequirements(_Model):
+    """Kubernetes container resources (quantities as strings, e.g. "4Gi", "500m")."""
+
+    requests: Optional[dict[str, Union[str, int]]] = None
+    limits: Optional[dict[str, Union[str, int]]] = None
+
+
+class ClusterResources(_Model):
+    scheduler: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    worker: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    runner: ResourceRequirements = Field(default_factory=ResourceRequirements)
+
+
+class EnvVar(_Model):
+    name: str = Field(min_length=1)
+    value: Optional[str] = None
+
+
+class ClusterSpec(_Model):
+    """The Dask cluster the operator creates for one job."""
+
+    workers: int = Field(default=2, ge=1, description="Dask worker replicas.")
+    gpus_per_worker: int = Field(
+        default=0, ge=0, description="0: CPU `dask worker`; >=1: `dask-cuda-worker` with nvidia.com/gpu limits."
+    )
+    threads_per_worker: int = Field(default=1, ge=1, description="Threads per CPU worker.")
+    image: Optional[str] = Field(default=None, description="Image for scheduler, workers and runner.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Secret names.")
+    resources: ClusterResources = Field(default_factory=ClusterResources)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    affinity: Optional[dict[str, Any]] = None
+    priority_class_name: Optional[str] = None
+    env: list[EnvVar] = Field(default_factory=list, description="Extra env for every pod.")
+
+
+class SecretRef(_Model):
+    name: str = Field(min_length=1)
+
+
+class StorageSpec(_Model):
+    """Object-store access: credentials only via a Secret, non-secret options inline."""
+
+    secret_ref: Optional[SecretRef] = Field(
+        default=None, description="Secret whose keys become env vars (e.g. AWS_ACCESS_KEY_ID)."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Non-secret fsspec options, e.g. endpoint_url, region."
+    )
+
+
+class KMeansPartitionSpec(JobSpec):
+    """`spec` of a KMeansPartition resource: the job plus how to run it on Kubernetes."""
+
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    engine: Engine = Engine.auto
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    backoff_limit: int = Field(default=0, ge=0, description="Runner Job retries.")
+    active_deadline_seconds: Optional[int] = Field(default=None, ge=1)
+    ttl_seconds_after_finished: Optional[int] = Field(default=86400, ge=0)
+    cleanup_policy: CleanupPolicy = CleanupPolicy.always
+
+    def job_spec(self) -> JobSpec:
+        """The runner's view: job fields only, storage options merged in."""
+        data = {name: getattr(self, name) for name in JobSpec.model_fields}
+        data["storage_options"] = {**self.storage.options, **self.storage_options}
+        return JobSpec(**data)
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem, each naming the field by its manifest (camelCase) path."""
+    lines = []
+    for item in err.errors():
+        loc = ".".join(str(part) for part in item["loc"]) or "spec"
+        lines.append(f"{loc}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def _validate(model: type[_Model], data: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "spec"
+        raise SpecError(field, format_validation_error(err)) from None
+
+
+def parse_job_spec(data: dict[str, Any]) -> JobSpec:
+    """Validate a dict (snake_case or camelCase keys) as a `JobSpec`, raising `SpecError`."""
+    return _validate(JobSpec, data)
+
+
+def parse_resource_spec(data: dict[str, Any]) -> KMeansPartitionSpec:
+    """Validate the `spec` of a KMeansPartition manifest, raising `SpecError`."""
+    return _validate(KMeansPartitionSpec, data)
