@@ -1,0 +1,169 @@
+"""Progress reporting: one `Progress` object fans snapshots out to sinks.
+
+Sinks are the terminal (tqdm bars and log lines), and in a cluster the
+KMeansPartition resource's ``status.progress`` / ``status.result``
+(`kmeans_partition.runner.k8s_status`). The job itself only calls `Progress`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol
+
+log = logging.getLogger("kmeans_partition")
+
+STAGES = ("reading", "initialising", "fitting", "assigning", "writing", "done")
+
+
+@dataclass
+class ProgressSnapshot:
+    """What a sink sees; field names map to camelCase in the resource status."""
+
+    stage: str = "pending"
+    iteration: int = 0
+    max_iter: int = 0
+    inertia: Optional[float] = None
+    centroid_shift: Optional[float] = None
+    rows_read: int = 0
+    rows_written: int = 0
+    files_total: int = 0
+    files_read: int = 0
+    centroids_total: int = 0
+    centroids_written: int = 0
+
+    def to_status(self) -> dict[str, Any]:
+        """The `status.progress` object of the resource (camelCase keys, no Nones)."""
+        out = {
+            "stage": self.stage,
+            "iteration": self.iteration,
+            "maxIter": self.max_iter,
+            "inertia": self.inertia,
+            "centroidShift": self.centroid_shift,
+            "rowsRead": self.rows_read,
+            "rowsWritten": self.rows_written,
+        }
+        return {key: value for key, value in out.items() if value is not None}
+
+
+class ProgressSink(Protocol):
+    def on_progress(self, snapshot: ProgressSnapshot, event: str) -> None:
+        """Called after every change; `event` names what changed (stage/iteration/rows...)."""
+
+    def on_result(self, result: dict[str, Any]) -> None:
+        """Called once with the run's summary (`RunResult.to_dict()`)."""
+
+    def close(self) -> None:
+        """Release terminals, connections."""
+
+
+@dataclass
+class Progress:
+    """Tracks the job's progress and forwards each change to every sink."""
+
+    sinks: list[ProgressSink] = field(default_factory=list)
+    snapshot: ProgressSnapshot = field(default_factory=ProgressSnapshot)
+
+    def _emit(self, event: str) -> None:
+        for sink in self.sinks:
+            try:
+                sink.on_progress(self.snapshot, event)
+            except Exception as err:  # a broken status sink must never fail the job
+                log.warning("progress sink %s failed: %s", type(sink).__name__, err)
+
+    def stage(self, name: str, **totals: int) -> None:
+        self.snapshot.stage = name
+        for key, value in totals.items():
+            setattr(self.snapshot, key, value)
+        self._emit("stage")
+
+    def file_read(self, rows: int) -> None:
+        self.snapshot.files_read += 1
+        self.snapshot.rows_read += rows
+        self._emit("rows_read")
+
+    def iteration(self, iteration: int, inertia: float, shift: float) -> None:
+        self.snapshot.iteration = iteration
+        self.snapshot.inertia = float(inertia)
+        self.snapshot.centroid_shift = float(shift)
+        self._emit("iteration")
+
+    def centroids_written(self, count: int, rows: int) -> None:
+        self.snapshot.centroids_written += count
+        self.snapshot.rows_written += rows
+        self._emit("rows_written")
+
+    def result(self, result: dict[str, Any]) -> None:
+        self.snapshot.stage = "done"
+        self._emit("stage")
+        for sink in self.sinks:
+            try:
+                sink.on_result(result)
+            except Exception as err:
+                log.warning("progress sink %s failed on result: %s", type(sink).__name__, err)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+class TerminalSink:
+    """tqdm bars for reading, assigning/writing; one log line per iteration."""
+
+    def __init__(self, stream=None):
+        from tqdm.auto import tqdm
+
+        self._tqdm = tqdm
+        self._stream = stream or sys.stderr
+        self._bar = None
+        self._bar_stage = None
+        self._started = time.perf_counter()
+
+    def _open_bar(self, stage: str, total: int, unit: str) -> None:
+        self._close_bar()
+        self._bar = self._tqdm(total=total, desc=stage, unit=unit, file=self._stream, leave=True)
+        self._bar_stage = stage
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def on_progress(self, snap: ProgressSnapshot, event: str) -> None:
+        if event == "stage":
+            if snap.stage == "reading":
+                self._open_bar("reading", snap.files_total, "file")
+            elif snap.stage == "fitting":
+                self._open_bar("fitting", snap.max_iter, "iter")
+            elif snap.stage == "writing":
+                self._open_bar("writing", snap.centroids_total, "centroid")
+            else:
+                self._close_bar()
+                print(f"[{time.perf_counter() - self._started:7.1f}s] {snap.stage}", file=self._stream)
+        elif self._bar is not None:
+            if event == "rows_read":
+                self._bar.n = snap.files_read
+                self._bar.set_postfix(rows=snap.rows_read, refresh=False)
+            elif event == "iteration":
+                self._bar.n = snap.iteration
+                self._bar.set_postfix(inertia=f"{snap.inertia:.6g}", shift=f"{snap.centroid_shift:.3g}", refresh=False)
+            elif event == "rows_written":
+                self._bar.n = snap.centroids_written
+                self._bar.set_postfix(rows=snap.rows_written, refresh=False)
+            self._bar.refresh()
+
+    def on_result(self, result: dict[str, Any]) -> None:
+        self._close_bar()
+        sizes = result.get("rows_per_centroid") or [0]
+        lines = [
+            f"done: {result['n_rows']} rows -> {result['n_clusters']} centroids in {result['output_path']}",
+            f"  iterations {result['n_iter']} (converged: {result['converged']}), inertia {result['inertia']:.6g}",
+            f"  rows per centroid: min {min(sizes)}, max {max(sizes)}, empty {sum(1 for s in sizes if s == 0)}",
+            "  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in result.get("timings", {}).items()),
+        ]
+        print("\n".join(lines), file=self._stream)
+
+    def close(self) -> None:
+        self._close_bar()
