@@ -1,0 +1,51 @@
+"""Where the job computes: a given Dask scheduler, or a LocalCluster sized to the machine."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+from dask.system import CPU_COUNT
+from distributed import Client, LocalCluster
+
+log = logging.getLogger("kmeans_partition")
+
+#: How long to wait for a remote scheduler (and its workers) before giving up.
+CONNECT_TIMEOUT = "60s"
+
+
+def scheduler_address(explicit: Optional[str]) -> Optional[str]:
+    """The spec's address, else env DASK_SCHEDULER_ADDRESS, else None (local cluster)."""
+    return explicit or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+
+
+@contextmanager
+def dask_client(address: Optional[str], n_workers: Optional[int] = None) -> Iterator[Client]:
+    """A client for `address`, or for a LocalCluster with one single-threaded worker process per core.
+
+    Worker processes with one thread each keep BLAS single-threaded per process,
+    which is the fastest layout for the blocked GEMMs and keeps results
+    independent of thread scheduling.
+    """
+    address = scheduler_address(address)
+    if address:
+        log.info("connecting to Dask scheduler %s", address)
+        client = Client(address, timeout=CONNECT_TIMEOUT)
+        try:
+            client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
+            yield client
+        finally:
+            client.close()
+        return
+    workers = n_workers or max(1, CPU_COUNT)
+    log.info("starting a local Dask cluster with %d worker processes", workers)
+    with LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    ) as cluster, Client(cluster) as client:
+        yield client

@@ -1,0 +1,211 @@
+"""Fitting k-means on Dask: initialisation (k-means|| or random) and Lloyd iterations.
+
+Partitions stay on the workers as futures. Every step submits one task per
+partition, gathers small partials and reduces them on the client in
+partition order, so results do not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Optional
+
+import numpy as np
+from distributed import Client, Future
+
+from . import kmeans as km
+from .partition import Partition
+from .progress import Progress
+
+#: Sampling rounds of k-means|| (Spark MLlib's default; each round is one pass).
+KMEANS_PARALLEL_ROUNDS = 2
+#: Weighted Lloyd steps on the k-means|| candidates after k-means++ picks k of them.
+CANDIDATE_LLOYD_STEPS = 20
+
+
+@dataclass
+class FitResult:
+    centroids: np.ndarray  # (k, d) float32
+    n_iter: int
+    converged: bool
+    inertia_history: list[float] = field(default_factory=list)
+    n_reseeded: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- worker tasks
+
+
+def _rows(part: Partition, local: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(part.x[local])
+
+
+def _lloyd_step(part: Partition, previous, centroids: np.ndarray, batch: int) -> tuple:
+    prev_labels = None if previous is None else previous[1]
+    return km.lloyd_partial(part.xa, part.x_sq, centroids, batch, prev_labels)
+
+
+def _nearest_candidate(part: Partition, state, cands: np.ndarray, offset: int, batch: int):
+    """Update (min squared distance, index of nearest candidate) with new candidates."""
+    labels, dist_sq = km.nearest(part.xa, part.x_sq, km.augment_centroids(cands), batch)
+    labels = labels.astype(np.int64) + offset
+    if state is None:
+        return dist_sq, labels
+    old_d, old_l = state
+    closer = dist_sq < old_d
+    return np.where(closer, dist_sq, old_d), np.where(closer, labels, old_l)
+
+
+def _state_cost(state) -> float:
+    return float(state[0].sum(dtype=np.float64))
+
+
+def _oversample(part: Partition, state, seed: list[int], phi: float, expected: float) -> np.ndarray:
+    """Bernoulli sample with probability min(1, expected * d^2 / phi) (Bahmani et al.)."""
+    rng = np.random.default_rng(seed)
+    prob = np.minimum(1.0, expected * state[0].astype(np.float64) / phi) if phi > 0 else 0.0
+    picked = np.flatnonzero(rng.random(part.n_rows) < prob)
+    return np.ascontiguousarray(part.x[picked])
+
+
+def _candidate_weights(state, m: int) -> np.ndarray:
+    return np.bincount(state[1], minlength=m).astype(np.float64)
+
+
+# ---------------------------------------------------------------- client side
+
+
+class DaskKMeans:
+    """Fits k-means over partitions held as futures on a Dask cluster."""
+
+    def __init__(
+        self,
+        client: Client,
+        parts: list[Future],
+        rows_per_part: list[int],
+        n_clusters: int,
+        batch: int,
+        random_state: int,
+        progress: Optional[Progress] = None,
+    ):
+        self.client = client
+        self.parts = parts
+        self.rows = np.asarray(rows_per_part, dtype=np.int64)
+        self.k = n_clusters
+        self.batch = batch
+        self.random_state = random_state
+        self.progress = progress or Progress()
+
+    # -- helpers
+    def _scatter(self, array: np.ndarray) -> Future:
+        return self.client.scatter(array, broadcast=True, hash=False)
+
+    def _map(self, func, *per_part_args, **common):
+        return [
+            self.client.submit(func, *args, pure=False, **common)
+            for args in zip(*per_part_args)
+        ]
+
+    def fetch_rows(self, global_rows: np.ndarray) -> np.ndarray:
+        """Rows by global index (sorted order of partitions), gathered in index order."""
+        global_rows = np.asarray(global_rows, dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(self.rows)])
+        owner = np.searchsorted(starts, global_rows, side="right") - 1
+        out = np.empty((len(global_rows), 0), dtype=np.float32)
+        pieces = {}
+        for p in np.unique(owner):
+            mask = owner == p
+            pieces[p] = (mask, self.client.submit(_rows, self.parts[p], global_rows[mask] - starts[p], pure=False))
+        gathered = self.client.gather({p: f for p, (_, f) in pieces.items()})
+        for p, (mask, _) in pieces.items():
+            if out.shape[1] == 0:
+                out = np.empty((len(global_rows), gathered[p].shape[1]), dtype=np.float32)
+            out[mask] = gathered[p]
+        return out
+
+    # -- initialisation
+    def init_random(self) -> np.ndarray:
+        """``n_clusters`` distinct rows drawn uniformly with ``random_state``."""
+        rng = np.random.default_rng(self.random_state)
+        chosen = rng.choice(int(self.rows.sum()), size=self.k, replace=False)
+        return self.fetch_rows(chosen)
+
+    def init_kmeans_parallel(self, oversampling_factor: float) -> np.ndarray:
+        """k-means|| : oversample by squared distance, then weighted k-means++ on the candidates."""
+        rng = np.random.default_rng(self.random_state)
+        n_total = int(self.rows.sum())
+        candidates = [self.fetch_rows(rng.integers(n_total, size=1))]
+        first = self._scatter(candidates[0])
+        none = [None] * len(self.parts)
+        states = self._map(_nearest_candidate, self.parts, none, cands=first, offset=0, batch=self.batch)
+        expected = oversampling_factor * self.k
+        n_cands = 1
+        for round_no in range(KMEANS_PARALLEL_ROUNDS):
+            phi = sum(self.client.gather(self._map(_state_cost, states)))
+            seeds = [[self.random_state, round_no, p] for p in range(len(self.parts))]
+            samples = self.client.gather(
+                self._map(_oversample, self.parts, states, seeds, phi=phi, expected=expected)
+            )
+            new = np.concatenate(samples) if samples else np.empty((0, candidates[0].shape[1]), np.float32)
+            if len(new) == 0:
+                break
+            new_f = self._scatter(new)
+            states = self._map(
+                _nearest_candidate, self.parts, states, cands=new_f, offset=n_cands, batch=self.batch
+            )
+            candidates.append(new)
+            n_cands += len(new)
+        points = np.concatenate(candidates)
+        weights = np.sum(self.client.gather(self._map(_candidate_weights, states, m=n_cands)), axis=0)
+        if n_cands < self.k:  # too few candidates (tiny or highly duplicated data): top up uniformly
+            extra = rng.choice(n_total, size=min(self.k, n_total), replace=False)
+            points = np.concatenate([points, self.fetch_rows(extra)])
+            weights = np.concatenate([weights, np.ones(len(extra))])
+        chosen = km.weighted_kmeans_pp(points, weights, self.k, rng)
+        return km.weighted_lloyd(points, weights, points[chosen], CANDIDATE_LLOYD_STEPS)
+
+    # -- Lloyd
+    def lloyd(self, centroids: np.ndarray, max_iter: int, tol_abs: float) -> FitResult:
+        """scikit-learn's Lloyd loop: stop on unchanged labels or shift <= tol_abs."""
+        steps: list = [None] * len(self.parts)
+        result = FitResult(centroids=centroids.astype(np.float32), n_iter=0, converged=False)
+        for iteration in range(1, max_iter + 1):
+            c_f = self._scatter(result.centroids)
+            steps = self._map(_lloyd_step, self.parts, steps, centroids=c_f, batch=self.batch)
+            partials = self.client.gather([self.client.submit(itemgetter(0), s) for s in steps])
+            update = km.reduce_lloyd(partials, result.centroids)
+            result.centroids = update.centroids
+            result.n_iter = iteration
+            result.n_reseeded += update.n_reseeded
+            result.inertia_history.append(update.inertia)
+            self.progress.iteration(iteration, update.inertia, update.shift_sq)
+            if update.n_changed == 0 or update.shift_sq <= tol_abs:
+                result.converged = True
+                break
+        return result
+
+
+def fit(
+    model: DaskKMeans,
+    init: str,
+    oversampling_factor: float,
+    max_iter: int,
+    tol_abs: float,
+    initial_centroids: Optional[np.ndarray] = None,
+) -> FitResult:
+    """Initialise (unless centroids are given) and run Lloyd; timings per phase."""
+    started = time.perf_counter()
+    model.progress.stage("initialising")
+    if initial_centroids is not None:
+        centroids = np.asarray(initial_centroids, dtype=np.float32)
+    elif init == "random":
+        centroids = model.init_random()
+    else:
+        centroids = model.init_kmeans_parallel(oversampling_factor)
+    init_seconds = time.perf_counter() - started
+    model.progress.stage("fitting", max_iter=max_iter)
+    result = model.lloyd(centroids, max_iter, tol_abs)
+    result.timings = {"init": init_seconds, "fit": time.perf_counter() - started - init_seconds}
+    return result

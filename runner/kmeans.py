@@ -1,0 +1,223 @@
+"""K-means numerics on one block of rows (NumPy, float32 data).
+
+Everything here is a pure function of arrays, so the Dask layer (`fit.py`)
+only moves arrays and reduces partial results in a fixed order.
+
+Distances use one GEMM per block of ``batch`` rows. Rows are stored with an
+extra constant column of ones (``augment_rows``) and centroids as
+``[-2c, ||c||^2]`` (``augment_centroids``), so ``xa @ ca.T`` is
+``||x - c||^2 - ||x||^2`` without another pass over the ``batch x k`` block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import scipy.sparse as sp
+
+#: Farthest rows each partition offers per Lloyd step for re-seeding empty clusters.
+RESEED_CANDIDATES = 32
+
+
+def augment_rows(x: np.ndarray) -> np.ndarray:
+    """(n, d) -> (n, d + 1) float32 with a trailing column of ones."""
+    out = np.empty((x.shape[0], x.shape[1] + 1), dtype=np.float32)
+    out[:, :-1] = x
+    out[:, -1] = 1.0
+    return out
+
+
+def augment_centroids(centroids: np.ndarray) -> np.ndarray:
+    """(k, d) -> (k, d + 1) float32 ``[-2c, ||c||^2]`` (norms computed in float64)."""
+    c64 = np.asarray(centroids, dtype=np.float64)
+    out = np.empty((c64.shape[0], c64.shape[1] + 1), dtype=np.float32)
+    out[:, :-1] = -2.0 * c64
+    out[:, -1] = np.einsum("ij,ij->i", c64, c64)
+    return out
+
+
+def row_sq_norms(x: np.ndarray) -> np.ndarray:
+    """Squared L2 norm of each row, float32."""
+    x = np.asarray(x, dtype=np.float32)
+    return np.einsum("ij,ij->i", x, x, dtype=np.float32)
+
+
+def nearest(
+    xa: np.ndarray, x_sq: np.ndarray, ca: np.ndarray, batch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (int32) and squared distances (float32, >= 0) to the nearest centroid.
+
+    ``xa``: augmented rows, ``x_sq``: their squared norms, ``ca``: augmented centroids.
+    Ties go to the lowest centroid index (as NumPy's argmin and scikit-learn do).
+    """
+    n = xa.shape[0]
+    k = ca.shape[0]
+    labels = np.empty(n, dtype=np.int32)
+    dist_sq = np.empty(n, dtype=np.float32)
+    block = np.empty((min(batch, n), k), dtype=np.float32)
+    ca_t = ca.T
+    for start in range(0, n, batch):
+        stop = min(start + batch, n)
+        scores = block[: stop - start]
+        np.matmul(xa[start:stop], ca_t, out=scores)
+        lab = scores.argmin(axis=1)
+        labels[start:stop] = lab
+        dist_sq[start:stop] = np.take_along_axis(scores, lab[:, None], axis=1)[:, 0] + x_sq[start:stop]
+    np.maximum(dist_sq, 0.0, out=dist_sq)
+    return labels, dist_sq
+
+
+def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster row sums (float64, k x d) and counts (int64), via a sparse one-hot GEMM."""
+    n = x.shape[0]
+    one_hot = sp.csr_matrix(
+        (np.ones(n, dtype=np.float32), (labels, np.arange(n))), shape=(k, n)
+    )
+    sums = np.asarray(one_hot @ x, dtype=np.float64)
+    counts = np.bincount(labels, minlength=k).astype(np.int64)
+    return sums, counts
+
+
+@dataclass
+class LloydPartial:
+    """One partition's contribution to a Lloyd step; reduced in partition order."""
+
+    sums: np.ndarray  # (k, d) float64
+    counts: np.ndarray  # (k,) int64
+    inertia: float
+    n_changed: int  # rows whose label changed since the previous step (-1: unknown)
+    far_dist: np.ndarray  # (r,) float32, the partition's farthest rows, descending
+    far_rows: np.ndarray  # (r, d) float32
+
+
+def lloyd_partial(
+    xa: np.ndarray,
+    x_sq: np.ndarray,
+    centroids: np.ndarray,
+    batch: int,
+    previous_labels: Optional[np.ndarray] = None,
+) -> tuple[LloydPartial, np.ndarray]:
+    """Assign rows to ``centroids`` and return the partial sums plus the new labels."""
+    k, d = centroids.shape
+    labels, dist_sq = nearest(xa, x_sq, augment_centroids(centroids), batch)
+    x = xa[:, :d]
+    sums, counts = cluster_sums(x, labels, k)
+    r = min(RESEED_CANDIDATES, len(dist_sq))
+    far = np.argpartition(-dist_sq, r - 1)[:r] if r else np.empty(0, dtype=np.int64)
+    far = far[np.lexsort((far, -dist_sq[far]))]  # farthest first, ties by row index
+    changed = -1 if previous_labels is None else int(np.count_nonzero(previous_labels != labels))
+    partial = LloydPartial(
+        sums=sums,
+        counts=counts,
+        inertia=float(dist_sq.sum(dtype=np.float64)),
+        n_changed=changed,
+        far_dist=dist_sq[far],
+        far_rows=np.ascontiguousarray(x[far]),
+    )
+    return partial, labels
+
+
+@dataclass
+class LloydUpdate:
+    centroids: np.ndarray  # (k, d) float32
+    inertia: float  # of the assignment to the *previous* centroids
+    shift_sq: float  # sum of squared centroid moves
+    n_changed: int  # -1 when unknown (first step)
+    n_reseeded: int
+
+
+def reduce_lloyd(partials: list[LloydPartial], previous: np.ndarray) -> LloydUpdate:
+    """Combine partials (in the given, fixed order) into the next centroids.
+
+    An empty cluster is re-seeded at the farthest row not already used for
+    another empty cluster (ties: earlier partition, lower row); if none is left
+    it keeps its previous position, so a centroid is never NaN.
+    """
+    sums = np.zeros_like(partials[0].sums)
+    counts = np.zeros_like(partials[0].counts)
+    inertia = 0.0
+    changed = 0
+    for part in partials:
+        sums += part.sums
+        counts += part.counts
+        inertia += part.inertia
+        changed = -1 if (changed < 0 or part.n_changed < 0) else changed + part.n_changed
+    new = previous.astype(np.float64, copy=True)
+    filled = counts > 0
+    new[filled] = sums[filled] / counts[filled, None]
+    empty = np.flatnonzero(~filled)
+    if empty.size:
+        far_dist = np.concatenate([p.far_dist for p in partials])
+        far_rows = np.concatenate([p.far_rows for p in partials])
+        order = np.argsort(-far_dist, kind="stable")[: empty.size]
+        new[empty[: order.size]] = far_rows[order]
+    new32 = new.astype(np.float32)
+    shift_sq = float(((new32.astype(np.float64) - previous.astype(np.float64)) ** 2).sum())
+    return LloydUpdate(new32, inertia, shift_sq, changed, int(empty.size))
+
+
+def tolerance(feature_sum: np.ndarray, feature_sq_sum: np.ndarray, n_rows: int, tol: float) -> float:
+    """scikit-learn's absolute tolerance: ``tol`` x mean per-feature variance of the data."""
+    if tol == 0 or n_rows == 0:
+        return 0.0
+    mean = feature_sum / n_rows
+    variance = np.maximum(feature_sq_sum / n_rows - mean**2, 0.0)
+    return float(variance.mean() * tol)
+
+
+def weighted_kmeans_pp(
+    points: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Greedy weighted k-means++ (scikit-learn's local-trials variant) on a small set.
+
+    Returns indices of ``k`` chosen points; ``points`` must have at least ``k`` rows.
+    """
+    m = points.shape[0]
+    p64 = points.astype(np.float64)
+    sq = np.einsum("ij,ij->i", p64, p64)
+    w = weights.astype(np.float64)
+    trials = 2 + int(np.log(k))
+    chosen = np.empty(k, dtype=np.int64)
+    chosen[0] = rng.choice(m, p=w / w.sum()) if w.sum() > 0 else rng.integers(m)
+    closest = np.maximum(sq - 2 * p64 @ p64[chosen[0]] + sq[chosen[0]], 0.0)
+    for c in range(1, k):
+        pot = w * closest
+        total = pot.sum()
+        if total <= 0:  # every point coincides with a chosen one: take unused points in order
+            unused = np.setdiff1d(np.arange(m), chosen[:c])
+            chosen[c:] = unused[: k - c]
+            break
+        cand = np.searchsorted(np.cumsum(pot), rng.random(trials) * total)
+        cand = np.minimum(cand, m - 1)
+        dist = np.maximum(sq[cand][:, None] - 2 * p64[cand] @ p64.T + sq[None, :], 0.0)
+        dist = np.minimum(dist, closest[None, :])
+        best = int(np.argmin(dist @ w))
+        chosen[c] = cand[best]
+        closest = dist[best]
+    return chosen
+
+
+def weighted_lloyd(
+    points: np.ndarray, weights: np.ndarray, centroids: np.ndarray, n_iter: int
+) -> np.ndarray:
+    """A few weighted Lloyd steps on a small in-memory set (k-means|| refinement)."""
+    p64 = points.astype(np.float64)
+    c = centroids.astype(np.float64)
+    w = weights.astype(np.float64)
+    psq = np.einsum("ij,ij->i", p64, p64)
+    for _ in range(n_iter):
+        d2 = psq[:, None] - 2 * p64 @ c.T + np.einsum("ij,ij->i", c, c)[None, :]
+        labels = d2.argmin(axis=1)
+        wsum = np.bincount(labels, weights=w, minlength=c.shape[0])
+        one_hot = sp.csr_matrix((w, (labels, np.arange(len(w)))), shape=(c.shape[0], len(w)))
+        sums = np.asarray(one_hot @ p64)
+        filled = wsum > 0
+        new = c.copy()
+        new[filled] = sums[filled] / wsum[filled, None]
+        moved = not np.allclose(new, c, rtol=0, atol=1e-7)
+        c = new
+        if not moved:
+            break
+    return c.astype(np.float32)

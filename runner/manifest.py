@@ -1,0 +1,88 @@
+"""The run summary and `_manifest.json`, written last: an output is complete only when it exists."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import platform
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .output import CENTROIDS, MANIFEST, OutputLocation
+from .spec import JobSpec
+
+_SECRET_KEY = re.compile(r"(secret|key|token|password|credential|session)", re.IGNORECASE)
+
+
+@dataclass
+class RunResult:
+    """What `KMeansStage.run()` returns and the manifest records."""
+
+    output_path: str
+    manifest_path: str
+    centroids_path: str
+    n_rows: int
+    n_clusters: int
+    embedding_dim: int
+    n_iter: int
+    inertia: float
+    converged: bool
+    rows_per_centroid: list[int]
+    files: list[dict[str, Any]]
+    input_files: list[str]
+    n_duplicate_ids: int
+    n_reseeded: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def redact(options: Any) -> Any:
+    """Storage options with secret-looking values replaced (nested dicts too)."""
+    if isinstance(options, dict):
+        return {
+            key: ("***" if _SECRET_KEY.search(str(key)) and not isinstance(value, dict) else redact(value))
+            for key, value in options.items()
+        }
+    return options
+
+
+def versions() -> dict[str, str]:
+    import dask
+    import distributed
+    import pyarrow
+
+    from importlib.metadata import version
+
+    return {
+        "kmeans_partition": version("kmeans-partition"),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pyarrow": pyarrow.__version__,
+        "dask": dask.__version__,
+        "distributed": distributed.__version__,
+    }
+
+
+def write_centroids(out: OutputLocation, centroids: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, centroids.astype(np.float32))
+    with out.fs.open(out.path(CENTROIDS), "wb") as handle:
+        handle.write(buffer.getvalue())
+
+
+def write_manifest(out: OutputLocation, spec: JobSpec, result: RunResult) -> None:
+    data = {
+        "format": "kmeans-partition/v1",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "spec": {**spec.model_dump(mode="json"), "storage_options": redact(spec.storage_options)},
+        "versions": versions(),
+        **{key: value for key, value in result.to_dict().items() if key not in ("output_path",)},
+    }
+    with out.fs.open(out.path(MANIFEST), "w") as handle:
+        json.dump(data, handle, indent=2)

@@ -1,0 +1,247 @@
+"""`KMeansStage`: the whole job, read -> normalise -> fit -> assign -> write.
+
+The signature follows NeMo Curator's ``KMeansStage`` field for field, plus
+``storage_options``, ``overwrite`` and ``scheduler_address``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Optional, Union
+
+import numpy as np
+from distributed import Client, as_completed
+
+from . import kmeans as km
+from .cluster import dask_client
+from .fit import DaskKMeans, fit
+from .manifest import RunResult, write_centroids, write_manifest
+from .output import (
+    TMP_PREFIX,
+    check_not_inside_inputs,
+    check_writable,
+    clear_previous,
+    open_output,
+)
+from .partition import count_duplicate_ids, load_partition, partition_stats
+from .progress import Progress
+from .spec import JobSpec, SpecError, parse_job_spec
+from .write import COSINE_COLUMN, L2_COLUMN, merge_centroids, plan_merge_groups, write_fragment
+
+
+class KMeansStage:
+    """Cluster embeddings with k-means and write them partitioned by centroid."""
+
+    def __init__(
+        self,
+        n_clusters: int,
+        id_field: str,
+        embedding_field: str,
+        input_path: Union[str, list[str]],
+        output_path: str,
+        metadata_fields: Optional[list[str]] = None,
+        verbose: bool = False,
+        embedding_dim: Optional[int] = None,
+        input_filetype: str = "parquet",
+        max_iter: int = 300,
+        tol: float = 1e-4,
+        random_state: int = 42,
+        init: str = "k-means||",
+        oversampling_factor: float = 2.0,
+        max_samples_per_batch: int = 32768,
+        storage_options: Optional[dict] = None,
+        overwrite: bool = False,
+        scheduler_address: Optional[str] = None,
+    ):
+        fields = dict(locals())
+        fields.pop("self")
+        fields["storage_options"] = storage_options or {}
+        self.spec = parse_job_spec(fields)
+        check_field_names(self.spec)
+
+    @classmethod
+    def from_spec(cls, spec: JobSpec) -> "KMeansStage":
+        return cls(**spec.model_dump())
+
+    def run(self, progress: Optional[Progress] = None, client: Optional[Client] = None) -> dict:
+        """Run the job; returns the result summary (also in `_manifest.json`)."""
+        progress = progress or Progress()
+        if client is not None:
+            return _Run(self.spec, client, progress).execute()
+        check_output_before_work(self.spec)  # fail fast, before starting a cluster
+        with dask_client(self.spec.scheduler_address) as own_client:
+            return _Run(self.spec, own_client, progress).execute()
+
+
+def check_field_names(spec: JobSpec) -> None:
+    """Output columns must be distinct: id, embedding, metadata and the two distances."""
+    seen = {spec.id_field: "id_field"}
+    if spec.embedding_field in seen:
+        raise SpecError("embedding_field", f"{spec.embedding_field!r} is also the id_field")
+    seen[spec.embedding_field] = "embedding_field"
+    for name in spec.metadata_fields or []:
+        if name in seen:
+            raise SpecError("metadata_fields", f"{name!r} is already the {seen[name]}")
+    for name in (L2_COLUMN, COSINE_COLUMN):
+        if name in seen or name in (spec.metadata_fields or []):
+            raise SpecError("metadata_fields", f"{name!r} is an output column of this job")
+
+
+def check_output_before_work(spec: JobSpec) -> list[str]:
+    out = open_output(spec.output_path, spec.storage_options)
+    check_not_inside_inputs(out, spec.input_paths, spec.storage_options)
+    return check_writable(out, spec.overwrite)
+
+
+class _Run:
+    """One execution of a spec on a client; each method is one stage of the data flow."""
+
+    def __init__(self, spec: JobSpec, client: Client, progress: Progress):
+        self.spec = spec
+        self.client = client
+        self.progress = progress
+        self.out = open_output(spec.output_path, spec.storage_options)
+        self.timings: dict[str, float] = {}
+
+    def execute(self) -> dict:
+        from .read import discover_files, plan_partitions
+
+        spec = self.spec
+        started = time.perf_counter()
+        replace = check_output_before_work(spec)
+        files = discover_files(spec.input_paths, spec.input_filetype, spec.storage_options)
+        refs = plan_partitions(files, spec.input_filetype, spec.storage_options)
+        parts, stats = self.read(refs)
+        n_rows = sum(s.n_rows for s in stats)
+        dim = stats[0].dim
+        if spec.n_clusters > n_rows:
+            raise SpecError("n_clusters", f"{spec.n_clusters} is more than the {n_rows} input rows")
+        tol_abs = km.tolerance(
+            np.sum([s.feature_sum for s in stats], axis=0),
+            np.sum([s.feature_sq_sum for s in stats], axis=0),
+            n_rows,
+            spec.tol,
+        )
+        model = DaskKMeans(
+            self.client, parts, [s.n_rows for s in stats], spec.n_clusters,
+            spec.max_samples_per_batch, spec.random_state, self.progress,
+        )
+        fitted = fit(model, spec.init, spec.oversampling_factor, spec.max_iter, tol_abs)
+        self.timings.update(fitted.timings)
+        clear_previous(self.out, replace)
+        counts, inertia, files_written = self.write(parts, fitted.centroids)
+        write_centroids(self.out, fitted.centroids)
+        self.timings["total"] = time.perf_counter() - started
+        result = RunResult(
+            output_path=spec.output_path,
+            manifest_path=self.out.url("_manifest.json"),
+            centroids_path=self.out.url("kmeans_centroids.npy"),
+            n_rows=n_rows,
+            n_clusters=spec.n_clusters,
+            embedding_dim=dim,
+            n_iter=fitted.n_iter,
+            inertia=inertia,
+            converged=fitted.converged,
+            rows_per_centroid=[int(c) for c in counts],
+            files=files_written,
+            input_files=files,
+            n_duplicate_ids=count_duplicate_ids([s.id_hashes for s in stats]),
+            n_reseeded=fitted.n_reseeded,
+            timings=self.timings,
+        )
+        write_manifest(self.out, spec, result)
+        self.progress.result(result.to_dict())
+        return result.to_dict()
+
+    def read(self, refs):
+        """Load and normalise every partition on the workers; check shapes on the client."""
+        spec = self.spec
+        started = time.perf_counter()
+        self.progress.stage("reading", files_total=len(refs))
+        options = dict(
+            id_field=spec.id_field,
+            embedding_field=spec.embedding_field,
+            metadata_fields=spec.metadata_fields,
+            filetype=spec.input_filetype,
+            storage_options=spec.storage_options,
+            embedding_dim=spec.embedding_dim,
+        )
+        parts = [self.client.submit(load_partition, i, ref, options, pure=False) for i, ref in enumerate(refs)]
+        stat_futures = [self.client.submit(partition_stats, p, pure=False) for p in parts]
+        stats = [None] * len(refs)
+        index_of = {f.key: i for i, f in enumerate(stat_futures)}
+        try:
+            for future in as_completed(stat_futures):
+                stat = future.result()
+                stats[index_of[future.key]] = stat
+                self.progress.file_read(stat.n_rows)
+        except BaseException:
+            self.client.cancel(parts + stat_futures)
+            raise
+        check_shapes(stats, spec)
+        keep = [i for i, s in enumerate(stats) if s.n_rows > 0]
+        self.timings["read"] = time.perf_counter() - started
+        return [parts[i] for i in keep], [stats[i] for i in keep]
+
+    def write(self, parts, centroids: np.ndarray):
+        """Assign and write fragments, then merge them into one file per centroid."""
+        spec = self.spec
+        started = time.perf_counter()
+        self.progress.stage("assigning")
+        tmp_url = self.out.url(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
+        c_future = self.client.scatter(centroids, broadcast=True, hash=False)
+        try:
+            fragments = self.client.gather([
+                self.client.submit(
+                    write_fragment, p, c_future, spec.max_samples_per_batch, tmp_url,
+                    spec.storage_options, spec.id_field, spec.embedding_field, pure=False,
+                )
+                for p in parts
+            ])
+            self.timings["assign"] = time.perf_counter() - started
+            counts = np.sum([f.counts for f in fragments], axis=0)
+            groups = plan_merge_groups(counts)
+            self.progress.stage("writing", centroids_total=int(np.count_nonzero(counts)))
+            started = time.perf_counter()
+            listing = [(f.path, f.present) for f in fragments]
+            futures = [
+                self.client.submit(
+                    merge_centroids, group, listing, tmp_url, spec.output_path, spec.storage_options, pure=False
+                )
+                for group in groups
+            ]
+            written = []
+            for future in as_completed(futures):
+                files = future.result()
+                written.extend(files)
+                self.progress.centroids_written(len({c for c, _, _ in files}), sum(r for _, _, r in files))
+        finally:
+            tmp_path = self.out.fs._strip_protocol(tmp_url)
+            if self.out.fs.exists(tmp_path):
+                self.out.fs.rm(tmp_path, recursive=True)
+        self.timings["write"] = time.perf_counter() - started
+        files = [{"centroid": c, "path": p, "rows": r} for c, p, r in sorted(written)]
+        inertia = float(sum(f.inertia for f in fragments))
+        return counts, inertia, files
+
+
+def check_shapes(stats, spec: JobSpec) -> None:
+    """Empty input, embedding lengths that differ between files, or differ from embedding_dim."""
+    from .read import InputError
+
+    nonempty = [s for s in stats if s.n_rows > 0]
+    if not nonempty:
+        raise InputError(f"empty input: no rows in {len(stats)} partition(s) of {spec.input_paths}")
+    first = nonempty[0]
+    for s in nonempty:
+        if spec.embedding_dim is not None and s.dim != spec.embedding_dim:
+            raise InputError(
+                f"{s.source}: field {spec.embedding_field!r} has length {s.dim}, "
+                f"but embedding_dim is {spec.embedding_dim}"
+            )
+        if s.dim != first.dim:
+            raise InputError(
+                f"{s.source}: field {spec.embedding_field!r} has length {s.dim}, "
+                f"but {first.source} has length {first.dim}"
+            )

@@ -1,0 +1,75 @@
+"""The Dask fit against scikit-learn (float64 reference), on a real LocalCluster."""
+
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+from sklearn.cluster import KMeans
+
+from kmeans_partition.runner.fit import DaskKMeans, fit
+from dask_support import blobs, dask_client, scatter_partitions  # noqa: F401
+
+
+def inertia(x, c):
+    x64 = x.astype(np.float64)
+    return ((x64[:, None, :] - c.astype(np.float64)[None]) ** 2).sum(-1).min(1).sum()
+
+
+@pytest.mark.parametrize("tol", [0.0, 1e-4])
+def test_lloyd_matches_sklearn_from_same_initial_centroids(dask_client, tol):
+    x = blobs(3000, 16, 8, seed=0, spread=0.45)
+    init = x[np.random.default_rng(1).choice(len(x), 8, replace=False)]
+    parts, rows = scatter_partitions(dask_client, x, 5)
+    model = DaskKMeans(dask_client, parts, rows, 8, batch=256, random_state=0)
+    ours = fit(model, "random", 2.0, 300, km_tol(x, tol), initial_centroids=init)
+    ref = KMeans(8, init=init.astype(np.float64), n_init=1, max_iter=300, tol=tol, algorithm="lloyd")
+    ref.fit(x.astype(np.float64))
+    assert ours.n_iter == ref.n_iter_
+    np.testing.assert_allclose(ours.centroids, ref.cluster_centers_, atol=2e-6)
+    labels = ((x[:, None, :] - ours.centroids[None]) ** 2).sum(-1).argmin(1)
+    assert np.array_equal(labels, ref.labels_)
+    assert ours.converged
+
+
+def km_tol(x, tol):
+    return float(np.mean(np.var(x.astype(np.float64), axis=0)) * tol)
+
+
+def test_kmeans_parallel_inertia_within_one_percent_of_sklearn_kmeanspp(dask_client):
+    x = blobs(6000, 32, 25, seed=3, spread=0.35)
+    parts, rows = scatter_partitions(dask_client, x, 4)
+    model = DaskKMeans(dask_client, parts, rows, 25, batch=1024, random_state=42)
+    ours = fit(model, "k-means||", 2.0, 300, km_tol(x, 1e-4))
+    ref = KMeans(25, init="k-means++", n_init=1, random_state=42, tol=1e-4).fit(x.astype(np.float64))
+    assert inertia(x, ours.centroids) <= 1.01 * ref.inertia_
+    assert len(np.unique(ours.centroids, axis=0)) == 25
+
+
+def test_random_init_draws_distinct_rows(dask_client):
+    x = blobs(500, 6, 4, seed=4)
+    parts, rows = scatter_partitions(dask_client, x, 3)
+    model = DaskKMeans(dask_client, parts, rows, 10, batch=64, random_state=7)
+    centroids = model.init_random()
+    expected = np.random.default_rng(7).choice(500, 10, replace=False)
+    np.testing.assert_array_equal(centroids, x[expected])
+
+
+def test_kmeans_parallel_with_fewer_distinct_rows_than_k(dask_client):
+    base = blobs(3, 4, 3, seed=5)
+    x = np.repeat(base, 20, axis=0)
+    parts, rows = scatter_partitions(dask_client, x, 2)
+    model = DaskKMeans(dask_client, parts, rows, 5, batch=16, random_state=1)
+    result = fit(model, "k-means||", 2.0, 50, 0.0)
+    assert result.centroids.shape == (5, 4) and np.isfinite(result.centroids).all()
+    assert inertia(x, result.centroids) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_same_result_whatever_the_number_of_workers(dask_client):
+    x = blobs(4000, 8, 12, seed=6, spread=0.5)
+    runs = []
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as one, Client(one) as solo:
+        for client in (dask_client, solo):
+            parts, rows = scatter_partitions(client, x, 6)
+            model = DaskKMeans(client, parts, rows, 12, batch=300, random_state=11)
+            runs.append(fit(model, "k-means||", 2.0, 100, 0.0))
+    assert runs[0].n_iter == runs[1].n_iter
+    np.testing.assert_array_equal(runs[0].centroids, runs[1].centroids)
