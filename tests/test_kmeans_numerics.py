@@ -53,7 +53,7 @@ def test_reduce_reseeds_empty_cluster_at_farthest_row_never_nan():
 
 
 def test_reduce_keeps_position_when_no_candidate_left():
-    x = np.ones((1, 3), dtype=np.float32) / np.sqrt(3)
+    x = (np.ones((1, 3)) / np.sqrt(3)).astype(np.float32)
     centroids = np.stack([x[0], x[0] * 0.5, -x[0]])
     partial, _ = km.lloyd_partial(km.augment_rows(x), km.row_sq_norms(x), centroids, 8)
     update = km.reduce_lloyd([partial], centroids)
