@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import kubernetes_validate
@@ -14,7 +15,7 @@ from chart_support import (
     CHART_CRD_DIR, CHART_DIR, CLUSTER_SCOPED_RESOURCES, CRD_DIR, SYNC_SCRIPT,
     grants, helm, of_kind, offline_chart_copy, render, rules_of, the_deployment,
 )
-from k8s_tools_support import k8s_tools
+from k8s_tools_support import FETCH_SCRIPT, k8s_tools
 
 KUBERNETES_VERSION = "1.33"  # kubernetes-validate schema set; matches the fetched kubectl
 GROUP = "kmeanspartition.dev"
@@ -55,10 +56,17 @@ def mode(request, chart):
 def test_real_helm_v4_and_kubectl_binaries():
     tools = k8s_tools()
     assert helm("version", "--short").stdout.startswith("v4.")
-    import subprocess
     kubectl = subprocess.run([str(tools["kubectl"]), "version", "--client"],
                              capture_output=True, text=True, check=True)
     assert "Client Version: v1." in kubectl.stdout
+
+
+def test_fetch_script_is_idempotent_once_tools_exist():
+    k8s_tools()
+    result = subprocess.run(["bash", str(FETCH_SCRIPT)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "helm:    v4." in result.stdout and "kubectl: Client Version: v1." in result.stdout
+    assert "packing" not in result.stderr  # nothing fetched again
 
 
 @pytest.mark.parametrize("sets", [(), ("watchNamespace=team-a",), ("clusterWide=false",),
@@ -107,7 +115,7 @@ def test_mode_selects_rbac_kinds_and_operator_args(mode):
         assert "--all-namespaces" in args and "--namespace" not in args
         assert not of_kind(docs, "Role") and not of_kind(docs, "RoleBinding")
         assert {d["metadata"]["name"] for d in of_kind(docs, "ClusterRoleBinding")} == {
-            "kmp-kmeans-partition", "kmp-kmeans-partition-kopf-scanning"}
+            "kmp-system-kmp-kmeans-partition", "kmp-system-kmp-kmeans-partition-kopf-scanning"}
     else:
         assert args[args.index("--namespace") + 1] == watch_namespace
         assert "--all-namespaces" not in args
@@ -290,3 +298,12 @@ def test_notes_explain_apply_watch_and_output(chart):
         assert "get kmp -w" in notes
         assert "centroid=<N>/" in notes
         assert "kubectl apply --server-side -f" in notes
+
+
+def test_one_release_per_namespace_never_collides_on_cluster_scoped_names(chart):
+    names = []
+    for namespace in ("team-a", "team-b"):
+        docs = render(chart, "clusterWide=false", namespace=namespace)
+        names.append({d["metadata"]["name"] for d in docs
+                      if d["kind"] in ("ClusterRole", "ClusterRoleBinding")})
+    assert names[0] and names[1] and not names[0] & names[1]

@@ -17,6 +17,14 @@
 {{- end }}
 {{- end }}
 
+{{/*
+Name for cluster-scoped objects (ClusterRole/Binding): prefixed with the release
+namespace so one release per namespace (namespaced mode) never collides.
+*/}}
+{{- define "kmeans-partition.clusterScopedName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "kmeans-partition.fullname" .) }}
+{{- end }}
+
 {{- define "kmeans-partition.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
