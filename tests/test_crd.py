@@ -154,3 +154,47 @@ def test_missing_required_field_is_rejected():
     manifest = copy.deepcopy(GOOD)
     del manifest["spec"]["outputPath"]
     assert any("outputPath" in err for err in crd_module.validate_resource(manifest))
+
+
+def _rule_verdicts(old_spec, new_spec) -> dict[str, bool]:
+    """Evaluate every CEL rule of spec with cel-python (the API server uses cel-go; same language)."""
+    import celpy
+    from celpy.adapter import json_to_cel
+
+    env = celpy.Environment()
+    spec = _openapi(crd_module.build_crd())["properties"]["spec"]
+    activation = {"self": json_to_cel(new_spec), "oldSelf": json_to_cel(old_spec)}
+    return {
+        r["message"]: bool(env.program(env.compile(r["rule"])).evaluate(activation))
+        for r in spec["x-kubernetes-validations"]
+    }
+
+
+def _failing_rules(old_spec, new_spec) -> list[str]:
+    return [message for message, ok in _rule_verdicts(old_spec, new_spec).items() if not ok]
+
+
+def test_cel_rules_accept_the_good_spec():
+    assert _failing_rules(GOOD["spec"], GOOD["spec"]) == []
+
+
+@pytest.mark.parametrize(
+    "change,expect",
+    [
+        ({"nClusters": 8}, "immutable"),
+        ({"engine": "raft", "cluster": {"gpusPerWorker": 0}}, "raft"),
+        ({"engine": "raft", "cluster": {}}, "raft"),
+        ({"outputPath": "s3://bucket/in/"}, "outputPath must differ"),
+        ({"outputPath": "s3://bucket/in"}, "outputPath must differ"),
+    ],
+)
+def test_cel_rules_reject(change, expect):
+    new_spec = {**GOOD["spec"], **change}
+    old_spec = GOOD["spec"] if expect == "immutable" else new_spec
+    failing = _failing_rules(old_spec, new_spec)
+    assert len(failing) == 1 and expect in failing[0], failing
+
+
+def test_cel_allows_cpu_engines_without_gpus():
+    spec = {**GOOD["spec"], "engine": "dask", "cluster": {"gpusPerWorker": 0}}
+    assert _failing_rules(spec, spec) == []
