@@ -1,8 +1,6 @@
-"""Put tests/ on sys.path so `import <topic>_support` works (importlib import mode)."""
+"""Put tests/ on sys.path so `import <topic>_support` works (pytest runs with importlib mode)."""
 
 import sys
 from pathlib import Path
 
-TESTS_DIR = str(Path(__file__).resolve().parent)
-if TESTS_DIR not in sys.path:
-    sys.path.insert(0, TESTS_DIR)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
