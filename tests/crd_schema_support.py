@@ -61,3 +61,32 @@ def errors_of(validator: jsonschema.Draft7Validator, manifest: dict[str, Any]) -
         f"{'.'.join(str(p) for p in error.absolute_path) or '<root>'}: {error.message}"
         for error in validator.iter_errors(manifest)
     ]
+
+
+def cel_failures(openapi_schema: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
+    """Messages of the CEL rules (x-kubernetes-validations) the manifest breaks on create.
+
+    Evaluated with cel-python (the API server uses cel-go; same language). On
+    create there is no old object, so transition rules see oldSelf == self.
+    """
+    import celpy
+    from celpy.adapter import json_to_cel
+
+    env = celpy.Environment()
+    failures: list[str] = []
+
+    def visit(schema: dict[str, Any], value: Any, path: str) -> None:
+        for rule in schema.get("x-kubernetes-validations", []):
+            activation = {"self": json_to_cel(value), "oldSelf": json_to_cel(value)}
+            if not bool(env.program(env.compile(rule["rule"])).evaluate(activation)):
+                failures.append(f"{path}: {rule.get('message', rule['rule'])}")
+        if isinstance(value, dict):
+            for key, child in schema.get("properties", {}).items():
+                if key in value:
+                    visit(child, value[key], f"{path}.{key}" if path else key)
+        elif isinstance(value, list) and "items" in schema:
+            for index, item in enumerate(value):
+                visit(schema["items"], item, f"{path}[{index}]")
+
+    visit(openapi_schema, manifest, "")
+    return failures
