@@ -230,8 +230,14 @@ def test_rendered_manifests_validate_against_kubernetes_schemas(chart, mode_name
     builtin = [d for d in docs if not d["apiVersion"].startswith(GROUP)]
     assert {d["kind"] for d in builtin} >= {"Deployment", "ServiceAccount", "ClusterRole",
                                             "ClusterRoleBinding", "CustomResourceDefinition"}
+    problems = []
     for doc in builtin:
-        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            where = ".".join(str(p) for p in error.path)
+            problems.append(f"{doc['kind']} {doc['metadata']['name']}: {where}: {error.message}")
+    assert problems == []
 
 
 def test_kubernetes_validate_catches_a_broken_manifest(chart):
