@@ -129,7 +129,9 @@ class TerminalSink:
 
     def _open_bar(self, stage: str, total: int, unit: str) -> None:
         self._close_bar()
-        self._bar = self._tqdm(total=total, desc=stage, unit=unit, file=self._stream, leave=True)
+        self._bar = self._tqdm(
+            total=total, desc=stage, unit=unit, file=self._stream, leave=True, mininterval=0.5
+        )
         self._bar_stage = stage
 
     def _close_bar(self) -> None:
@@ -162,7 +164,7 @@ class TerminalSink:
             elif event == "rows_written":
                 self._bar.n = snap.centroids_written
                 self._bar.set_postfix(rows=snap.rows_written, refresh=False)
-            self._bar.refresh()
+            self._bar.update(0)  # redraws at most every `mininterval` seconds
 
     def on_result(self, result: dict[str, Any]) -> None:
         self._close_bar()

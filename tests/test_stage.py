@@ -13,24 +13,7 @@ from kmeans_partition.runner.output import OutputError
 from kmeans_partition.runner.progress import Progress
 from kmeans_partition.runner.stage import KMeansStage
 from kmeans_partition.runner.spec import SpecError
-from dask_support import blobs, dask_client  # noqa: F401
-
-
-def write_input(folder: Path, x: np.ndarray, files: int, scale: float = 3.0) -> list[str]:
-    """Parquet files with un-normalised embeddings (so normalisation is exercised)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, idx in enumerate(np.array_split(np.arange(len(x)), files)):
-        table = pa.table({
-            "id": [f"doc-{j:06d}" for j in idx],
-            "embedding": pa.array(list(x[idx] * scale * (1 + (idx % 3))[:, None]), type=pa.list_(pa.float32())),
-            "text": [f"text {j}" for j in idx],
-            "lang": ["en" if j % 2 else "de" for j in idx],
-        })
-        path = folder / f"part-{i:05d}.parquet"
-        pq.write_table(table, path)
-        paths.append(str(path))
-    return paths
+from dask_support import blobs, dask_client, write_input  # noqa: F401
 
 
 def digest(folder: Path) -> dict:
