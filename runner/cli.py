@@ -131,6 +131,8 @@ def command_run(args: argparse.Namespace) -> int:
     from .progress import Progress, TerminalSink
     from .stage import KMeansStage
 
+    for noisy in ("distributed", "dask"):  # set after import: importing distributed configures its loggers
+        logging.getLogger(noisy).setLevel(logging.INFO if args.verbose else logging.WARNING)
     stage = KMeansStage(**job_fields(args))
     sinks = [] if args.quiet else [TerminalSink()]
     status = _status_sink()
@@ -145,6 +147,9 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def _status_sink():
+    """The resource-status sink when running as a KMeansPartition's Job (env KMP_NAME set)."""
+    if not os.environ.get("KMP_NAME"):
+        return None
     from .k8s_status import status_sink_from_env
 
     return status_sink_from_env()

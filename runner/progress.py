@@ -33,6 +33,8 @@ class ProgressSnapshot:
     files_read: int = 0
     centroids_total: int = 0
     centroids_written: int = 0
+    partitions_total: int = 0
+    partitions_assigned: int = 0
 
     def to_status(self) -> dict[str, Any]:
         """The `status.progress` object of the resource (camelCase keys, no Nones)."""
@@ -90,6 +92,10 @@ class Progress:
         self.snapshot.centroid_shift = float(shift)
         self._emit("iteration")
 
+    def partition_assigned(self) -> None:
+        self.snapshot.partitions_assigned += 1
+        self._emit("assigned")
+
     def centroids_written(self, count: int, rows: int) -> None:
         self.snapshot.centroids_written += count
         self.snapshot.rows_written += rows
@@ -123,7 +129,9 @@ class TerminalSink:
 
     def _open_bar(self, stage: str, total: int, unit: str) -> None:
         self._close_bar()
-        self._bar = self._tqdm(total=total, desc=stage, unit=unit, file=self._stream, leave=True)
+        self._bar = self._tqdm(
+            total=total, desc=stage, unit=unit, file=self._stream, leave=True, mininterval=0.5
+        )
         self._bar_stage = stage
 
     def _close_bar(self) -> None:
@@ -137,6 +145,8 @@ class TerminalSink:
                 self._open_bar("reading", snap.files_total, "file")
             elif snap.stage == "fitting":
                 self._open_bar("fitting", snap.max_iter, "iter")
+            elif snap.stage == "assigning":
+                self._open_bar("assigning", snap.partitions_total, "partition")
             elif snap.stage == "writing":
                 self._open_bar("writing", snap.centroids_total, "centroid")
             else:
@@ -149,10 +159,12 @@ class TerminalSink:
             elif event == "iteration":
                 self._bar.n = snap.iteration
                 self._bar.set_postfix(inertia=f"{snap.inertia:.6g}", shift=f"{snap.centroid_shift:.3g}", refresh=False)
+            elif event == "assigned":
+                self._bar.n = snap.partitions_assigned
             elif event == "rows_written":
                 self._bar.n = snap.centroids_written
                 self._bar.set_postfix(rows=snap.rows_written, refresh=False)
-            self._bar.refresh()
+            self._bar.update(0)  # redraws at most every `mininterval` seconds
 
     def on_result(self, result: dict[str, Any]) -> None:
         self._close_bar()

@@ -188,17 +188,20 @@ class _Run:
         """Assign and write fragments, then merge them into one file per centroid."""
         spec = self.spec
         started = time.perf_counter()
-        self.progress.stage("assigning")
+        self.progress.stage("assigning", partitions_total=len(parts))
         tmp_url = self.out.url(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
         c_future = self.client.scatter(centroids, broadcast=True, hash=False)
         try:
-            fragments = self.client.gather([
+            fragment_futures = [
                 self.client.submit(
                     write_fragment, p, c_future, spec.max_samples_per_batch, tmp_url,
                     spec.storage_options, spec.id_field, spec.embedding_field, pure=False,
                 )
                 for p in parts
-            ])
+            ]
+            for _ in as_completed(fragment_futures):
+                self.progress.partition_assigned()
+            fragments = self.client.gather(fragment_futures)
             self.timings["assign"] = time.perf_counter() - started
             counts = np.sum([f.counts for f in fragments], axis=0)
             groups = plan_merge_groups(counts)

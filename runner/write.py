@@ -108,6 +108,7 @@ def write_fragment(
     counts = np.bincount(labels, minlength=k).astype(np.int64)
     present = np.flatnonzero(counts)
     fs, tmp = arrow_filesystem(tmp_url, storage_options)
+    fs.create_dir(tmp, recursive=True)
     path = posixpath.join(tmp, f"part-{part.index:05d}.parquet")
     bounds = np.concatenate([[0], np.cumsum(counts[present])])
     with pq.ParquetWriter(path, table.schema, filesystem=fs) as writer:

@@ -9,4 +9,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 spec="."
 [ -n "$extras" ] && spec=".[${extras}]"
-.venv/bin/python -m pip install -q -e "$spec"
+.venv/bin/python -m pip install -q -e "$spec" -c .ci/constraints.txt

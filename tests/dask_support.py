@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from distributed import Client, LocalCluster
 
@@ -38,3 +41,20 @@ def scatter_partitions(client: Client, x: np.ndarray, n_parts: int):
         for i, ix in enumerate(chunks)
     ]
     return futures, [len(ix) for ix in chunks]
+
+
+def write_input(folder: Path, x: np.ndarray, files: int, scale: float = 3.0) -> list[str]:
+    """Parquet files with un-normalised embeddings (so normalisation is exercised)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, idx in enumerate(np.array_split(np.arange(len(x)), files)):
+        table = pa.table({
+            "id": [f"doc-{j:06d}" for j in idx],
+            "embedding": pa.array(list(x[idx] * scale * (1 + (idx % 3))[:, None]), type=pa.list_(pa.float32())),
+            "text": [f"text {j}" for j in idx],
+            "lang": ["en" if j % 2 else "de" for j in idx],
+        })
+        path = folder / f"part-{i:05d}.parquet"
+        pq.write_table(table, path)
+        paths.append(str(path))
+    return paths

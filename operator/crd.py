@@ -1,0 +1,340 @@
+"""The KMeansPartition CustomResourceDefinition, generated from the spec model.
+
+`build_crd()` turns pydantic's JSON schema of `KMeansPartitionSpec` (camelCase
+aliases) into a Kubernetes *structural* ``openAPIV3Schema``: ``$ref`` inlined,
+``title``/``$defs`` dropped, ``anyOf [X, null]`` -> ``X`` + ``nullable: true``,
+``anyOf [string, integer]`` (resource quantities) -> ``x-kubernetes-int-or-string``,
+free-form objects -> ``x-kubernetes-preserve-unknown-fields``, ``additionalProperties:
+false`` dropped (the API server prunes unknown fields), model defaults kept and
+nested objects defaulted to ``{}`` so their own defaults materialise.
+
+``inputPath`` is ``str | list[str]`` in the model, but a structural schema needs one
+type per node and CEL cannot see an untyped (preserve-unknown-fields) node, so the
+output-differs-from-input rule would be impossible. The CRD therefore declares
+``inputPath`` as a **non-empty array of strings** (a single path is a one-item
+list); the model still accepts a plain string for the local CLI and spec files.
+
+CRD-only bounds (``maxLength``/``maxItems`` on paths) keep the CEL rules' estimated
+cost under the API server's budget. CEL rules on ``spec``: immutable after creation,
+``engine: raft`` needs ``cluster.gpusPerWorker >= 1``, ``outputPath`` not among
+``inputPath``. Status schema, printer columns and the status subresource are
+declared here by hand (the runner and operator write them).
+
+``python -m kmeans_partition.operator.crd [PATH]`` writes the YAML file (default
+``crds/<plural>.<group>.yaml``); ``tests/test_crd.py`` fails when it drifts.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND, PLURAL, SHORT_NAME, KMeansPartitionSpec
+
+CRD_NAME = f"{PLURAL}.{API_GROUP}"
+CRD_FILENAME = f"{CRD_NAME}.yaml"
+MAX_PATH_LENGTH = 4096
+MAX_INPUT_PATHS = 1000
+
+_DROP_KEYS = {"title", "$defs"}
+
+SPEC_RULES = [
+    {
+        "rule": "self == oldSelf",
+        "message": "spec is immutable: delete and recreate the KMeansPartition to re-run it",
+    },
+    {
+        "rule": "!has(self.engine) || self.engine != 'raft' || "
+        "(has(self.cluster) && has(self.cluster.gpusPerWorker) && self.cluster.gpusPerWorker >= 1)",
+        "message": "engine raft (cuML multi-GPU) needs GPU workers: set cluster.gpusPerWorker >= 1",
+        "fieldPath": ".engine",
+    },
+    {
+        "rule": "!self.inputPath.exists(p, p == self.outputPath || p + '/' == self.outputPath "
+        "|| p == self.outputPath + '/')",
+        "message": "outputPath must differ from every inputPath",
+        "fieldPath": ".outputPath",
+    },
+]
+
+INPUT_PATH_SCHEMA = {
+    "type": "array",
+    "description": "Files, directories or globs to read; any fsspec URI (s3://, gs://, file://, local). "
+    "Always a list in the resource (one item for a single path).",
+    "minItems": 1,
+    "maxItems": MAX_INPUT_PATHS,
+    "items": {"type": "string", "minLength": 1, "maxLength": MAX_PATH_LENGTH},
+}
+
+
+def _condition_schema() -> dict[str, Any]:
+    """metav1.Condition, as Kubernetes declares it."""
+    return {
+        "type": "object",
+        "required": ["type", "status", "lastTransitionTime", "reason", "message"],
+        "properties": {
+            "type": {"type": "string", "maxLength": 316},
+            "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+            "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0},
+            "lastTransitionTime": {"type": "string", "format": "date-time"},
+            "reason": {"type": "string", "maxLength": 1024},
+            "message": {"type": "string", "maxLength": 32768},
+        },
+    }
+
+
+def status_schema() -> dict[str, Any]:
+    """`status`: operator-owned conditions/phase/times/children, runner-owned progress/result."""
+    def number() -> dict[str, Any]:
+        return {"type": "number"}
+
+    def integer() -> dict[str, Any]:
+        return {"type": "integer", "format": "int64"}
+
+    return {
+        "type": "object",
+        "description": "Operator-owned: observedGeneration, conditions, phase, times, children. "
+        "Runner-owned: progress, result.",
+        "properties": {
+            "observedGeneration": {**integer(), "description": "metadata.generation last reconciled."},
+            "conditions": {
+                "type": "array",
+                "description": "DaskClusterReady, Running, Succeeded, Failed.",
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+                "items": _condition_schema(),
+            },
+            "phase": {"type": "string", "enum": ["Pending", "Running", "Succeeded", "Failed"]},
+            "progress": {
+                "type": "object",
+                "description": "Live progress patched by the runner.",
+                "properties": {
+                    "stage": {"type": "string"},
+                    "iteration": integer(),
+                    "maxIter": integer(),
+                    "inertia": number(),
+                    "centroidShift": number(),
+                    "rowsRead": integer(),
+                    "rowsWritten": integer(),
+                },
+            },
+            "result": {
+                "type": "object",
+                "description": "Summary patched by the runner when it finishes.",
+                "properties": {
+                    "nRows": integer(),
+                    "nIter": integer(),
+                    "inertia": number(),
+                    "converged": {"type": "boolean"},
+                    "manifest": {"type": "string"},
+                    "centroids": {"type": "string"},
+                    "clusterSizes": {
+                        "type": "object",
+                        "properties": {"min": integer(), "median": number(), "max": integer()},
+                    },
+                },
+            },
+            "startTime": {"type": "string", "format": "date-time"},
+            "completionTime": {"type": "string", "format": "date-time"},
+            "daskCluster": {"type": "string", "description": "Name of the DaskCluster child."},
+            "job": {"type": "string", "description": "Name of the runner Job child."},
+        },
+    }
+
+
+def _resolve_ref(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" not in node:
+        return node
+    target = defs[node["$ref"].rsplit("/", 1)[-1]]
+    merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return _resolve_ref(merged, defs)
+
+
+def _collapse_any_of(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    variants = [_resolve_ref(v, defs) for v in node["anyOf"]]
+    rest = {k: v for k, v in node.items() if k != "anyOf"}
+    non_null = [v for v in variants if v.get("type") != "null"]
+    nullable = len(non_null) < len(variants)
+    types = sorted(v.get("type", "") for v in non_null)
+    if len(non_null) == 1:
+        out = {**non_null[0], **rest}
+    elif types == ["integer", "string"]:
+        out = {**rest, "x-kubernetes-int-or-string": True}
+    else:
+        raise ValueError(f"cannot express anyOf {types} in a structural schema: {node}")
+    if nullable:
+        out["nullable"] = True
+    return out
+
+
+def to_structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """One pydantic JSON-schema node -> one structural OpenAPI v3 node."""
+    node = _resolve_ref(node, defs)
+    if "anyOf" in node:
+        node = _collapse_any_of(node, defs)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP_KEYS or (key == "default" and value is None):
+            continue
+        if key == "properties":
+            out[key] = {name: to_structural(sub, defs) for name, sub in value.items()}
+        elif key == "items":
+            out[key] = to_structural(value, defs)
+        elif key == "additionalProperties":
+            if value is True or value == {}:
+                out["x-kubernetes-preserve-unknown-fields"] = True
+            elif isinstance(value, dict):
+                out[key] = to_structural(value, defs)
+            # False: structural schemas prune unknown fields instead
+        else:
+            out[key] = copy.deepcopy(value)
+    if not out.get("type") and not out.get("x-kubernetes-int-or-string"):
+        if not out.get("x-kubernetes-preserve-unknown-fields"):
+            out["x-kubernetes-preserve-unknown-fields"] = True  # Any
+    if out.get("type") == "object" and "properties" in out:
+        for sub in out["properties"].values():
+            defaultable = not sub.get("nullable") and not sub.get("required") and "default" not in sub
+            if sub.get("type") == "object" and "properties" in sub and defaultable:
+                sub["default"] = {}
+    return out
+
+
+def spec_schema() -> dict[str, Any]:
+    """`spec` of the resource, from `KMeansPartitionSpec`."""
+    raw = KMeansPartitionSpec.model_json_schema(by_alias=True)
+    raw["properties"]["inputPath"] = copy.deepcopy(INPUT_PATH_SCHEMA)  # see module docstring
+    schema = to_structural(raw, raw.get("$defs", {}))
+    schema["properties"]["outputPath"]["maxLength"] = MAX_PATH_LENGTH
+    schema["description"] = "The k-means job and how to run it (see docs/operator.md)."
+    schema["x-kubernetes-validations"] = copy.deepcopy(SPEC_RULES)
+    return schema
+
+
+def printer_columns() -> list[dict[str, Any]]:
+    return [
+        {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Iteration", "type": "integer", "jsonPath": ".status.progress.iteration"},
+        {"name": "Inertia", "type": "number", "jsonPath": ".status.progress.inertia"},
+        {"name": "Workers", "type": "integer", "jsonPath": ".spec.cluster.workers"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        {"name": "Output", "type": "string", "jsonPath": ".spec.outputPath", "priority": 1},
+        {"name": "Job", "type": "string", "jsonPath": ".status.job", "priority": 1},
+    ]
+
+
+def open_api_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec_schema(),
+            "status": status_schema(),
+        },
+    }
+
+
+def build_crd() -> dict[str, Any]:
+    """The full CustomResourceDefinition (apiextensions.k8s.io/v1)."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": CRD_NAME,
+            "labels": {"app.kubernetes.io/name": "kmeans-partition", "app.kubernetes.io/component": "crd"},
+        },
+        "spec": {
+            "group": API_GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": KIND.lower(),
+                "shortNames": [SHORT_NAME],
+                "categories": ["all"],
+            },
+            "versions": [
+                {
+                    "name": API_VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": printer_columns(),
+                    "schema": {"openAPIV3Schema": open_api_schema()},
+                }
+            ],
+        },
+    }
+
+
+def _ordered(node: Any) -> Any:
+    """`type` and `description` first in every schema node, for a readable YAML."""
+    if isinstance(node, list):
+        return [_ordered(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    front = [key for key in ("name", "type", "description") if key in node]
+    return {key: _ordered(node[key]) for key in [*front, *(k for k in node if k not in front)]}
+
+
+def render_crd() -> str:
+    header = "# Generated from kmeans_partition.runner.spec by kmeans_partition.operator.crd; do not edit.\n"
+    return header + yaml.safe_dump(_ordered(build_crd()), sort_keys=False, default_flow_style=False, width=1000)
+
+
+def write_crd(path: Optional[Path] = None) -> Path:
+    """Write the CRD YAML (default: crds/<plural>.<group>.yaml under the current directory)."""
+    target = Path(path) if path else Path("crds") / CRD_FILENAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render_crd(), encoding="utf-8")
+    return target
+
+
+def to_json_schema(node: Any) -> Any:
+    """An openAPIV3Schema -> plain JSON Schema (``nullable`` -> null type, int-or-string
+    -> integer|string, x-kubernetes-* dropped), for offline validation with jsonschema."""
+    if isinstance(node, list):
+        return [to_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "properties":
+            out[key] = {name: to_json_schema(sub) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties"):
+            out[key] = to_json_schema(value)
+        elif not key.startswith("x-kubernetes-") and key != "nullable":
+            out[key] = copy.deepcopy(value)
+    if node.get("x-kubernetes-int-or-string"):
+        out["type"] = ["integer", "string"]
+    if node.get("nullable") and "type" in out:
+        out["type"] = [*(out["type"] if isinstance(out["type"], list) else [out["type"]]), "null"]
+        if "enum" in out:
+            out["enum"] = [*out["enum"], None]
+    if node.get("type") == "object" and "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+        out.setdefault("additionalProperties", False)  # mirrors the API server's strict field validation
+    return out
+
+
+def validate_resource(manifest: dict[str, Any], crd: Optional[dict[str, Any]] = None) -> list[str]:
+    """Schema errors of a KMeansPartition manifest (empty when valid). CEL rules are not evaluated."""
+    import jsonschema
+
+    crd = crd or build_crd()
+    schema = to_json_schema(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    validator = jsonschema.Draft7Validator(schema)
+    return [
+        f"{'.'.join(str(p) for p in err.absolute_path) or '<root>'}: {err.message}"
+        for err in sorted(validator.iter_errors(manifest), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+
+
+if __name__ == "__main__":
+    print(write_crd(Path(sys.argv[1]) if len(sys.argv) > 1 else None))

@@ -1,0 +1,281 @@
+"""READ stage: find input files, plan partitions, read one partition (on a Dask worker).
+
+Every function here is a pure function of its arguments; `read_partition` returns a
+picklable `RawChunk`. Inputs are only ever opened for reading.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+from .columns import check_columns_present, embedding_matrix, id_column, metadata_table
+from .errors import InputError
+from .jsonl import parse_jsonl
+
+__all__ = [
+    "InputError",
+    "PartitionRef",
+    "RawChunk",
+    "discover_files",
+    "plan_partitions",
+    "read_partition",
+    "EXTENSIONS",
+]
+
+EXTENSIONS = {"parquet": (".parquet",), "jsonl": (".jsonl",)}
+_GLOB_MAGIC = re.compile(r"[*?\[]")
+
+
+@dataclass
+class PartitionRef:
+    """One unit of reading: a file, and for parquet a range of its row groups."""
+
+    path: str
+    row_groups: Optional[list[int]]
+    row_offset: int
+    num_rows: Optional[int]
+
+
+@dataclass
+class RawChunk:
+    """Rows read from one partition; `row_offset` is the first row's index within `source`."""
+
+    source: str
+    row_offset: int
+    ids: pa.Array
+    embeddings: np.ndarray
+    metadata: pa.Table
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getstate__(self) -> dict:
+        # A zero-column Arrow table forgets its row count when pickled; keep it here.
+        return {**self.__dict__, "_metadata_rows": self.metadata.num_rows}
+
+    def __setstate__(self, state: dict) -> None:
+        rows = state.pop("_metadata_rows")
+        if state["metadata"].num_columns == 0:
+            state["metadata"] = _empty_columns(rows)
+        self.__dict__.update(state)
+
+
+def _empty_columns(rows: int) -> pa.Table:
+    return pa.table({"_": pa.nulls(rows)}).select([])
+
+
+def _check_filetype(filetype: str) -> tuple[str, ...]:
+    if filetype not in EXTENSIONS:
+        raise InputError(
+            f"unsupported input file type '{filetype}' (supported: {', '.join(EXTENSIONS)})",
+            field="input_filetype",
+        )
+    return EXTENSIONS[filetype]
+
+
+def _has_extension(path: str, extensions: tuple[str, ...]) -> bool:
+    return path.lower().endswith(extensions)
+
+
+def _hidden_below(path: str, root: str) -> bool:
+    """Is any part of `path` under `root` hidden ('.x') or private ('_x', e.g. _temporary)?"""
+    relative = path[len(root.rstrip("/")) :].strip("/")
+    return any(part.startswith((".", "_")) for part in relative.split("/"))
+
+
+def _files_below(fs: fsspec.AbstractFileSystem, directory: str, extensions: tuple[str, ...]) -> list[str]:
+    return [
+        path
+        for path in fs.find(directory)
+        if _has_extension(path, extensions) and not _hidden_below(path, directory)
+    ]
+
+
+def _expand_one(path: str, extensions: tuple[str, ...], storage_options: dict) -> list[str]:
+    try:
+        fs, fs_path = url_to_fs(path, **storage_options)
+        if _GLOB_MAGIC.search(fs_path) and not fs.exists(fs_path):
+            found = []
+            for match in sorted(fs.glob(fs_path)):
+                if fs.isdir(match):
+                    found += _files_below(fs, match, extensions)
+                elif _has_extension(match, extensions):
+                    found.append(match)
+            if not found:
+                raise InputError(f"glob matched no {'/'.join(extensions)} files", source=path)
+        elif fs.isdir(fs_path):
+            found = _files_below(fs, fs_path, extensions)
+            if not found:
+                raise InputError(f"directory holds no {'/'.join(extensions)} files", source=path)
+        elif fs.exists(fs_path):
+            if not _has_extension(fs_path, extensions):
+                raise InputError(
+                    f"unsupported file type: expected a {'/'.join(extensions)} file", source=path
+                )
+            found = [fs_path]
+        else:
+            raise InputError("path does not exist", source=path)
+    except InputError:
+        raise
+    except (OSError, ValueError, ImportError) as err:
+        raise InputError(f"cannot be read: {type(err).__name__}: {err}", source=path) from None
+    return [fs.unstrip_protocol(found_path) for found_path in found]
+
+
+def discover_files(paths: Union[str, list[str]], filetype: str, storage_options: dict) -> list[str]:
+    """Every input file named by `paths` (files, directories, globs; any fsspec URI).
+
+    Directories are searched recursively for files with the file type's extension,
+    skipping hidden ('.x') and private ('_x') entries. Returns sorted, de-duplicated,
+    protocol-qualified URIs (``file:///abs/x.parquet``, ``s3://bucket/key.parquet``).
+    """
+    extensions = _check_filetype(filetype)
+    if isinstance(paths, str):
+        paths = [paths]
+    if not paths:
+        raise InputError("no input paths given", field="input_path")
+    found: set[str] = set()
+    for path in paths:
+        found.update(_expand_one(path, extensions, storage_options or {}))
+    if not found:
+        raise InputError("no input files found", field="input_path")
+    return sorted(found)
+
+
+def _open(path: str, storage_options: dict):
+    fs, fs_path = url_to_fs(path, **(storage_options or {}))
+    return fs.open(fs_path, "rb")
+
+
+def _parquet_row_group_rows(path: str, storage_options: dict) -> list[int]:
+    try:
+        with _open(path, storage_options) as handle:
+            metadata = pq.ParquetFile(handle).metadata
+            return [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+    except (OSError, pa.ArrowException, ValueError) as err:
+        raise InputError(f"not a readable parquet file: {err}", source=path) from None
+
+
+def _group_row_groups(path: str, rows_per_group: list[int], target_rows: int) -> list[PartitionRef]:
+    refs: list[PartitionRef] = []
+    current: list[int] = []
+    current_rows = 0
+    offset = 0
+    for index, rows in enumerate(rows_per_group):
+        current.append(index)
+        current_rows += rows
+        if current_rows >= target_rows:
+            refs.append(PartitionRef(path, current, offset, current_rows))
+            offset += current_rows
+            current, current_rows = [], 0
+    if current or not refs:  # the tail, or one empty partition for a file with no rows
+        refs.append(PartitionRef(path, current, offset, current_rows))
+    return refs
+
+
+def plan_partitions(
+    files: list[str], filetype: str, storage_options: dict, target_rows: int = 1_000_000
+) -> list[PartitionRef]:
+    """Partitions in file order: parquet split into consecutive row-group ranges of about
+    `target_rows` rows (footers only are read); each JSONL file is one partition."""
+    _check_filetype(filetype)
+    if target_rows < 1:
+        raise ValueError("target_rows must be >= 1")
+    if filetype == "jsonl":
+        return [PartitionRef(path, None, 0, None) for path in files]
+    workers = max(1, min(16, len(files)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        footers = list(pool.map(lambda path: _parquet_row_group_rows(path, storage_options), files))
+    refs: list[PartitionRef] = []
+    for path, rows_per_group in zip(files, footers):
+        refs += _group_row_groups(path, rows_per_group, target_rows)
+    return refs
+
+
+def _needed_fields(
+    id_field: str, embedding_field: str, metadata_fields: Optional[list[str]]
+) -> list[tuple[str, str]]:
+    fields = [(id_field, "id"), (embedding_field, "embedding")]
+    fields += [(name, "metadata") for name in metadata_fields or []]
+    unique: dict[str, str] = {}
+    for name, role in fields:
+        unique.setdefault(name, role)
+    return list(unique.items())
+
+
+def _read_parquet_table(ref: PartitionRef, fields: list[tuple[str, str]], storage_options: dict) -> pa.Table:
+    names = [name for name, _ in fields]
+    try:
+        with _open(ref.path, storage_options) as handle:
+            parquet = pq.ParquetFile(handle)
+            check_columns_present(parquet.schema_arrow.names, fields, ref.path)
+            groups = ref.row_groups if ref.row_groups is not None else range(parquet.num_row_groups)
+            if not groups:
+                return parquet.schema_arrow.empty_table().select(names)
+            return parquet.read_row_groups(list(groups), columns=names)
+    except InputError:
+        raise
+    except (OSError, pa.ArrowException, ValueError) as err:
+        raise InputError(f"not a readable parquet file: {err}", source=ref.path) from None
+
+
+def _read_jsonl_table(ref: PartitionRef, fields: list[tuple[str, str]], embedding_field: str, storage_options: dict):
+    try:
+        with _open(ref.path, storage_options) as handle:
+            data = handle.read()
+    except OSError as err:
+        raise InputError(f"cannot be read: {err}", source=ref.path) from None
+    table = parse_jsonl(data, ref.path, embedding_field, [name for name, _ in fields])
+    if table is not None:
+        check_columns_present(table.column_names, fields, ref.path, where="any row")
+    return table
+
+
+def read_partition(
+    ref: PartitionRef,
+    id_field: str,
+    embedding_field: str,
+    metadata_fields: Optional[list[str]],
+    filetype: str,
+    storage_options: dict,
+    embedding_dim: Optional[int] = None,
+) -> RawChunk:
+    """Read one partition's ids, float32 embeddings and metadata columns, validated.
+
+    An empty file gives a chunk of 0 rows (embeddings shaped ``(0, embedding_dim or 0)``).
+    Raises `InputError` naming the file, row and field of the first problem found.
+    """
+    _check_filetype(filetype)
+    fields = _needed_fields(id_field, embedding_field, metadata_fields)
+    if filetype == "parquet":
+        table = _read_parquet_table(ref, fields, storage_options)
+    else:
+        table = _read_jsonl_table(ref, fields, embedding_field, storage_options)
+    if table is None:
+        return RawChunk(
+            source=ref.path,
+            row_offset=ref.row_offset,
+            ids=pa.array([], pa.null()),
+            embeddings=np.empty((0, embedding_dim or 0), dtype=np.float32),
+            metadata=pa.table({name: pa.nulls(0) for name in metadata_fields or []}),
+        )
+    ids = id_column(table, id_field, ref.path, ref.row_offset)
+    embeddings = embedding_matrix(
+        table.column(embedding_field), ref.path, embedding_field, ref.row_offset, embedding_dim
+    )
+    return RawChunk(
+        source=ref.path,
+        row_offset=ref.row_offset,
+        ids=ids,
+        embeddings=embeddings,
+        metadata=metadata_table(table, metadata_fields),
+    )

@@ -1,0 +1,109 @@
+"""What can be checked of the Dockerfile without a Docker engine."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from dockerfile_support import parse, substitute
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+DOCKERFILE = parse(REPO_ROOT / "Dockerfile")
+FINAL_STAGES = {"cpu": {"s3", "gcs", "operator"}, "gpu": {"s3", "gcs", "operator", "gpu"}}
+
+
+def _installed_extras(stage_name: str) -> set[str]:
+    extras: set[str] = set()
+    for run in DOCKERFILE.stage(stage_name).all("RUN"):
+        for group in re.findall(r"\"\.\[([a-z0-9_,\-]+)\]\"", run):
+            extras |= set(group.split(","))
+    return extras
+
+
+def _stage_chain(name: str) -> list[str]:
+    """The stage and the build stages it copies from."""
+    chain = [name]
+    for copy in DOCKERFILE.stage(name).all("COPY"):
+        match = re.search(r"--from=(\S+)", copy)
+        if match and match.group(1) in DOCKERFILE.stages:
+            chain += _stage_chain(match.group(1))
+    return chain
+
+
+@pytest.mark.parametrize("target", sorted(FINAL_STAGES))
+def test_target_installs_existing_extras(target):
+    extras = set().union(*(_installed_extras(s) for s in _stage_chain(target)))
+    assert extras == FINAL_STAGES[target]
+    assert extras <= set(PYPROJECT["project"]["optional-dependencies"])
+
+
+@pytest.mark.parametrize("target", sorted(FINAL_STAGES))
+def test_entrypoint_is_the_project_console_script(target):
+    (entrypoint,) = DOCKERFILE.stage(target).all("ENTRYPOINT")
+    command = json.loads(entrypoint)
+    assert command == ["kmeans-partition"]
+    assert command[0] in PYPROJECT["project"]["scripts"]
+
+
+@pytest.mark.parametrize("target", sorted(FINAL_STAGES))
+def test_runs_as_numeric_non_root_user(target):
+    users = DOCKERFILE.stage(target).all("USER")
+    assert users, f"{target}: no USER"
+    user, _, group = users[-1].partition(":")
+    assert user.isdigit() and int(user) > 0, users[-1]
+    assert not group or (group.isdigit() and int(group) > 0), users[-1]
+    assert any("--uid ${APP_UID}" in run or f"--uid {user}" in run for run in DOCKERFILE.stage(target).all("RUN"))
+    assert DOCKERFILE.global_args["APP_UID"] == user
+
+
+def test_base_images_are_pinned():
+    bases = {stage.base for stage in DOCKERFILE.stages.values()}
+    assert any(b.startswith("python:") and "slim" in b for b in bases), bases
+    assert any(b.startswith(("nvidia/cuda:", "rapidsai/", "nvcr.io/")) for b in bases), bases
+    for base in bases:
+        name, _, tag = base.partition(":")
+        assert tag and tag != "latest", base
+        assert re.match(r"\d+\.\d+\.\d+", tag), f"{base}: tag is not a full version"
+
+
+def test_tool_versions_are_pinned():
+    args = DOCKERFILE.global_args
+    assert re.fullmatch(r"\d+\.\d+\.\d+", args["PIP_VERSION"])
+    assert re.fullmatch(r"\d+\.\d+\.\*|\d+\.\d+\.\d+", args["CUML_VERSION"])
+    gpu_runs = " ".join(DOCKERFILE.stage("gpu").all("RUN"))
+    assert "cuml-cu12==${CUML_VERSION}" in gpu_runs
+
+
+def test_cpu_constraints_pin_every_runtime_dependency():
+    constraints = {}
+    for line in (REPO_ROOT / "docker" / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and version, f"not pinned: {line}"
+            constraints[re.sub(r"[-_.]+", "-", name).lower()] = version
+    required = PYPROJECT["project"]["dependencies"] + [
+        dep for extra in ("s3", "gcs", "operator") for dep in PYPROJECT["project"]["optional-dependencies"][extra]
+    ]
+    for requirement in required:
+        name = re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[ ;]", requirement, 1)[0]).lower()
+        assert name in constraints, f"{name} not pinned in docker/constraints.txt"
+
+
+def test_copied_sources_exist_and_pass_dockerignore():
+    allowed = [line[1:].rstrip("/") for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")]
+    for stage in DOCKERFILE.stages.values():
+        for copy in stage.all("COPY"):
+            if "--from=" in copy:
+                continue
+            *sources, _dest = copy.split()
+            for source in sources:
+                source = substitute(source, DOCKERFILE.global_args)
+                assert (REPO_ROOT / source).exists(), f"COPY {source}: missing"
+                assert source in allowed, f"COPY {source}: excluded by .dockerignore"
