@@ -12,6 +12,7 @@ import json
 import logging
 from typing import Any, Mapping, Optional
 
+from kmeans_partition.runner.k8s_http import load_api_client, raw_request
 from kmeans_partition.runner.spec import KIND, PLURAL
 
 log = logging.getLogger("kmeans_partition.operator")
@@ -44,17 +45,6 @@ class Conflict(ApiError):
     """409: AlreadyExists on create, or a resourceVersion conflict."""
 
 
-def load_api_client():
-    """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config."""
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
-
-
 def resource_path(api_version: str, kind: str, namespace: Optional[str], name: Optional[str] = None,
                   subresource: Optional[str] = None) -> str:
     root = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
@@ -77,19 +67,17 @@ class KubeApi:
 
     def request(self, method: str, path: str, body: Any = None, query: Optional[list] = None,
                 content_type: str = "application/json") -> dict[str, Any]:
-        from kubernetes.client.exceptions import ApiException
-
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        try:
-            response = self._client.call_api(
-                path, method, query_params=query or [], header_params=headers, body=body,
-                auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True,
-                _request_timeout=REQUEST_TIMEOUT,
-            )
-        except ApiException as err:
-            error = {404: NotFound, 409: Conflict}.get(err.status, ApiError)
-            raise error(err.status, str(err.reason), str(err.body or "")) from None
-        raw = response.data
+        status, raw = raw_request(self._client, method, path, query=query, headers=headers, body=body,
+                                  timeout=REQUEST_TIMEOUT)
+        if not 200 <= status < 300:
+            error = {404: NotFound, 409: Conflict}.get(status, ApiError)
+            text = raw.decode(errors="replace")
+            try:
+                reason = json.loads(text).get("reason", "")
+            except (ValueError, AttributeError):
+                reason = ""
+            raise error(status, reason, text)
         return json.loads(raw) if raw else {}
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> Optional[dict[str, Any]]:
