@@ -112,10 +112,13 @@ def _expand_one(path: str, extensions: tuple[str, ...], storage_options: dict) -
         fs, fs_path = url_to_fs(path, **storage_options)
         if _GLOB_MAGIC.search(fs_path) and not fs.exists(fs_path):
             found = []
+            prefix = _static_prefix(fs_path)
             for match in sorted(fs.glob(fs_path)):
+                if _hidden_below(match, prefix):
+                    continue
                 if fs.isdir(match):
                     found += _files_below(fs, match, extensions)
-                elif _has_extension(match, extensions) and not _hidden_below(match, _static_prefix(fs_path)):
+                elif _has_extension(match, extensions):
                     found.append(match)
             if not found:
                 raise InputError(f"glob matched no {'/'.join(extensions)} files", source=path)
