@@ -92,6 +92,8 @@ class Pod:
     """One local process standing in for a pod."""
 
     name: str
+    argv: list[str]
+    env: dict[str, str]
     process: subprocess.Popen
     log_path: Path
     termination_path: Optional[Path] = None
@@ -121,6 +123,7 @@ class FakeKubelet:
         self.clusters: dict[str, ClusterState] = {}
         self.jobs: dict[str, JobState] = {}
         self.stopped_clusters: list[str] = []
+        self.pods: dict[str, Pod] = {}  # every pod started, by name (for assertions)
         self.errors: list[BaseException] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fake-kubelet", daemon=True)
@@ -339,7 +342,8 @@ class FakeKubelet:
         with open(log_path, "wb") as log:
             process = subprocess.Popen(argv, env={**base, **env}, stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, cwd=pod_dir, start_new_session=True)
-        return Pod(pod_name, process, log_path, termination_path)
+        self.pods[pod_name] = Pod(pod_name, argv, env, process, log_path, termination_path)
+        return self.pods[pod_name]
 
     @staticmethod
     def _terminate(pod: Pod, grace: float = 5) -> None:
