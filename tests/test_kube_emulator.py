@@ -229,3 +229,24 @@ def test_kopf_operator_end_to_end(kube):
         assert kube.get(*CM, "s1-deleted") is not None  # the delete handler ran before removal
         assert kube.get(*CM, "s1-child") is None  # garbage-collected with its owner
     assert "Traceback" not in runner.output, runner.output[-3000:]
+
+
+def test_kopf_restarted_between_create_and_delete(kube):
+    """A second kopf run resumes from the stored state: no duplicate child, finalizer honoured."""
+    kube.install_crd({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "smokes.smoke.example.com"},
+        "spec": {"group": "smoke.example.com", "scope": "Namespaced",
+                 "names": {"kind": "Smoke", "plural": "smokes", "singular": "smoke"},
+                 "versions": [{"name": "v1", "served": True, "storage": True, "subresources": {"status": {}}}]}})
+    smoke = ("smoke.example.com/v1", "smokes", "default", "s2")
+    with run_kopf(kube, "kopf_smoke_handlers"):
+        kube.create({"apiVersion": "smoke.example.com/v1", "kind": "Smoke",
+                     "metadata": {"name": "s2"}, "spec": {"greeting": "again"}})
+        wait_for(lambda: (kube.get(*smoke) or {}).get("status", {}).get("phase") == "Ready", message="Ready")
+    kube.delete(*smoke)  # no operator running: the finalizer holds the object
+    assert kube.get(*smoke)["metadata"]["deletionTimestamp"]
+    with run_kopf(kube, "kopf_smoke_handlers") as runner:
+        wait_for(lambda: kube.get(*smoke) is None, message="the resource to be gone")
+    assert [c["metadata"]["name"] for c in kube.list(*CM)] == ["s2-deleted"]
+    assert "Traceback" not in runner.output, runner.output[-3000:]
