@@ -222,6 +222,13 @@ def run_kopf(kube: KubeHandle, module: str, namespace: str = "default",
         kube_config.KUBE_CONFIG_DEFAULT_LOCATION = saved_default
 
 
+def kopf_failures(output: str) -> list[str]:
+    """kopf's ERROR/CRITICAL log lines (failed handlers, API errors) in `run_kopf`'s output.
+
+    Tracebacks alone are not counted: other threads' noise can land in the captured stderr."""
+    return [line for line in output.splitlines() if "[ERROR" in line or "[CRITICAL" in line]
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1,
              message: str = "condition") -> Any:
     """Poll `predicate` until it returns something truthy; return it, or fail after `timeout` s."""

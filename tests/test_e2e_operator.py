@@ -17,7 +17,7 @@ import yaml
 from kmeans_partition.operator import handlers
 from kmeans_partition.runner.sample import write_sample
 from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND, PLURAL
-from kube_support import kube, run_kopf, wait_for  # noqa: F401  (fixture)
+from kube_support import kopf_failures, kube, run_kopf, wait_for  # noqa: F401  (fixture)
 from kubelet_support import DASK, FakeKubelet
 from s3_support import DUMMY_ENV, create_bucket
 
@@ -68,7 +68,7 @@ def run_to_the_end(kube, tmp_path, resource: dict) -> tuple[dict, FakeKubelet]:
             logs = "\n".join(f"--- {pod}\n{kubelet.log(pod)[-2000:]}" for pod in _pod_names(kubelet))
             raise AssertionError(f"{err}\nkubelet errors: {kubelet.errors}\n{logs}") from None
     assert not kubelet.errors, kubelet.errors
-    assert "Traceback" not in operator.output, operator.output[-4000:]
+    assert not kopf_failures(operator.output), operator.output[-4000:]
     return final, kubelet
 
 
