@@ -40,22 +40,6 @@ ALL_VERBS = {"create", "delete", "deletecollection", "get", "list", "patch", "up
 CRD_RESOURCE = resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 NAMESPACES = resource("", "v1", "namespaces")
 
-# (group/version, plural): (kind, namespaced, has status subresource)
-BUILTIN_RESOURCES = {
-    ("v1", "namespaces"): ("Namespace", False, True),
-    ("v1", "configmaps"): ("ConfigMap", True, False),
-    ("v1", "secrets"): ("Secret", True, False),
-    ("v1", "pods"): ("Pod", True, True),
-    ("v1", "services"): ("Service", True, True),
-    ("v1", "serviceaccounts"): ("ServiceAccount", True, False),
-    ("v1", "events"): ("Event", True, False),
-    ("batch/v1", "jobs"): ("Job", True, True),
-    ("rbac.authorization.k8s.io/v1", "roles"): ("Role", True, False),
-    ("rbac.authorization.k8s.io/v1", "rolebindings"): ("RoleBinding", True, False),
-    ("rbac.authorization.k8s.io/v1", "clusterroles"): ("ClusterRole", False, False),
-    ("rbac.authorization.k8s.io/v1", "clusterrolebindings"): ("ClusterRoleBinding", False, False),
-    ("apiextensions.k8s.io/v1", "customresourcedefinitions"): ("CustomResourceDefinition", False, True),
-}
 
 
 def _error(status: int, reason: str, message: str, **details: Any) -> KubernetesError:
@@ -80,7 +64,7 @@ class RealisticKubernetesEmulator(KubernetesEmulator):
         self.fallback[enums.method.PUT] << self._serve_replace
 
     def register_builtin_resources(self) -> None:
-        for (group_version, plural), (kind, namespaced, status) in BUILTIN_RESOURCES.items():
+        for (group_version, plural), (kind, namespaced, status) in sem.BUILTIN_RESOURCES.items():
             group, _, version = group_version.rpartition("/")
             self.register(resource(group, version, plural), kind, namespaced, status)
 
@@ -234,25 +218,10 @@ class RealisticKubernetesEmulator(KubernetesEmulator):
             for res, ns, name in orphans:
                 await self._delete(res, ns, name, orphan=False)
 
-    async def _register_crd(self, crd: dict) -> None:
-        spec, names = crd.get("spec", {}), crd.get("spec", {}).get("names", {})
-        for version in spec.get("versions", []):
-            if version.get("served", True):
-                self.register(
-                    resource(spec["group"], version["name"], names["plural"]), names["kind"],
-                    spec.get("scope", "Namespaced") == "Namespaced",
-                    "status" in (version.get("subresources") or {}),
-                    singular=names.get("singular"), shortnames=set(names.get("shortNames") or []),
-                    categories=set(names.get("categories") or []),
-                )
-        crd["status"] = {
-            "acceptedNames": names,
-            "storedVersions": [v["name"] for v in spec.get("versions", []) if v.get("storage")],
-            "conditions": [
-                {"type": kind, "status": "True", "reason": reason, "lastTransitionTime": sem.now_timestamp()}
-                for kind, reason in (("NamesAccepted", "NoConflicts"), ("Established", "InitialNamesAccepted"))
-            ],
-        }
+    def _register_crd(self, crd: dict) -> None:
+        for (group, version, plural), info in sem.crd_served_resources(crd):
+            self.register(resource(group, version, plural), **info)
+        crd["status"] = sem.crd_status(crd)
 
     async def _unregister_crd(self, crd: dict) -> None:
         spec = crd.get("spec", {})
@@ -296,7 +265,7 @@ class RealisticKubernetesEmulator(KubernetesEmulator):
             if "status" in info.subresources:
                 obj.pop("status", None)
             if res == CRD_RESOURCE:
-                await self._register_crd(obj)
+                self._register_crd(obj)
             created = await self._store(res, namespace, name, obj, "ADDED")
             await self._collect_garbage()
         return rendering.Response(status=201, payload=created)

@@ -18,6 +18,24 @@ from kmock._internal import dicts, parsing
 _NON_SPEC_KEYS = {"metadata", "apiVersion", "kind"}
 
 
+# (group/version, plural): (kind, namespaced, has status subresource)
+BUILTIN_RESOURCES = {
+    ("v1", "namespaces"): ("Namespace", False, True),
+    ("v1", "configmaps"): ("ConfigMap", True, False),
+    ("v1", "secrets"): ("Secret", True, False),
+    ("v1", "pods"): ("Pod", True, True),
+    ("v1", "services"): ("Service", True, True),
+    ("v1", "serviceaccounts"): ("ServiceAccount", True, False),
+    ("v1", "events"): ("Event", True, False),
+    ("batch/v1", "jobs"): ("Job", True, True),
+    ("rbac.authorization.k8s.io/v1", "roles"): ("Role", True, False),
+    ("rbac.authorization.k8s.io/v1", "rolebindings"): ("RoleBinding", True, False),
+    ("rbac.authorization.k8s.io/v1", "clusterroles"): ("ClusterRole", False, False),
+    ("rbac.authorization.k8s.io/v1", "clusterrolebindings"): ("ClusterRoleBinding", False, False),
+    ("apiextensions.k8s.io/v1", "customresourcedefinitions"): ("CustomResourceDefinition", False, True),
+}
+
+
 class PatchError(ValueError):
     """A patch could not be applied; `status` is the HTTP code the API server answers."""
 
@@ -153,3 +171,29 @@ def without_volatile_metadata(obj: dict) -> dict:
 
 def owner_uids(obj: dict) -> set[str]:
     return {ref.get("uid") for ref in obj.get("metadata", {}).get("ownerReferences") or [] if ref.get("uid")}
+
+
+def crd_served_resources(crd: dict) -> list[tuple[tuple[str, str, str], dict[str, Any]]]:
+    """((group, version, plural), discovery info) for each served version of a CRD."""
+    spec, names = crd.get("spec", {}), crd.get("spec", {}).get("names", {})
+    return [
+        ((spec["group"], version["name"], names["plural"]), {
+            "kind": names["kind"], "namespaced": spec.get("scope", "Namespaced") == "Namespaced",
+            "status": "status" in (version.get("subresources") or {}), "singular": names.get("singular"),
+            "shortnames": set(names.get("shortNames") or []), "categories": set(names.get("categories") or []),
+        })
+        for version in spec.get("versions", []) if version.get("served", True)
+    ]
+
+
+def crd_status(crd: dict) -> dict:
+    """What the API server reports once a CRD's names are accepted and it is established."""
+    spec = crd.get("spec", {})
+    return {
+        "acceptedNames": spec.get("names", {}),
+        "storedVersions": [v["name"] for v in spec.get("versions", []) if v.get("storage")],
+        "conditions": [
+            {"type": kind, "status": "True", "reason": reason, "lastTransitionTime": now_timestamp()}
+            for kind, reason in (("NamesAccepted", "NoConflicts"), ("Established", "InitialNamesAccepted"))
+        ],
+    }
