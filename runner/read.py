@@ -92,6 +92,13 @@ def _hidden_below(path: str, root: str) -> bool:
     return any(part.startswith((".", "_")) for part in relative.split("/"))
 
 
+def _static_prefix(pattern: str) -> str:
+    """The directory part of a glob pattern before its first wildcard."""
+    parts = pattern.split("/")
+    first_magic = next(index for index, part in enumerate(parts) if _GLOB_MAGIC.search(part))
+    return "/".join(parts[:first_magic])
+
+
 def _files_below(fs: fsspec.AbstractFileSystem, directory: str, extensions: tuple[str, ...]) -> list[str]:
     return [
         path
@@ -103,9 +110,13 @@ def _files_below(fs: fsspec.AbstractFileSystem, directory: str, extensions: tupl
 def _expand_one(path: str, extensions: tuple[str, ...], storage_options: dict) -> list[str]:
     try:
         fs, fs_path = url_to_fs(path, **storage_options)
+        path = fs.unstrip_protocol(fs_path)  # errors name the full URI
         if _GLOB_MAGIC.search(fs_path) and not fs.exists(fs_path):
             found = []
+            prefix = _static_prefix(fs_path)
             for match in sorted(fs.glob(fs_path)):
+                if _hidden_below(match, prefix):
+                    continue
                 if fs.isdir(match):
                     found += _files_below(fs, match, extensions)
                 elif _has_extension(match, extensions):
