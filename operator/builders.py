@@ -1,0 +1,260 @@
+"""Pure builders of every child manifest of one KMeansPartition.
+
+Each takes the resource identity (name, namespace, uid) and its parsed
+`KMeansPartitionSpec` and returns a plain dict, ownerReference included, so the
+reconciler only has to create it. Nothing here talks to the API server.
+
+Children: a DaskCluster (kubernetes.dask.org/v1, run by the dask-kubernetes
+operator, which creates the scheduler pod + ``<cluster>-scheduler`` Service and the
+worker pods, injecting ``DASK_SCHEDULER_ADDRESS`` and ``DASK_WORKER_NAME`` into
+workers), a ConfigMap holding the manifest, the runner's ServiceAccount/Role/
+RoleBinding, and the runner Job.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import yaml
+
+from kmeans_partition.operator import labels as L
+from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND, PLURAL, KMeansPartitionSpec
+
+DASK_GROUP = "kubernetes.dask.org"
+DASK_VERSION = "v1"
+DASK_PLURAL = "daskclusters"
+DEFAULT_IMAGE = "kmeans-partition:0.1.0"
+GPU_RESOURCE = "nvidia.com/gpu"
+SCHEDULER_PORT = 8786
+DASHBOARD_PORT = 8787
+WORKER_DASHBOARD_PORT = 8788
+SPEC_DIR = "/etc/kmeans-partition"
+SPEC_FILE = "spec.yaml"
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def scheduler_address(name: str, namespace: str) -> str:
+    return f"tcp://{L.scheduler_service_name(name)}.{namespace}.svc.cluster.local:{SCHEDULER_PORT}"
+
+
+def _resources(requirements: Any, gpus: int = 0) -> dict[str, Any]:
+    """Container resources from the spec; GPU keys dropped unless `gpus` (then limits = gpus)."""
+    out: dict[str, Any] = {}
+    for kind in ("requests", "limits"):
+        values = {k: v for k, v in (getattr(requirements, kind) or {}).items() if k != GPU_RESOURCE}
+        if gpus and kind == "limits":
+            values[GPU_RESOURCE] = gpus
+        if values:
+            out[kind] = values
+    return out
+
+
+def _env(spec: KMeansPartitionSpec, *extra: dict[str, str]) -> list[dict[str, Any]]:
+    env = [dict(item) for item in extra]
+    for var in spec.cluster.env:
+        env.append({"name": var.name, "value": var.value or ""})
+    return env
+
+
+def _env_from(spec: KMeansPartitionSpec) -> list[dict[str, Any]]:
+    ref = spec.storage.secret_ref
+    return [{"secretRef": {"name": ref.name}}] if ref else []
+
+
+def _image(spec: KMeansPartitionSpec, default_image: str) -> str:
+    return spec.cluster.image or default_image
+
+
+def _pod_spec(spec: KMeansPartitionSpec, containers: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """A PodSpec with the cluster-wide placement settings applied."""
+    cluster = spec.cluster
+    pod: dict[str, Any] = {"containers": containers, **extra}
+    if cluster.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": secret} for secret in cluster.image_pull_secrets]
+    if cluster.node_selector:
+        pod["nodeSelector"] = dict(cluster.node_selector)
+    if cluster.tolerations:
+        pod["tolerations"] = copy.deepcopy(cluster.tolerations)
+    if cluster.affinity:
+        pod["affinity"] = copy.deepcopy(cluster.affinity)
+    if cluster.priority_class_name:
+        pod["priorityClassName"] = cluster.priority_class_name
+    return pod
+
+
+def _container(name: str, spec: KMeansPartitionSpec, default_image: str, **fields: Any) -> dict[str, Any]:
+    container = {"name": name, "image": _image(spec, default_image), "imagePullPolicy": spec.cluster.image_pull_policy}
+    container.update({key: value for key, value in fields.items() if value not in (None, [], {})})
+    return container
+
+
+def worker_command(spec: KMeansPartitionSpec) -> list[str]:
+    """`dask worker` for CPU workers, `dask-cuda-worker` (one worker process per GPU) otherwise.
+    The scheduler address comes from DASK_SCHEDULER_ADDRESS, set by the dask-kubernetes operator."""
+    name = ["--name", "$(DASK_WORKER_NAME)"]
+    dashboard = ["--dashboard-address", str(WORKER_DASHBOARD_PORT)]
+    if spec.cluster.gpus_per_worker:
+        return ["dask-cuda-worker", *name, *dashboard]
+    return ["dask", "worker", *name, "--nthreads", str(spec.cluster.threads_per_worker), *dashboard]
+
+
+def build_dask_cluster(
+    name: str, namespace: str, uid: str, spec: KMeansPartitionSpec, default_image: str = DEFAULT_IMAGE
+) -> dict[str, Any]:
+    """The DaskCluster: a scheduler (never a GPU) + Service, and `workers` worker replicas."""
+    cluster_name = L.dask_cluster_name(name)
+    cluster = spec.cluster
+    scheduler = _container(
+        "scheduler",
+        spec,
+        default_image,
+        command=["dask", "scheduler", "--port", str(SCHEDULER_PORT), "--dashboard-address", f":{DASHBOARD_PORT}"],
+        ports=[
+            {"name": "tcp-comm", "containerPort": SCHEDULER_PORT, "protocol": "TCP"},
+            {"name": "http-dashboard", "containerPort": DASHBOARD_PORT, "protocol": "TCP"},
+        ],
+        readinessProbe={
+            "httpGet": {"port": "http-dashboard", "path": "/health"},
+            "initialDelaySeconds": 5,
+            "periodSeconds": 10,
+        },
+        env=_env(spec),
+        resources=_resources(cluster.resources.scheduler),
+    )
+    worker = _container(
+        "worker",
+        spec,
+        default_image,
+        command=worker_command(spec),
+        ports=[{"name": "http-dashboard", "containerPort": WORKER_DASHBOARD_PORT, "protocol": "TCP"}],
+        env=_env(spec),
+        envFrom=_env_from(spec),
+        resources=_resources(cluster.resources.worker, gpus=cluster.gpus_per_worker),
+    )
+    service = {
+        "type": "ClusterIP",
+        "selector": {"dask.org/cluster-name": cluster_name, "dask.org/component": "scheduler"},
+        "ports": [
+            {"name": "tcp-comm", "protocol": "TCP", "port": SCHEDULER_PORT, "targetPort": "tcp-comm"},
+            {"name": "http-dashboard", "protocol": "TCP", "port": DASHBOARD_PORT, "targetPort": "http-dashboard"},
+        ],
+    }
+    return {
+        "apiVersion": f"{DASK_GROUP}/{DASK_VERSION}",
+        "kind": "DaskCluster",
+        "metadata": L.child_metadata(name, namespace, uid, cluster_name, L.COMPONENT_DASK),
+        "spec": {
+            "worker": {"replicas": cluster.workers, "spec": _pod_spec(spec, [worker])},
+            "scheduler": {"spec": _pod_spec(spec, [scheduler]), "service": service},
+        },
+    }
+
+
+def resource_manifest(name: str, namespace: str, spec: KMeansPartitionSpec) -> dict[str, Any]:
+    """The resource as the runner reads it: apiVersion/kind/metadata/spec, camelCase keys."""
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec.model_dump(mode="json", by_alias=True),
+    }
+
+
+def build_config_map(name: str, namespace: str, uid: str, spec: KMeansPartitionSpec) -> dict[str, Any]:
+    """ConfigMap with the whole manifest as `spec.yaml` (mounted read-only by the runner)."""
+    text = yaml.safe_dump(resource_manifest(name, namespace, spec), sort_keys=False)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": L.child_metadata(name, namespace, uid, L.config_map_name(name), L.COMPONENT_CONFIG),
+        "data": {SPEC_FILE: text},
+    }
+
+
+def build_runner_rbac(name: str, namespace: str, uid: str) -> list[dict[str, Any]]:
+    """ServiceAccount + Role (get/patch on this resource's status only) + RoleBinding."""
+    account = L.runner_account_name(name)
+    meta = L.child_metadata(name, namespace, uid, account, L.COMPONENT_RBAC)
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": copy.deepcopy(meta)},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": copy.deepcopy(meta),
+            "rules": [
+                {
+                    "apiGroups": [API_GROUP],
+                    "resources": [f"{PLURAL}/status"],
+                    "resourceNames": [name],
+                    "verbs": ["get", "patch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": copy.deepcopy(meta),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        },
+    ]
+
+
+def build_job(
+    name: str, namespace: str, uid: str, spec: KMeansPartitionSpec, default_image: str = DEFAULT_IMAGE
+) -> dict[str, Any]:
+    """The runner Job: `kmeans-partition run -f <spec.yaml>` against the DaskCluster's scheduler."""
+    labels = L.child_labels(name, L.COMPONENT_RUNNER)
+    runner = _container(
+        "runner",
+        spec,
+        default_image,
+        command=["kmeans-partition", "run", "-f", f"{SPEC_DIR}/{SPEC_FILE}"],
+        env=_env(
+            spec,
+            {"name": "DASK_SCHEDULER_ADDRESS", "value": scheduler_address(name, namespace)},
+            {"name": "KMP_NAME", "value": name},
+            {"name": "KMP_NAMESPACE", "value": namespace},
+            {"name": "KMP_TERMINATION_MESSAGE_PATH", "value": TERMINATION_LOG},
+        ),
+        envFrom=_env_from(spec),
+        resources=_resources(spec.cluster.resources.runner),
+        volumeMounts=[{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True}],
+        terminationMessagePath=TERMINATION_LOG,
+        terminationMessagePolicy="FallbackToLogsOnError",
+    )
+    pod = _pod_spec(
+        spec,
+        [runner],
+        restartPolicy="Never",
+        serviceAccountName=L.runner_account_name(name),
+        volumes=[{"name": "spec", "configMap": {"name": L.config_map_name(name)}}],
+    )
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        "template": {"metadata": {"labels": labels, "annotations": {L.PARENT_ANNOTATION: name}}, "spec": pod},
+    }
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": L.child_metadata(name, namespace, uid, L.job_name(name), L.COMPONENT_RUNNER),
+        "spec": job_spec,
+    }
+
+
+def build_children(
+    name: str, namespace: str, uid: str, spec: KMeansPartitionSpec, default_image: Optional[str] = None
+) -> list[dict[str, Any]]:
+    """Every child in creation order (config and RBAC before the pods that use them)."""
+    image = default_image or DEFAULT_IMAGE
+    return [
+        build_config_map(name, namespace, uid, spec),
+        *build_runner_rbac(name, namespace, uid),
+        build_dask_cluster(name, namespace, uid, spec, image),
+        build_job(name, namespace, uid, spec, image),
+    ]

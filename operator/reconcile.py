@@ -1,0 +1,298 @@
+"""Level-based reconcile of one KMeansPartition (framework-free; the API is injected).
+
+Each pass: parse the spec (invalid -> ``Failed/InvalidSpec``, nothing created);
+unless the resource already ended, create the missing children under their
+deterministic names (ConfigMap, runner RBAC, DaskCluster; the Job only once the
+DaskCluster runs, and never twice); read the DaskCluster and Job; derive the
+conditions; once the job ended delete the DaskCluster per ``cleanupPolicy``; merge-
+patch the operator-owned status keys. NotFound and Conflict are ordinary outcomes.
+The runner owns ``status.progress`` and ``status.result``: never written here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Protocol
+
+from kmeans_partition.operator import builders as B
+from kmeans_partition.operator import conditions as C
+from kmeans_partition.operator import labels as L
+from kmeans_partition.operator.kube_api import Conflict, NotFound
+from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND, CleanupPolicy, SpecError, parse_resource_spec
+
+log = logging.getLogger("kmeans_partition.operator")
+
+OPERATOR_STATUS_KEYS = ("observedGeneration", "conditions", "phase", "startTime", "completionTime", "daskCluster", "job")
+JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+DASK_RUNNING = "Running"
+RESOURCE_API_VERSION = f"{API_GROUP}/{API_VERSION}"
+
+
+class Api(Protocol):
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Optional[dict]: ...
+    def list(self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str]) -> list[dict]: ...
+    def create(self, manifest: Mapping[str, Any]) -> dict: ...
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool: ...
+    def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: Mapping) -> dict: ...
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    status: dict[str, Any] = field(default_factory=dict)  # operator-owned keys after this pass
+    patched: bool = False
+    created: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)  # foreign objects in the way
+    events: list[Event] = field(default_factory=list)
+
+
+def _ref(obj: Mapping[str, Any]) -> str:
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid for ref in refs)
+
+
+def _ensure(api: Api, child: dict[str, Any], uid: str, outcome: Outcome) -> Optional[dict[str, Any]]:
+    """The child as it exists (created when missing); None when a foreign object holds the name."""
+    meta = child["metadata"]
+    existing = api.get(child["apiVersion"], child["kind"], meta["namespace"], meta["name"])
+    if existing is None:
+        try:
+            created = api.create(child)
+            outcome.created.append(_ref(child))
+            return created or child
+        except Conflict:  # created concurrently: read it back
+            existing = api.get(child["apiVersion"], child["kind"], meta["namespace"], meta["name"])
+            if existing is None:
+                return None
+    if not _owned_by(existing, uid):
+        outcome.waiting.append(_ref(child))
+        log.warning("%s exists but is not owned by uid %s; waiting for it to go", _ref(child), uid)
+        return None
+    return existing
+
+
+def _job_condition(job: Optional[Mapping[str, Any]], type_: str) -> Optional[dict[str, Any]]:
+    for cond in ((job or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def termination_message(api: Api, job: Mapping[str, Any]) -> str:
+    """The runner pod's termination message (last terminated container), or ''."""
+    meta = job["metadata"]
+    pods = []
+    for label in JOB_NAME_LABELS:
+        pods = api.list("v1", "Pod", meta["namespace"], {label: meta["name"]})
+        if pods:
+            break
+    pods.sort(key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
+    for pod in reversed(pods):
+        for status in ((pod.get("status") or {}).get("containerStatuses")) or []:
+            terminated = (status.get("state") or {}).get("terminated") or {}
+            if terminated.get("message"):
+                return str(terminated["message"]).strip()
+    return ""
+
+
+class _Pass:
+    """State of one reconcile pass."""
+
+    def __init__(self, body: Mapping[str, Any], api: Api, now: Callable[[], str], default_image: Optional[str]):
+        meta = body["metadata"]
+        self.body, self.api, self.now, self.default_image = body, api, now, default_image
+        self.name, self.namespace, self.uid = meta["name"], meta["namespace"], meta.get("uid", "")
+        self.generation = meta.get("generation")
+        self.old = dict(body.get("status") or {})
+        self.status = {key: self.old[key] for key in OPERATOR_STATUS_KEYS if key in self.old}
+        self.conditions = list(self.old.get("conditions") or [])
+        self.outcome = Outcome()
+
+    def set(self, type_: str, status: bool, reason: str, message: str = "") -> None:
+        self.conditions = C.set_condition(
+            self.conditions, type_, status, reason, message, generation=self.generation, now=self.now()
+        )
+
+    @property
+    def ended(self) -> bool:
+        return C.derive_phase(self.conditions) in C.TERMINAL_PHASES
+
+
+def reconcile(
+    body: Mapping[str, Any],
+    api: Api,
+    *,
+    default_image: Optional[str] = None,
+    now: Callable[[], str] = C.utc_now,
+) -> Outcome:
+    """One level-based pass over resource `body`; applies children and the status patch."""
+    run = _Pass(body, api, now, default_image)
+    if (body.get("metadata") or {}).get("deletionTimestamp"):
+        return run.outcome
+    try:
+        spec = parse_resource_spec(dict(body.get("spec") or {}))
+    except SpecError as err:
+        if not C.is_true(run.conditions, C.FAILED):
+            run.set(C.FAILED, True, "InvalidSpec", str(err))
+        return _finish(run)
+    children = B.build_children(run.name, run.namespace, run.uid, spec, default_image)
+    by_kind = {child["kind"]: child for child in children}
+    dask_manifest, job_manifest = by_kind["DaskCluster"], by_kind["Job"]
+    if run.ended:
+        dask = api.get(dask_manifest["apiVersion"], "DaskCluster", run.namespace, dask_manifest["metadata"]["name"])
+        _cleanup(run, spec, dask)
+        return _finish(run)
+    dask = _reconcile_dask(run, children, dask_manifest)
+    job = _reconcile_job(run, job_manifest, dask)
+    _observe_job(run, job)
+    if run.ended:
+        _cleanup(run, spec, dask)
+    return _finish(run)
+
+
+def _reconcile_dask(run: _Pass, children: list[dict], dask_manifest: dict) -> Optional[dict]:
+    for child in children:
+        if child["kind"] in ("ConfigMap", "ServiceAccount", "Role", "RoleBinding"):
+            _ensure(run.api, child, run.uid, run.outcome)
+    try:
+        dask = _ensure(run.api, dask_manifest, run.uid, run.outcome)
+    except NotFound:
+        run.set(C.DASK_CLUSTER_READY, False, "DaskOperatorMissing",
+                "kubernetes.dask.org/v1 DaskCluster is not served here: install the dask-kubernetes operator")
+        return None
+    run.status["daskCluster"] = dask_manifest["metadata"]["name"]
+    phase = ((dask or {}).get("status") or {}).get("phase")
+    if dask is None:
+        run.set(C.DASK_CLUSTER_READY, False, "WaitingForName", f"{_ref(dask_manifest)} belongs to another owner")
+    elif phase == DASK_RUNNING:
+        run.set(C.DASK_CLUSTER_READY, True, "SchedulerRunning", f"DaskCluster {dask['metadata']['name']} is running")
+    else:
+        run.set(C.DASK_CLUSTER_READY, False, "DaskClusterStarting", f"DaskCluster phase: {phase or 'not reported yet'}")
+    return dask
+
+
+def _reconcile_job(run: _Pass, job_manifest: dict, dask: Optional[dict]) -> Optional[dict]:
+    name = job_manifest["metadata"]["name"]
+    job = run.api.get("batch/v1", "Job", run.namespace, name)
+    if job is not None and not _owned_by(job, run.uid):
+        run.outcome.waiting.append(_ref(job_manifest))
+        return None
+    if job is None and run.old.get("job"):
+        run.set(C.FAILED, True, "JobLost",
+                f"runner Job {name} disappeared before it finished; delete and recreate the KMeansPartition to re-run")
+        return None
+    if job is None and C.is_true(run.conditions, C.DASK_CLUSTER_READY):
+        job = _ensure(run.api, job_manifest, run.uid, run.outcome)
+    if job is not None:
+        run.status["job"] = name
+    return job
+
+
+def _observe_job(run: _Pass, job: Optional[dict]) -> None:
+    if job is None:
+        if not run.ended:
+            run.set(C.RUNNING, False, "WaitingForDaskCluster", "the runner Job starts once the DaskCluster runs")
+        elif C.is_true(run.conditions, C.RUNNING):
+            run.set(C.RUNNING, False, "JobGone", "the runner Job is gone")
+        return
+    job_status = job.get("status") or {}
+    complete, failed = _job_condition(job, "Complete"), _job_condition(job, "Failed")
+    if complete or failed:
+        run.status.setdefault("startTime", job_status.get("startTime") or run.now())
+        run.status.setdefault("completionTime", job_status.get("completionTime") or run.now())
+        run.set(C.RUNNING, False, "JobFinished", f"Job {job['metadata']['name']} finished")
+    if complete:
+        run.set(C.SUCCEEDED, True, "JobComplete", complete.get("message") or f"Job {job['metadata']['name']} completed")
+    elif failed:
+        message = failed.get("message") or f"Job {job['metadata']['name']} failed"
+        runner_message = termination_message(run.api, job)
+        if runner_message:
+            message = f"{message}; runner: {runner_message}"
+        run.set(C.FAILED, True, failed.get("reason") or "JobFailed", message)
+    elif (job_status.get("active") or 0) > 0:
+        run.status.setdefault("startTime", job_status.get("startTime") or run.now())
+        run.set(C.RUNNING, True, "JobActive", f"runner pod of Job {job['metadata']['name']} is running")
+    else:
+        run.set(C.RUNNING, False, "JobPending", f"Job {job['metadata']['name']} has no active pod yet")
+
+
+def _cleanup(run: _Pass, spec, dask: Optional[dict]) -> None:
+    policy = spec.cleanup_policy
+    succeeded = C.is_true(run.conditions, C.SUCCEEDED)
+    wanted = policy == CleanupPolicy.always or (policy == CleanupPolicy.on_success and succeeded)
+    if not wanted or dask is None or not _owned_by(dask, run.uid):
+        return
+    if run.api.delete(f"{B.DASK_GROUP}/{B.DASK_VERSION}", "DaskCluster", run.namespace, dask["metadata"]["name"]):
+        run.outcome.deleted.append(_ref(dask))
+    run.set(C.DASK_CLUSTER_READY, False, "Deleted", f"DaskCluster deleted after the job ended (cleanupPolicy {policy.value})")
+
+
+def _events(run: _Pass) -> list[Event]:
+    events = []
+    if run.outcome.created:
+        events.append(Event("Normal", "Created", "created " + ", ".join(run.outcome.created)))
+    for cond in C.transitions(run.old.get("conditions") or [], run.conditions):
+        if cond["status"] == "True":
+            kind = "Warning" if cond["type"] == C.FAILED else "Normal"
+            reason = cond["reason"] if cond["type"] == C.FAILED else cond["type"]
+            events.append(Event(kind, reason, cond["message"]))
+    if run.outcome.deleted:
+        events.append(Event("Normal", "Deleted", "deleted " + ", ".join(run.outcome.deleted)))
+    if run.outcome.waiting:
+        events.append(Event("Warning", "NameTaken", "waiting for " + ", ".join(run.outcome.waiting) + " of another owner"))
+    return events
+
+
+def _finish(run: _Pass) -> Outcome:
+    """Fill phase/generation, patch status when it changed, collect events."""
+    status = run.status
+    status["conditions"] = run.conditions
+    status["phase"] = C.derive_phase(run.conditions)
+    if run.generation is not None:
+        status["observedGeneration"] = run.generation
+    if status["phase"] in C.TERMINAL_PHASES:
+        status.setdefault("completionTime", run.now())
+    before = {key: run.old[key] for key in OPERATOR_STATUS_KEYS if key in run.old}
+    if status != before:
+        try:
+            run.api.patch_status(RESOURCE_API_VERSION, KIND, run.namespace, run.name, status)
+            run.outcome.patched = True
+        except NotFound:
+            log.info("%s/%s vanished before its status could be written", run.namespace, run.name)
+    run.outcome.status = status
+    run.outcome.events = _events(run)
+    return run.outcome
+
+
+def delete_children(name: str, namespace: str, uid: str, api: Api) -> list[str]:
+    """Delete every child of resource `uid` by its deterministic name (NotFound is fine).
+
+    Kubernetes' garbage collector does this through ownerReferences; doing it here
+    frees GPUs at once and works where no GC runs."""
+    deleted = []
+    kinds = [("batch/v1", "Job", L.job_name(name)),
+             (f"{B.DASK_GROUP}/{B.DASK_VERSION}", "DaskCluster", L.dask_cluster_name(name)),
+             ("v1", "ConfigMap", L.config_map_name(name)),
+             ("rbac.authorization.k8s.io/v1", "RoleBinding", L.runner_account_name(name)),
+             ("rbac.authorization.k8s.io/v1", "Role", L.runner_account_name(name)),
+             ("v1", "ServiceAccount", L.runner_account_name(name))]
+    for api_version, kind, child in kinds:
+        try:
+            existing = api.get(api_version, kind, namespace, child)
+            if existing is not None and _owned_by(existing, uid) and api.delete(api_version, kind, namespace, child):
+                deleted.append(f"{kind}/{child}")
+        except NotFound:
+            pass
+    return deleted

@@ -1,0 +1,234 @@
+"""Level-based reconcile against an in-memory API: children, conditions, cleanup, restarts."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from operator_support import FakeApi
+
+from kmeans_partition.operator import labels as L
+from kmeans_partition.operator.reconcile import delete_children, reconcile
+
+NAME = "docs"
+SPEC = {
+    "nClusters": 4,
+    "idField": "id",
+    "embeddingField": "embedding",
+    "inputPath": ["s3://bucket/in/"],
+    "outputPath": "s3://bucket/out/",
+    "cluster": {"workers": 2},
+}
+DASK, JOB = L.dask_cluster_name(NAME), L.job_name(NAME)
+
+
+def clock():
+    counter = itertools.count()
+    return lambda: f"2030-01-01T00:00:{next(counter):02d}Z"
+
+
+@pytest.fixture
+def api():
+    fake = FakeApi()
+    fake.add_resource(NAME, SPEC)
+    return fake
+
+
+def step(api, now=None):
+    return reconcile(api.resource(NAME), api, now=now or clock())
+
+
+def conditions(api):
+    return {c["type"]: c for c in api.resource(NAME)["status"]["conditions"]}
+
+
+def dask_running(api):
+    api.set_status("DaskCluster", DASK, {"phase": "Running"})
+
+
+def job_active(api):
+    api.set_status("Job", JOB, {"active": 1, "startTime": "2030-01-01T01:00:00Z"})
+
+
+def job_finished(api, type_, reason="", message=""):
+    cond = {"type": type_, "status": "True", "reason": reason, "message": message}
+    api.set_status("Job", JOB, {"conditions": [cond], "completionTime": "2030-01-01T02:00:00Z",
+                                "startTime": "2030-01-01T01:00:00Z"})
+
+
+def test_children_created_once_with_owner_references(api):
+    first = step(api)
+    assert sorted(first.created) == sorted(
+        ["ConfigMap/docs-spec", "ServiceAccount/docs-runner", "Role/docs-runner", "RoleBinding/docs-runner",
+         f"DaskCluster/{DASK}"]
+    )
+    assert not any(ref.startswith("Job/") for ref in first.created), "Job must wait for the DaskCluster"
+    second = step(api)
+    assert second.created == []
+    assert api.create_calls == first.created  # no duplicate create attempts either
+    for (kind, _, name), obj in api.objects.items():
+        if kind != "KMeansPartition":
+            assert obj["metadata"]["ownerReferences"][0]["uid"] == "kmp-uid", name
+    status = api.resource(NAME)["status"]
+    assert status["phase"] == "Pending" and status["daskCluster"] == DASK and status["observedGeneration"] == 1
+    assert conditions(api)["DaskClusterReady"]["status"] == "False"
+    assert any(e.reason == "Created" for e in first.events)
+
+
+def test_full_lifecycle_to_success(api):
+    step(api)
+    dask_running(api)
+    out = step(api)
+    assert out.created == [f"Job/{JOB}"]
+    assert conditions(api)["DaskClusterReady"]["status"] == "True"
+    assert api.resource(NAME)["status"]["job"] == JOB
+    assert [e.reason for e in out.events] == ["Created", "DaskClusterReady"]
+
+    job_active(api)
+    out = step(api)
+    status = api.resource(NAME)["status"]
+    assert status["phase"] == "Running" and status["startTime"] == "2030-01-01T01:00:00Z"
+    assert [e.reason for e in out.events] == ["Running"]
+
+    api.patch_status("", "KMeansPartition", "default", NAME, {"progress": {"stage": "fitting", "iteration": 7}})
+    step(api)
+    assert api.resource(NAME)["status"]["progress"] == {"stage": "fitting", "iteration": 7}
+
+    job_finished(api, "Complete")
+    api.patch_status("", "KMeansPartition", "default", NAME, {"result": {"nRows": 10}})
+    out = step(api)
+    status = api.resource(NAME)["status"]
+    assert status["phase"] == "Succeeded"
+    assert status["completionTime"] == "2030-01-01T02:00:00Z"
+    assert status["result"] == {"nRows": 10} and status["progress"]["iteration"] == 7
+    cond = conditions(api)
+    assert cond["Succeeded"]["status"] == "True" and cond["Running"]["status"] == "False"
+    assert out.deleted == [f"DaskCluster/{DASK}"]
+    assert f"DaskCluster/{DASK}" not in api.kinds() and f"Job/{JOB}" in api.kinds()
+    assert {e.reason for e in out.events} >= {"Succeeded", "Deleted"}
+
+    api.objects.pop(("Job", "default", JOB))  # the Job's TTL removes it later
+    out = step(api)
+    assert out.created == [] and out.events == [] and not out.patched
+    assert api.resource(NAME)["status"]["phase"] == "Succeeded"
+
+
+def test_failure_reports_job_reason_and_runner_message(api):
+    api.add_resource(NAME, {**SPEC, "cleanupPolicy": "OnSuccess"})
+    step(api)
+    dask_running(api)
+    step(api)
+    job_finished(api, "Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+    api.objects[("Pod", "default", "docs-runner-abc")] = {
+        "kind": "Pod",
+        "metadata": {"name": "docs-runner-abc", "labels": {"batch.kubernetes.io/job-name": JOB}},
+        "status": {"containerStatuses": [{"state": {"terminated": {"exitCode": 2, "message": "inputPath: no files"}}}]},
+    }
+    out = step(api)
+    failed = conditions(api)["Failed"]
+    assert failed["reason"] == "BackoffLimitExceeded"
+    assert "backoff limit" in failed["message"] and "runner: inputPath: no files" in failed["message"]
+    assert api.resource(NAME)["status"]["phase"] == "Failed"
+    assert f"DaskCluster/{DASK}" in api.kinds(), "OnSuccess keeps the cluster after a failure"
+    assert any(e.type == "Warning" and e.reason == "BackoffLimitExceeded" for e in out.events)
+
+
+def test_cleanup_never_keeps_the_cluster(api):
+    api.add_resource(NAME, {**SPEC, "cleanupPolicy": "Never"})
+    step(api)
+    dask_running(api)
+    step(api)
+    job_finished(api, "Complete")
+    out = step(api)
+    assert out.deleted == [] and f"DaskCluster/{DASK}" in api.kinds()
+
+
+@pytest.mark.parametrize("stage", ["created", "dask-ready", "job-active", "job-complete"])
+def test_operator_restart_at_each_stage_creates_no_duplicates(api, stage):
+    actions = {"dask-ready": dask_running, "job-active": job_active,
+               "job-complete": lambda a: job_finished(a, "Complete")}
+    step(api)
+    for name in ["dask-ready", "job-active", "job-complete"][: ["created", "dask-ready", "job-active", "job-complete"].index(stage)]:
+        actions[name](api)
+        step(api)
+    children = api.kinds()
+    calls = list(api.create_calls)
+    restarted = FakeApi()  # a fresh operator process: same cluster state, no memory
+    restarted.objects = api.objects
+    out = reconcile(restarted.resource(NAME), restarted, now=clock())
+    assert restarted.create_calls == [] and out.created == []
+    assert api.kinds() == children and api.create_calls == calls
+    expected = {"created": "Pending", "dask-ready": "Pending", "job-active": "Running", "job-complete": "Succeeded"}
+    assert restarted.resource(NAME)["status"]["phase"] == expected[stage]
+
+
+def test_last_transition_time_moves_only_on_flips(api):
+    step(api, now=lambda: "2030-01-01T00:00:00Z")
+    before = conditions(api)["DaskClusterReady"]["lastTransitionTime"]
+    step(api, now=lambda: "2030-01-01T00:05:00Z")
+    assert conditions(api)["DaskClusterReady"]["lastTransitionTime"] == before
+    dask_running(api)
+    step(api, now=lambda: "2030-01-01T00:09:00Z")
+    assert conditions(api)["DaskClusterReady"]["lastTransitionTime"] == "2030-01-01T00:09:00Z"
+
+
+def test_invalid_spec_fails_and_creates_nothing():
+    api = FakeApi()
+    api.add_resource(NAME, {**SPEC, "nClusters": 0})
+    out = step(api)
+    assert api.kinds() == [] and api.create_calls == []
+    failed = conditions(api)["Failed"]
+    assert failed["reason"] == "InvalidSpec" and "nClusters" in failed["message"]
+    assert api.resource(NAME)["status"]["phase"] == "Failed"
+    assert [e.type for e in out.events] == ["Warning"]
+
+
+def test_lost_job_is_not_recreated(api):
+    step(api)
+    dask_running(api)
+    step(api)
+    job_active(api)
+    step(api)
+    api.objects.pop(("Job", "default", JOB))
+    out = step(api)
+    assert out.created == [] and f"Job/{JOB}" not in api.kinds()
+    assert conditions(api)["Failed"]["reason"] == "JobLost"
+    assert conditions(api)["Running"]["status"] == "False"
+
+
+def test_foreign_object_with_the_same_name_is_not_adopted(api):
+    api.objects[("DaskCluster", "default", DASK)] = {
+        "apiVersion": "kubernetes.dask.org/v1", "kind": "DaskCluster",
+        "metadata": {"name": DASK, "namespace": "default", "ownerReferences": [{"uid": "old-uid"}]},
+        "status": {"phase": "Running"},
+    }
+    out = step(api)
+    assert out.waiting == [f"DaskCluster/{DASK}"]
+    assert conditions(api)["DaskClusterReady"]["status"] == "False"
+    assert f"Job/{JOB}" not in api.kinds()
+
+
+def test_missing_dask_operator_is_reported():
+    api = FakeApi(unserved_kinds=("DaskCluster",))
+    api.add_resource(NAME, SPEC)
+    step(api)
+    assert conditions(api)["DaskClusterReady"]["reason"] == "DaskOperatorMissing"
+    assert f"Job/{JOB}" not in api.kinds()
+
+
+def test_delete_children_removes_only_owned_children(api):
+    step(api)
+    dask_running(api)
+    step(api)
+    api.objects[("ConfigMap", "other", "docs-spec")] = {"metadata": {"name": "docs-spec", "ownerReferences": []}}
+    deleted = delete_children(NAME, "default", "kmp-uid", api)
+    assert len(deleted) == 6
+    assert api.kinds() == ["ConfigMap/docs-spec"]  # the one in namespace "other" stays
+    assert delete_children(NAME, "default", "kmp-uid", api) == []
+
+
+def test_deleting_resource_is_left_alone(api):
+    body = api.resource(NAME)
+    body["metadata"]["deletionTimestamp"] = "2030-01-01T00:00:00Z"
+    out = reconcile(body, api)
+    assert out.created == [] and api.kinds() == []
