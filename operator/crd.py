@@ -184,6 +184,9 @@ def to_structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out[key] = {name: to_structural(sub, defs) for name, sub in value.items()}
         elif key == "items":
             out[key] = to_structural(value, defs)
+        elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
+            bound = "minimum" if key == "exclusiveMinimum" else "maximum"
+            out[bound], out[key] = value, True  # OpenAPI v3.0: a boolean beside minimum/maximum
         elif key == "additionalProperties":
             if value is True or value == {}:
                 out["x-kubernetes-preserve-unknown-fields"] = True
@@ -312,6 +315,11 @@ def to_json_schema(node: Any) -> Any:
             out[key] = to_json_schema(value)
         elif not key.startswith("x-kubernetes-") and key != "nullable":
             out[key] = copy.deepcopy(value)
+    for key, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if out.get(key) is True:
+            out[key] = out.pop(bound)  # JSON Schema draft 7: the bound itself
+        elif out.get(key) is False:
+            del out[key]
     if node.get("x-kubernetes-int-or-string"):
         out["type"] = ["integer", "string"]
     if node.get("nullable") and "type" in out:

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .spec import API_GROUP, KIND, SpecError, parse_resource_spec
+from .spec import API_GROUP, KIND, KMeansPartitionSpec, SpecError, parse_resource_spec
 
 #: CLI flag -> JobSpec field, for flags that take a value.
 VALUE_FLAGS = {
@@ -49,6 +49,8 @@ def _add_run(sub) -> None:
     run.add_argument("--max-samples-per-batch", type=int)
     run.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--overwrite", action="store_true", default=None)
+    run.add_argument("--engine", choices=["auto", "dask", "raft"],
+                     help="k-means engine (default: the manifest's, else auto: raft with cuML and GPUs, else dask)")
     run.add_argument("--scheduler", help="Dask scheduler address (else $DASK_SCHEDULER_ADDRESS, else local)")
     run.add_argument("--verbose", action="store_true", default=None)
     run.add_argument("--quiet", action="store_true", help="no progress bars or summary")
@@ -92,8 +94,8 @@ def parse_storage_value(raw: str) -> Any:
     return value if isinstance(value, (bool, int, float, type(None), str)) else raw
 
 
-def load_manifest(path: str) -> dict[str, Any]:
-    """The job fields of a KMeansPartition manifest's spec (snake_case keys)."""
+def load_manifest(path: str) -> KMeansPartitionSpec:
+    """The validated spec of a KMeansPartition manifest."""
     with open(path, encoding="utf-8") as handle:
         doc = yaml.safe_load(handle)
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
@@ -101,13 +103,12 @@ def load_manifest(path: str) -> dict[str, Any]:
     api_version = str(doc.get("apiVersion", ""))
     if not api_version.startswith(f"{API_GROUP}/"):
         raise SpecError("apiVersion", f"{path}: expected {API_GROUP}/<version>, got {api_version!r}")
-    spec = parse_resource_spec(doc.get("spec") or {})
-    return spec.job_spec().model_dump()
+    return parse_resource_spec(doc.get("spec") or {})
 
 
 def job_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The manifest's fields (if -f), overridden by every flag given."""
-    fields = load_manifest(args.file) if args.file else {}
+    fields = load_manifest(args.file).job_spec().model_dump() if args.file else {}
     for flag, name in VALUE_FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
@@ -139,8 +140,9 @@ def command_run(args: argparse.Namespace) -> int:
     if status is not None:
         sinks.append(status)
     progress = Progress(sinks=sinks)
+    engine = args.engine or (load_manifest(args.file).engine.value if args.file else "auto")
     try:
-        stage.run(progress=progress)
+        stage.run(progress=progress, engine=engine)
     finally:
         progress.close()
     return 0

@@ -46,6 +46,6 @@ def dask_client(address: Optional[str], n_workers: Optional[int] = None) -> Iter
         threads_per_worker=1,
         processes=True,
         dashboard_address=":0",
-        silence_logs=logging.ERROR,
+        silence_logs=logging.CRITICAL,  # task errors reach the client, which reports them
     ) as cluster, Client(cluster) as client:
         yield client

@@ -74,7 +74,7 @@ def _row_lengths(chunk: pa.Array) -> np.ndarray:
 
 
 def _check_lengths(
-    lengths: np.ndarray, dim: int, expected_dim: Optional[int], source: str, field: str, row0: int
+    lengths: np.ndarray, dim: int, expected_dim: Optional[int], source: str, field: str, row0: int, dim_row: int
 ) -> None:
     bad = lengths != dim
     if bad.any():
@@ -82,7 +82,7 @@ def _check_lengths(
         if expected_dim is not None:
             why = f"expected embedding_dim={expected_dim}"
         else:
-            why = f"expected {dim} like the first row (ragged embeddings)"
+            why = f"expected {dim} like row {dim_row} (ragged embeddings)"
         raise InputError(
             f"embedding has length {int(lengths[row])}, {why}", source, row=row0 + row, field=field
         )
@@ -112,6 +112,7 @@ def embedding_matrix(
         dim = column.type.list_size
     out: Optional[np.ndarray] = None if dim is None else np.empty((n, dim), dtype=np.float32)
     start = 0
+    dim_row = row_offset  # the row whose length set `dim` when embedding_dim is not given
     for chunk in column.chunks:
         row0 = row_offset + start
         if chunk.null_count:
@@ -119,11 +120,11 @@ def embedding_matrix(
             raise InputError("embedding is missing or null", source, row=row0 + row, field=field)
         lengths = _row_lengths(chunk)
         if dim is None and len(lengths):
-            dim = int(lengths[0])
+            dim, dim_row = int(lengths[0]), row0
             out = np.empty((n, dim), dtype=np.float32)
         if dim is None:
             continue
-        _check_lengths(lengths, dim, embedding_dim, source, field, row0)
+        _check_lengths(lengths, dim, embedding_dim, source, field, row0, dim_row)
         if dim == 0 and len(chunk):
             raise InputError("embedding is empty (length 0)", source, row=row0, field=field)
         with np.errstate(over="ignore"):  # beyond float32 range -> Inf, refused by normalise

@@ -21,8 +21,6 @@ from .progress import Progress
 
 #: Sampling rounds of k-means|| (Spark MLlib's default; each round is one pass).
 KMEANS_PARALLEL_ROUNDS = 2
-#: Weighted Lloyd steps on the k-means|| candidates after k-means++ picks k of them.
-CANDIDATE_LLOYD_STEPS = 20
 
 
 @dataclass
@@ -163,8 +161,11 @@ class DaskKMeans:
             extra = rng.choice(n_total, size=min(self.k, n_total), replace=False)
             points = np.concatenate([points, self.fetch_rows(extra)])
             weights = np.concatenate([weights, np.ones(len(extra))])
-        chosen = km.weighted_kmeans_pp(points, weights, self.k, rng)
-        return km.weighted_lloyd(points, weights, points[chosen], CANDIDATE_LLOYD_STEPS)
+        # On a worker: one BLAS thread there, and the client stays light.
+        reduced = self.client.submit(
+            km.reduce_candidates, points, weights, self.k, [self.random_state, KMEANS_PARALLEL_ROUNDS], pure=False
+        )
+        return reduced.result()
 
     # -- Lloyd
     def lloyd(self, centroids: np.ndarray, max_iter: int, tol_abs: float) -> FitResult:

@@ -70,10 +70,14 @@ def nearest(
 
 
 def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cluster row sums (float64, k x d) and counts (int64), via a sparse one-hot GEMM."""
+    """Per-cluster row sums (float64, k x d) and counts (int64), via a sparse one-hot GEMM.
+
+    ``x`` should be C-contiguous (scipy copies strided views): pass the augmented
+    rows and drop the last column of the sums.
+    """
     n = x.shape[0]
     one_hot = sp.csr_matrix(
-        (np.ones(n, dtype=np.float32), (labels, np.arange(n))), shape=(k, n)
+        (np.ones(n, dtype=x.dtype), (labels, np.arange(n))), shape=(k, n)
     )
     sums = np.asarray(one_hot @ x, dtype=np.float64)
     counts = np.bincount(labels, minlength=k).astype(np.int64)
@@ -103,7 +107,8 @@ def lloyd_partial(
     k, d = centroids.shape
     labels, dist_sq = nearest(xa, x_sq, augment_centroids(centroids), batch)
     x = xa[:, :d]
-    sums, counts = cluster_sums(x, labels, k)
+    sums, counts = cluster_sums(xa, labels, k)
+    sums = sums[:, :d]
     r = min(RESEED_CANDIDATES, len(dist_sq))
     far = np.argpartition(-dist_sq, r - 1)[:r] if r else np.empty(0, dtype=np.int64)
     far = far[np.lexsort((far, -dist_sq[far]))]  # farthest first, ties by row index
@@ -167,6 +172,12 @@ def tolerance(feature_sum: np.ndarray, feature_sq_sum: np.ndarray, n_rows: int, 
     return float(variance.mean() * tol)
 
 
+#: Weighted Lloyd steps on the k-means|| candidates after k-means++ picks k of them.
+CANDIDATE_LLOYD_STEPS = 20
+#: Candidate sets up to this size use a precomputed Gram matrix in k-means++ (m x m float32).
+GRAM_MAX_POINTS = 8192
+
+
 def weighted_kmeans_pp(
     points: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator
 ) -> np.ndarray:
@@ -175,13 +186,19 @@ def weighted_kmeans_pp(
     Returns indices of ``k`` chosen points; ``points`` must have at least ``k`` rows.
     """
     m = points.shape[0]
-    p64 = points.astype(np.float64)
-    sq = np.einsum("ij,ij->i", p64, p64)
+    p32 = np.ascontiguousarray(points, dtype=np.float32)
+    sq = np.einsum("ij,ij->i", p32, p32, dtype=np.float64)
+    gram = p32 @ p32.T if m <= GRAM_MAX_POINTS else None
+
+    def dist_to(rows: np.ndarray) -> np.ndarray:
+        dots = gram[rows] if gram is not None else p32[rows] @ p32.T
+        return np.maximum(sq[rows][:, None] - 2.0 * dots + sq[None, :], 0.0)
+
     w = weights.astype(np.float64)
     trials = 2 + int(np.log(k))
     chosen = np.empty(k, dtype=np.int64)
     chosen[0] = rng.choice(m, p=w / w.sum()) if w.sum() > 0 else rng.integers(m)
-    closest = np.maximum(sq - 2 * p64 @ p64[chosen[0]] + sq[chosen[0]], 0.0)
+    closest = dist_to(chosen[:1])[0]
     for c in range(1, k):
         pot = w * closest
         total = pot.sum()
@@ -189,10 +206,8 @@ def weighted_kmeans_pp(
             unused = np.setdiff1d(np.arange(m), chosen[:c])
             chosen[c:] = unused[: k - c]
             break
-        cand = np.searchsorted(np.cumsum(pot), rng.random(trials) * total)
-        cand = np.minimum(cand, m - 1)
-        dist = np.maximum(sq[cand][:, None] - 2 * p64[cand] @ p64.T + sq[None, :], 0.0)
-        dist = np.minimum(dist, closest[None, :])
+        cand = np.minimum(np.searchsorted(np.cumsum(pot), rng.random(trials) * total), m - 1)
+        dist = np.minimum(dist_to(cand), closest[None, :])
         best = int(np.argmin(dist @ w))
         chosen[c] = cand[best]
         closest = dist[best]
@@ -203,21 +218,29 @@ def weighted_lloyd(
     points: np.ndarray, weights: np.ndarray, centroids: np.ndarray, n_iter: int
 ) -> np.ndarray:
     """A few weighted Lloyd steps on a small in-memory set (k-means|| refinement)."""
-    p64 = points.astype(np.float64)
-    c = centroids.astype(np.float64)
+    pa = augment_rows(points)
+    p_sq = row_sq_norms(pa[:, :-1])
     w = weights.astype(np.float64)
-    psq = np.einsum("ij,ij->i", p64, p64)
+    c = np.asarray(centroids, dtype=np.float32)
+    k, d = c.shape
     for _ in range(n_iter):
-        d2 = psq[:, None] - 2 * p64 @ c.T + np.einsum("ij,ij->i", c, c)[None, :]
-        labels = d2.argmin(axis=1)
-        wsum = np.bincount(labels, weights=w, minlength=c.shape[0])
-        one_hot = sp.csr_matrix((w, (labels, np.arange(len(w)))), shape=(c.shape[0], len(w)))
-        sums = np.asarray(one_hot @ p64)
+        labels, _ = nearest(pa, p_sq, augment_centroids(c), batch=4096)
+        one_hot = sp.csr_matrix((w, (labels, np.arange(len(w)))), shape=(k, len(w)))
+        sums = np.asarray(one_hot @ pa, dtype=np.float64)
+        wsum = sums[:, -1]
+        new = c.astype(np.float64)
         filled = wsum > 0
-        new = c.copy()
-        new[filled] = sums[filled] / wsum[filled, None]
-        moved = not np.allclose(new, c, rtol=0, atol=1e-7)
-        c = new
+        new[filled] = sums[filled, :d] / wsum[filled, None]
+        new32 = new.astype(np.float32)
+        moved = not np.array_equal(new32, c)
+        c = new32
         if not moved:
             break
-    return c.astype(np.float32)
+    return c
+
+
+def reduce_candidates(points: np.ndarray, weights: np.ndarray, k: int, seed: list[int]) -> np.ndarray:
+    """k-means|| last step: weighted k-means++ down to ``k``, then weighted Lloyd refinement."""
+    rng = np.random.default_rng(seed)
+    chosen = weighted_kmeans_pp(points, weights, k, rng)
+    return weighted_lloyd(points, weights, points[chosen], CANDIDATE_LLOYD_STEPS)

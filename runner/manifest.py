@@ -36,6 +36,7 @@ class RunResult:
     input_files: list[str]
     n_duplicate_ids: int
     n_reseeded: int
+    engine: str = "dask"
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -110,6 +110,7 @@ def _files_below(fs: fsspec.AbstractFileSystem, directory: str, extensions: tupl
 def _expand_one(path: str, extensions: tuple[str, ...], storage_options: dict) -> list[str]:
     try:
         fs, fs_path = url_to_fs(path, **storage_options)
+        path = fs.unstrip_protocol(fs_path)  # errors name the full URI
         if _GLOB_MAGIC.search(fs_path) and not fs.exists(fs_path):
             found = []
             prefix = _static_prefix(fs_path)

@@ -15,6 +15,7 @@ from distributed import Client, as_completed
 
 from . import kmeans as km
 from .cluster import dask_client
+from .engine import choose_engine, fit_raft
 from .fit import DaskKMeans, fit
 from .manifest import RunResult, write_centroids, write_manifest
 from .output import (
@@ -64,14 +65,19 @@ class KMeansStage:
     def from_spec(cls, spec: JobSpec) -> "KMeansStage":
         return cls(**spec.model_dump())
 
-    def run(self, progress: Optional[Progress] = None, client: Optional[Client] = None) -> dict:
-        """Run the job; returns the result summary (also in `_manifest.json`)."""
+    def run(
+        self, progress: Optional[Progress] = None, client: Optional[Client] = None, engine: str = "auto"
+    ) -> dict:
+        """Run the job; returns the result summary (also in `_manifest.json`).
+
+        ``engine``: ``auto`` | ``dask`` | ``raft`` (see `kmeans_partition.runner.engine`).
+        """
         progress = progress or Progress()
         if client is not None:
-            return _Run(self.spec, client, progress).execute()
+            return _Run(self.spec, client, progress, engine).execute()
         check_output_before_work(self.spec)  # fail fast, before starting a cluster
         with dask_client(self.spec.scheduler_address) as own_client:
-            return _Run(self.spec, own_client, progress).execute()
+            return _Run(self.spec, own_client, progress, engine).execute()
 
 
 def check_field_names(spec: JobSpec) -> None:
@@ -97,10 +103,11 @@ def check_output_before_work(spec: JobSpec) -> list[str]:
 class _Run:
     """One execution of a spec on a client; each method is one stage of the data flow."""
 
-    def __init__(self, spec: JobSpec, client: Client, progress: Progress):
+    def __init__(self, spec: JobSpec, client: Client, progress: Progress, engine: str = "auto"):
         self.spec = spec
         self.client = client
         self.progress = progress
+        self.engine = engine
         self.out = open_output(spec.output_path, spec.storage_options)
         self.timings: dict[str, float] = {}
 
@@ -123,11 +130,7 @@ class _Run:
             n_rows,
             spec.tol,
         )
-        model = DaskKMeans(
-            self.client, parts, [s.n_rows for s in stats], spec.n_clusters,
-            spec.max_samples_per_batch, spec.random_state, self.progress,
-        )
-        fitted = fit(model, spec.init, spec.oversampling_factor, spec.max_iter, tol_abs)
+        fitted = self.fit(parts, stats, dim, tol_abs)
         self.timings.update(fitted.timings)
         clear_previous(self.out, replace)
         counts, inertia, files_written = self.write(parts, fitted.centroids)
@@ -148,6 +151,7 @@ class _Run:
             input_files=files,
             n_duplicate_ids=count_duplicate_ids([s.id_hashes for s in stats]),
             n_reseeded=fitted.n_reseeded,
+            engine=self.engine,
             timings=self.timings,
         )
         write_manifest(self.out, spec, result)
@@ -183,6 +187,24 @@ class _Run:
         keep = [i for i, s in enumerate(stats) if s.n_rows > 0]
         self.timings["read"] = time.perf_counter() - started
         return [parts[i] for i in keep], [stats[i] for i in keep]
+
+    def fit(self, parts, stats, dim: int, tol_abs: float):
+        """Centroids from the chosen engine; ours reports every iteration."""
+        spec = self.spec
+        rows = [s.n_rows for s in stats]
+        engine = choose_engine(self.engine, self.client)
+        self.engine = engine
+        if engine == "raft":
+            self.progress.stage("fitting", max_iter=spec.max_iter)
+            fitted = fit_raft(
+                self.client, parts, rows, dim, spec.n_clusters, spec.init, spec.max_iter, spec.tol,
+                spec.random_state, spec.oversampling_factor, spec.max_samples_per_batch,
+            )
+            return fitted
+        model = DaskKMeans(
+            self.client, parts, rows, spec.n_clusters, spec.max_samples_per_batch, spec.random_state, self.progress
+        )
+        return fit(model, spec.init, spec.oversampling_factor, spec.max_iter, tol_abs)
 
     def write(self, parts, centroids: np.ndarray):
         """Assign and write fragments, then merge them into one file per centroid."""

@@ -1,4 +1,4 @@
-"""Shared fixtures. Puts tests/ on sys.path so `import <topic>_support` works."""
+"""Shared fixtures. Puts tests/ on sys.path so `import <topic>_support` works (importlib mode)."""
 
 import sys
 from pathlib import Path

@@ -211,7 +211,7 @@ def test_image_values_reach_the_operator(chart):
     assert container["image"] == "registry.example/kmp:9.9.9"
     assert container["imagePullPolicy"] == "Always"
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["KMEANS_PARTITION_IMAGE"] == "registry.example/kmp:9.9.9"
+    assert env["KMP_DEFAULT_IMAGE"] == "registry.example/kmp:9.9.9"
 
 
 def test_every_object_has_recommended_labels(mode):

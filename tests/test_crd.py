@@ -105,6 +105,8 @@ def test_schema_is_structural():
             assert node.get("x-kubernetes-int-or-string"), f"{path}: anyOf only allowed for int-or-string"
         assert not ("properties" in node and "additionalProperties" in node), path
         assert node.get("additionalProperties") is not False, path
+        for exclusive in ("exclusiveMinimum", "exclusiveMaximum"):
+            assert isinstance(node.get(exclusive, False), bool), f"{path}: OpenAPI v3.0 {exclusive} is a boolean"
         if "default" in node:
             assert node["default"] is not None, path
 
@@ -134,6 +136,7 @@ def test_good_manifest_validates_and_parses():
     "path,value,expect",
     [
         ("spec.nClusters", 0, "spec.nClusters"),
+        ("spec.oversamplingFactor", 0, "spec.oversamplingFactor"),
         ("spec.cluster.gpusPerWorker", -1, "spec.cluster.gpusPerWorker"),
         ("spec.engine", "faiss", "spec.engine"),
         ("spec.cleanupPolicy", "Sometimes", "spec.cleanupPolicy"),

@@ -1,0 +1,54 @@
+"""The benchmark script runs end to end on a tiny problem (no timing assertions)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_kmeans.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_kmeans", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(120)
+def test_tiny_benchmark_table(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    bench = load_bench()
+    markdown = tmp_path / "table.md"
+    rows = bench.main([
+        "--rows", "2000", "--dim", "16", "--k", "8", "--iters", "3", "--peers", "sklearn",
+        "--workers", "2", "--partition-rows", "500", "--batch", "256", "--true-clusters", "12",
+        "--markdown", str(markdown),
+    ])
+    assert [r["method"].split(" ")[0] for r in rows] == ["GEMM", "ours", "scikit-learn"]
+    assert all(r["k"] == 8 for r in rows)
+    ours, sk = rows[1], rows[2]
+    for row in (ours, sk):
+        assert 1 <= row["iters"] <= 3
+        for column in ("s/iter", "x ours", "% floor", "inertia@iters", "init s", "init (iters)",
+                       "final inertia", "vs sklearn++"):
+            assert math.isfinite(row[column]) and row[column] > 0, (row["method"], column, row[column])
+    assert ours["init"] == "k-means||" and sk["init"] == "k-means++"
+    assert sk["vs sklearn++"] == pytest.approx(1.0)
+    # same data, same initial centroids, same Lloyd: the two runs land on (nearly) the same inertia
+    assert ours["inertia@iters"] == pytest.approx(sk["inertia@iters"], rel=1e-3)
+    out = capsys.readouterr().out
+    for target in ("of the GEMM floor", "faster than scikit-learn", "k-means|| init took",
+                   "converged inertia"):
+        assert target in out
+    text = markdown.read_text()
+    assert text.count("\n| ") == 4 and "| ours | 8 |" in text
+
+
+def test_unknown_peer_is_rejected():
+    bench = load_bench()
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--peers", "sklearn,spark"])

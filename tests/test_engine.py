@@ -1,0 +1,55 @@
+"""Engine choice (auto | dask | raft); the cuML/RAFT fit itself runs only where cuML and GPUs exist."""
+
+import numpy as np
+import pytest
+
+from kmeans_partition.runner import engine
+from kmeans_partition.runner.spec import SpecError
+from kmeans_partition.runner.stage import KMeansStage
+from dask_support import blobs, dask_client, scatter_partitions, write_input  # noqa: F401
+
+
+def test_cpu_workers_have_no_gpus(dask_client):
+    assert engine.workers_have_gpus(dask_client) is False
+
+
+@pytest.mark.parametrize(
+    "requested, cuml, gpus, expected",
+    [("dask", True, True, "dask"), ("auto", False, False, "dask"), ("auto", True, False, "dask"),
+     ("auto", True, True, "raft"), ("raft", True, True, "raft")],
+)
+def test_choose_engine(monkeypatch, requested, cuml, gpus, expected):
+    monkeypatch.setattr(engine, "cuml_available", lambda: cuml)
+    monkeypatch.setattr(engine, "workers_have_gpus", lambda client: gpus)
+    assert engine.choose_engine(requested, client=None) == expected
+
+
+@pytest.mark.parametrize("requested", ["raft", "cuda"])
+def test_unusable_engine_is_a_spec_error(monkeypatch, requested):
+    monkeypatch.setattr(engine, "cuml_available", lambda: False)
+    with pytest.raises(SpecError) as err:
+        engine.choose_engine(requested, client=None)
+    assert err.value.field == "engine"
+
+
+def test_raft_requested_on_cpu_workers_fails_before_writing(tmp_path, dask_client):
+    write_input(tmp_path / "in", blobs(100, 4, 2, seed=1), files=1)
+    stage = KMeansStage(n_clusters=2, id_field="id", embedding_field="embedding",
+                        input_path=str(tmp_path / "in"), output_path=str(tmp_path / "out"))
+    with pytest.raises(SpecError, match="engine: raft needs cuML"):
+        stage.run(client=dask_client, engine="raft")
+    assert not (tmp_path / "out").exists()
+
+
+def test_raft_fit_matches_sklearn_inertia(dask_client):
+    pytest.importorskip("cuml", reason="cuML (RAFT) is only in the GPU image")
+    from sklearn.cluster import KMeans
+
+    if not engine.workers_have_gpus(dask_client):
+        pytest.skip("these Dask workers have no GPU")
+    x = blobs(4000, 16, 10, seed=2)
+    parts, rows = scatter_partitions(dask_client, x, 4)
+    fitted = engine.fit_raft(dask_client, parts, rows, 16, 10, "k-means||", 300, 1e-4, 0, 2.0, 32768)
+    ref = KMeans(10, n_init=1, random_state=0).fit(x.astype(np.float64))
+    ours = ((x[:, None, :] - fitted.centroids[None]) ** 2).sum(-1).min(1).sum()
+    assert ours <= 1.01 * ref.inertia_
