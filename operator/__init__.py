@@ -1,1 +1,0 @@
-"""KMeansPartition Kubernetes operator (kopf)."""
