@@ -70,14 +70,21 @@ def distances_to_assigned(x: np.ndarray, centroids: np.ndarray, labels: np.ndarr
     return l2, cosine
 
 
-def embedding_array(x: np.ndarray) -> pa.Array:
-    """(n, d) float32 -> list<float32>."""
+#: Most values one Arrow list<float32> array can hold (int32 offsets).
+MAX_LIST_VALUES = 2**31 - 1
+
+
+def embedding_array(x: np.ndarray, max_values: int = MAX_LIST_VALUES) -> pa.ChunkedArray:
+    """(n, d) float32 -> list<float32>, in chunks whose int32 offsets cannot overflow."""
     n, d = x.shape
-    values = pa.array(np.ascontiguousarray(x, dtype=np.float32).reshape(-1))
-    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int64 if n * d >= 2**31 else np.int32))
-    if n * d >= 2**31:
-        return pa.LargeListArray.from_arrays(offsets, values).cast(pa.list_(pa.float32()))
-    return pa.ListArray.from_arrays(offsets, values)
+    rows_per_chunk = max(1, max_values // max(d, 1))
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    chunks = []
+    for start in range(0, n, rows_per_chunk):
+        rows = min(rows_per_chunk, n - start)
+        offsets = pa.array(np.arange(0, (rows + 1) * d, d, dtype=np.int32))
+        chunks.append(pa.ListArray.from_arrays(offsets, pa.array(flat[start * d:(start + rows) * d])))
+    return pa.chunked_array(chunks, type=pa.list_(pa.float32()))
 
 
 def output_table(part: Partition, order: np.ndarray, l2, cosine, id_field: str, embedding_field: str) -> pa.Table:
@@ -145,27 +152,46 @@ def merge_centroids(
 ) -> list[tuple[int, str, int]]:
     """Phase 2: one file per centroid from every fragment's row group (runs on a worker).
 
-    Returns ``(centroid, relative path, rows)`` for each file written.
+    Streams one row group at a time, so memory stays at one (partition, centroid)
+    slice whatever the centroid's size. Returns ``(centroid, relative path, rows)``.
     """
     fs, out_root = arrow_filesystem(out_url, storage_options)
-    wanted = np.asarray(centroid_ids)
-    pieces: dict[int, list[pa.Table]] = {c: [] for c in centroid_ids}
-    for path, present in fragments:
-        positions = np.searchsorted(present, wanted)
-        hit = (positions < len(present)) & (present[np.minimum(positions, len(present) - 1)] == wanted)
-        if not hit.any():
-            continue
-        reader = pq.ParquetFile(path, filesystem=fs)
-        for centroid, group in zip(wanted[hit], positions[hit]):
-            pieces[int(centroid)].append(reader.read_row_group(int(group)))
+    tmp_fs, _ = arrow_filesystem(tmp_url, storage_options)
+    readers = {path: pq.ParquetFile(path, filesystem=tmp_fs) for path, _ in fragments}
     written = []
     for centroid in centroid_ids:
-        table = pa.concat_tables(pieces.pop(centroid))
-        folder = f"centroid={centroid}"
-        fs.create_dir(posixpath.join(out_root, folder), recursive=True)
-        for number, start in enumerate(range(0, table.num_rows, rows_per_file)):
-            chunk = table.slice(start, rows_per_file)
-            relative = f"{folder}/part-{number:05d}.parquet"
-            pq.write_table(chunk, posixpath.join(out_root, relative), filesystem=fs)
-            written.append((centroid, relative, chunk.num_rows))
+        sources = []
+        for path, present in fragments:
+            position = int(np.searchsorted(present, centroid))
+            if position < len(present) and present[position] == centroid:
+                sources.append((readers[path], position))
+        written += _write_centroid(centroid, sources, fs, out_root, rows_per_file)
+    return written
+
+
+def _write_centroid(centroid, sources, fs, out_root, rows_per_file) -> list[tuple[int, str, int]]:
+    """Copy the centroid's row groups into ``centroid=N/part-*.parquet``, rolling at `rows_per_file`."""
+    folder = f"centroid={centroid}"
+    fs.create_dir(posixpath.join(out_root, folder), recursive=True)
+    written: list[tuple[int, str, int]] = []
+    writer, rows_in_file = None, 0
+    try:
+        for reader, group in sources:
+            piece = reader.read_row_group(group)
+            while piece.num_rows:
+                if writer is None:
+                    relative = f"{folder}/part-{len(written):05d}.parquet"
+                    writer = pq.ParquetWriter(posixpath.join(out_root, relative), piece.schema, filesystem=fs)
+                    written.append((centroid, relative, 0))
+                take = min(piece.num_rows, rows_per_file - rows_in_file)
+                writer.write_table(piece.slice(0, take))
+                rows_in_file += take
+                written[-1] = (centroid, written[-1][1], rows_in_file)
+                piece = piece.slice(take)
+                if rows_in_file == rows_per_file:
+                    writer.close()
+                    writer, rows_in_file = None, 0
+    finally:
+        if writer is not None:
+            writer.close()
     return written

@@ -94,3 +94,11 @@ def test_embedding_array_round_trip(n, d):
     arr = embedding_array(x)
     assert arr.type == pa.list_(pa.float32())
     assert np.array(arr.to_pylist(), dtype=np.float32).reshape(n, d).tolist() == x.tolist()
+
+
+def test_embedding_array_splits_before_int32_offsets_overflow():
+    x = np.arange(5 * 3, dtype=np.float32).reshape(5, 3)
+    arr = embedding_array(x, max_values=7)  # 2 rows (6 values) per chunk
+    assert [len(chunk) for chunk in arr.chunks] == [2, 2, 1]
+    assert arr.type == pa.list_(pa.float32())
+    assert np.array(arr.to_pylist(), dtype=np.float32).tolist() == x.tolist()
