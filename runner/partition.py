@@ -61,7 +61,7 @@ class PartitionStats:
     dim: int
     feature_sum: np.ndarray  # (d,) float64
     feature_sq_sum: np.ndarray  # (d,) float64
-    id_hashes: np.ndarray  # (n,) uint64, for the duplicate-id count
+    column_schema: pa.Schema  # the id (as "id") and metadata columns' types
 
 
 def load_partition(index: int, ref, options: dict) -> Partition:
@@ -74,18 +74,54 @@ def load_partition(index: int, ref, options: dict) -> Partition:
     return Partition.from_normalised(index, raw.source, raw.row_offset, raw.ids, x, raw.metadata)
 
 
-def partition_stats(part: Partition) -> PartitionStats:
+ID_COLUMN = "id"
+
+
+def partition_stats(part: Partition, block: int = 65536) -> PartitionStats:
+    """Row count, dimension, per-feature sums (float64, block by block) and column types."""
     x = part.x
-    x64 = x.astype(np.float64)
-    return PartitionStats(
-        index=part.index,
-        source=part.source,
-        n_rows=part.n_rows,
-        dim=x.shape[1],
-        feature_sum=x64.sum(axis=0),
-        feature_sq_sum=np.einsum("ij,ij->j", x64, x64),
-        id_hashes=hash_ids(part.ids),
-    )
+    feature_sum = np.zeros(x.shape[1])
+    feature_sq_sum = np.zeros(x.shape[1])
+    for start in range(0, x.shape[0], block):
+        x64 = x[start:start + block].astype(np.float64)
+        feature_sum += x64.sum(axis=0)
+        feature_sq_sum += np.einsum("ij,ij->j", x64, x64)
+    columns = pa.schema([pa.field(ID_COLUMN, part.ids.type)] + list(part.metadata.schema))
+    return PartitionStats(part.index, part.source, part.n_rows, x.shape[1], feature_sum, feature_sq_sum, columns)
+
+
+def unify_column_types(stats: list[PartitionStats], id_field: str) -> pa.Schema:
+    """One type per id/metadata column across partitions (e.g. string + large_string, null + string).
+
+    Raises `InputError` naming two files and the field when their types cannot be reconciled.
+    """
+    from .errors import InputError
+
+    try:
+        return pa.unify_schemas([s.column_schema for s in stats], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        pass
+    first = stats[0]
+    for other in stats[1:]:
+        for field in first.column_schema:
+            theirs = other.column_schema.field(field.name).type
+            try:
+                pa.unify_schemas([pa.schema([field]), pa.schema([pa.field(field.name, theirs)])],
+                                 promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                name = id_field if field.name == ID_COLUMN else field.name
+                raise InputError(
+                    f"column type {theirs} does not match {field.type} in {first.source}",
+                    source=other.source, field=name,
+                ) from None
+    raise InputError("id/metadata column types differ between files and cannot be unified")
+
+
+def hash_buckets(part: Partition, n_buckets: int) -> list[np.ndarray]:
+    """The partition's id hashes split by ``hash % n_buckets`` (for a distributed duplicate count)."""
+    hashes = hash_ids(part.ids)
+    bucket = hashes % np.uint64(n_buckets)
+    return [hashes[bucket == b] for b in range(n_buckets)]
 
 
 def hash_ids(ids: pa.Array) -> np.ndarray:
@@ -96,9 +132,7 @@ def hash_ids(ids: pa.Array) -> np.ndarray:
     return pd.util.hash_pandas_object(values, index=False).to_numpy(dtype=np.uint64)
 
 
-def count_duplicate_ids(hashes: list[np.ndarray]) -> int:
-    """Rows whose id hash was already seen (extra occurrences beyond the first)."""
-    if not hashes:
-        return 0
-    everything = np.concatenate(hashes)
+def count_duplicates(*bucket_parts: np.ndarray) -> int:
+    """Rows of one hash bucket whose id hash was already seen (extra occurrences)."""
+    everything = np.concatenate(bucket_parts) if bucket_parts else np.empty(0, np.uint64)
     return int(everything.size - np.unique(everything).size)

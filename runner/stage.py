@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from operator import getitem
 from typing import Optional, Union
 
 import numpy as np
@@ -25,7 +26,7 @@ from .output import (
     clear_previous,
     open_output,
 )
-from .partition import count_duplicate_ids, load_partition, partition_stats
+from .partition import count_duplicates, hash_buckets, load_partition, partition_stats, unify_column_types
 from .progress import Progress
 from .spec import JobSpec, SpecError, parse_job_spec
 from .write import COSINE_COLUMN, L2_COLUMN, merge_centroids, plan_merge_groups, write_fragment
@@ -120,6 +121,8 @@ class _Run:
         files = discover_files(spec.input_paths, spec.input_filetype, spec.storage_options)
         refs = plan_partitions(files, spec.input_filetype, spec.storage_options)
         parts, stats = self.read(refs)
+        column_schema = unify_column_types(stats, spec.id_field)  # before any work, like check_shapes
+        duplicates = self.count_duplicate_ids(parts)
         n_rows = sum(s.n_rows for s in stats)
         dim = stats[0].dim
         if spec.n_clusters > n_rows:
@@ -133,7 +136,7 @@ class _Run:
         fitted = self.fit(parts, stats, dim, tol_abs)
         self.timings.update(fitted.timings)
         clear_previous(self.out, replace)
-        counts, inertia, files_written = self.write(parts, fitted.centroids)
+        counts, inertia, files_written = self.write(parts, fitted.centroids, column_schema)
         write_centroids(self.out, fitted.centroids)
         self.timings["total"] = time.perf_counter() - started
         result = RunResult(
@@ -149,7 +152,7 @@ class _Run:
             rows_per_centroid=[int(c) for c in counts],
             files=files_written,
             input_files=files,
-            n_duplicate_ids=count_duplicate_ids([s.id_hashes for s in stats]),
+            n_duplicate_ids=sum(self.client.gather(duplicates)),
             n_reseeded=fitted.n_reseeded,
             engine=self.engine,
             timings=self.timings,
@@ -206,7 +209,17 @@ class _Run:
         )
         return fit(model, spec.init, spec.oversampling_factor, spec.max_iter, tol_abs)
 
-    def write(self, parts, centroids: np.ndarray):
+    def count_duplicate_ids(self, parts, n_buckets: int = 16) -> list:
+        """Futures of per-bucket duplicate-id counts: id hashes never leave the workers whole."""
+        buckets = [self.client.submit(hash_buckets, p, n_buckets, pure=False) for p in parts]
+        return [
+            self.client.submit(
+                count_duplicates, *[self.client.submit(getitem, b, i, pure=False) for b in buckets], pure=False
+            )
+            for i in range(n_buckets)
+        ]
+
+    def write(self, parts, centroids: np.ndarray, column_schema):
         """Assign and write fragments, then merge them into one file per centroid."""
         spec = self.spec
         started = time.perf_counter()
@@ -217,7 +230,7 @@ class _Run:
             fragment_futures = [
                 self.client.submit(
                     write_fragment, p, c_future, spec.max_samples_per_batch, tmp_url,
-                    spec.storage_options, spec.id_field, spec.embedding_field, pure=False,
+                    spec.storage_options, spec.id_field, spec.embedding_field, column_schema, pure=False,
                 )
                 for p in parts
             ]

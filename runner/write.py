@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from . import kmeans as km
-from .partition import Partition
+from .partition import ID_COLUMN, Partition
 
 #: A centroid's rows are split into several files past this many rows.
 ROWS_PER_FILE = 1_000_000
@@ -87,11 +87,17 @@ def embedding_array(x: np.ndarray, max_values: int = MAX_LIST_VALUES) -> pa.Chun
     return pa.chunked_array(chunks, type=pa.list_(pa.float32()))
 
 
-def output_table(part: Partition, order: np.ndarray, l2, cosine, id_field: str, embedding_field: str) -> pa.Table:
+def output_table(
+    part: Partition, order: np.ndarray, l2, cosine, id_field: str, embedding_field: str, column_schema: pa.Schema
+) -> pa.Table:
+    """Rows in `order`; id and metadata cast to the types unified across partitions."""
     idx = pa.array(order)
-    columns = {id_field: part.ids.take(idx), embedding_field: embedding_array(part.x[order])}
+    columns = {
+        id_field: part.ids.take(idx).cast(column_schema.field(ID_COLUMN).type),
+        embedding_field: embedding_array(part.x[order]),
+    }
     for name in part.metadata.column_names:
-        columns[name] = part.metadata.column(name).take(idx)
+        columns[name] = part.metadata.column(name).take(idx).cast(column_schema.field(name).type)
     columns[L2_COLUMN] = pa.array(l2[order])
     columns[COSINE_COLUMN] = pa.array(cosine[order])
     return pa.table(columns)
@@ -105,13 +111,14 @@ def write_fragment(
     storage_options: dict,
     id_field: str,
     embedding_field: str,
+    column_schema: pa.Schema,
 ) -> Fragment:
     """Phase 1: assign, compute distances, write rows sorted by centroid (runs on a worker)."""
     k = centroids.shape[0]
     labels, dist_sq = km.nearest(part.xa, part.x_sq, km.augment_centroids(centroids), batch)
     l2, cosine = distances_to_assigned(part.x, centroids, labels, batch)
     order = np.argsort(labels, kind="stable")
-    table = output_table(part, order, l2, cosine, id_field, embedding_field)
+    table = output_table(part, order, l2, cosine, id_field, embedding_field, column_schema)
     counts = np.bincount(labels, minlength=k).astype(np.int64)
     present = np.flatnonzero(counts)
     fs, tmp = arrow_filesystem(tmp_url, storage_options)

@@ -148,3 +148,38 @@ def test_invalid_spec_names_the_field(change, field):
     with pytest.raises(SpecError) as err:
         KMeansStage(**fields)
     assert err.value.field == field and field in str(err.value)
+
+
+def _file(path, ids, text_type, vectors):
+    pq.write_table(pa.table({
+        "id": ids,
+        "embedding": pa.array(vectors.tolist(), type=pa.list_(pa.float32())),
+        "text": pa.array([f"t{i}" for i in range(len(vectors))], type=text_type),
+    }), path)
+
+
+def test_compatible_column_types_are_unified_across_files(tmp_path, dask_client):
+    x = blobs(40, 4, 2, seed=5)
+    (tmp_path / "in").mkdir()
+    _file(tmp_path / "in" / "a.parquet", [f"a{i}" for i in range(20)], pa.string(), x[:20])
+    _file(tmp_path / "in" / "b.parquet", [f"b{i}" for i in range(20)], pa.large_string(), x[20:])
+    KMeansStage(n_clusters=2, id_field="id", embedding_field="embedding", input_path=str(tmp_path / "in"),
+                output_path=str(tmp_path / "out"), metadata_fields=["text"]).run(client=dask_client)
+    rows = read_output(tmp_path / "out")
+    assert len(rows) == 40
+    schema = pq.read_schema(next((tmp_path / "out").glob("centroid=*/*.parquet")))
+    assert schema.field("text").type == pa.large_string()
+
+
+def test_incompatible_id_types_fail_before_any_output(tmp_path, dask_client):
+    from kmeans_partition.runner.read import InputError
+
+    x = blobs(40, 4, 2, seed=6)
+    (tmp_path / "in").mkdir()
+    _file(tmp_path / "in" / "a.parquet", list(range(20)), pa.string(), x[:20])
+    _file(tmp_path / "in" / "b.parquet", [f"b{i}" for i in range(20)], pa.string(), x[20:])
+    stage = KMeansStage(n_clusters=2, id_field="id", embedding_field="embedding",
+                        input_path=str(tmp_path / "in"), output_path=str(tmp_path / "out"))
+    with pytest.raises(InputError, match=r"b\.parquet.*field 'id'.*a\.parquet"):
+        stage.run(client=dask_client)
+    assert not (tmp_path / "out").exists()

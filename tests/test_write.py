@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kmeans_partition.runner.partition import Partition
+from kmeans_partition.runner.partition import Partition, partition_stats
 from kmeans_partition.runner.write import (
     distances_to_assigned,
     embedding_array,
@@ -25,7 +25,8 @@ def make_partition(index, x, first_id):
 def write_all(tmp_path, parts, centroids, rows_per_file=1_000_000, max_rows=2_000_000):
     tmp_url = str(tmp_path / "out" / "_tmp-test")
     (tmp_path / "out" / "_tmp-test").mkdir(parents=True)
-    frags = [write_fragment(p, centroids, 50, tmp_url, {}, "id", "embedding") for p in parts]
+    schema = partition_stats(parts[0]).column_schema
+    frags = [write_fragment(p, centroids, 50, tmp_url, {}, "id", "embedding", schema) for p in parts]
     counts = np.sum([f.counts for f in frags], axis=0)
     listing = [(f.path, f.present) for f in frags]
     written = []
