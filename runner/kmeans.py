@@ -69,17 +69,26 @@ def nearest(
     return labels, dist_sq
 
 
-def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cluster row sums (float64, k x d) and counts (int64), via a sparse one-hot GEMM.
+#: Rows per one-hot product in `cluster_sums`: float32 products, accumulated in float64.
+SUM_BLOCK = 4096
 
-    ``x`` should be C-contiguous (scipy copies strided views): pass the augmented
-    rows and drop the last column of the sums.
+
+def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster row sums (float64, k x d) and counts (int64), via sparse one-hot GEMMs.
+
+    Each block of `SUM_BLOCK` rows is summed in float32 (cache-friendly) and the
+    block sums are accumulated in float64, so the rounding error does not grow
+    with the cluster size. ``x`` should be C-contiguous (scipy copies strided
+    views): pass the augmented rows and drop the last column of the sums.
     """
     n = x.shape[0]
-    one_hot = sp.csr_matrix(
-        (np.ones(n, dtype=x.dtype), (labels, np.arange(n))), shape=(k, n)
-    )
-    sums = np.asarray(one_hot @ x, dtype=np.float64)
+    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+    ones = np.ones(min(n, SUM_BLOCK), dtype=x.dtype)
+    for start in range(0, n, SUM_BLOCK):
+        stop = min(start + SUM_BLOCK, n)
+        rows = np.arange(stop - start)
+        one_hot = sp.csr_matrix((ones[: stop - start], (labels[start:stop], rows)), shape=(k, stop - start))
+        sums += one_hot @ x[start:stop]
     counts = np.bincount(labels, minlength=k).astype(np.int64)
     return sums, counts
 
