@@ -113,13 +113,13 @@ class _Run:
         self.timings: dict[str, float] = {}
 
     def execute(self) -> dict:
-        from .read import discover_files, plan_partitions
+        from .read import discover_files
 
         spec = self.spec
         started = time.perf_counter()
         replace = check_output_before_work(spec)
         files = discover_files(spec.input_paths, spec.input_filetype, spec.storage_options)
-        refs = plan_partitions(files, spec.input_filetype, spec.storage_options)
+        refs = self.plan(files)
         parts, stats = self.read(refs)
         column_schema = unify_column_types(stats, spec.id_field)  # before any work, like check_shapes
         duplicates = self.count_duplicate_ids(parts)
@@ -160,6 +160,19 @@ class _Run:
         write_manifest(self.out, spec, result)
         self.progress.result(result.to_dict())
         return result.to_dict()
+
+    def plan(self, files: list[str]):
+        """Partitions of about a million rows; smaller (by row groups) when that leaves workers idle."""
+        from .read import plan_partitions
+
+        spec = self.spec
+        refs = plan_partitions(files, spec.input_filetype, spec.storage_options)
+        wanted = 2 * max(1, len(self.client.scheduler_info().get("workers", {})))
+        sizes = [ref.num_rows for ref in refs]
+        if len(refs) < wanted and None not in sizes and sum(sizes) > 0:
+            target = max(1, -(-sum(sizes) // wanted))
+            refs = plan_partitions(files, spec.input_filetype, spec.storage_options, target_rows=target)
+        return refs
 
     def read(self, refs):
         """Load and normalise every partition on the workers; check shapes on the client."""

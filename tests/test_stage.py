@@ -183,3 +183,18 @@ def test_incompatible_id_types_fail_before_any_output(tmp_path, dask_client):
     with pytest.raises(InputError, match=r"b\.parquet.*field 'id'.*a\.parquet"):
         stage.run(client=dask_client)
     assert not (tmp_path / "out").exists()
+
+
+def test_single_file_is_split_by_row_groups_to_feed_every_worker(tmp_path, dask_client):
+    from kmeans_partition.runner.stage import _Run
+
+    x = blobs(4000, 4, 2, seed=7)
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": [f"d{i}" for i in range(4000)],
+                             "embedding": pa.array(x.tolist(), type=pa.list_(pa.float32()))}),
+                   tmp_path / "in" / "one.parquet", row_group_size=500)
+    stage = KMeansStage(n_clusters=2, id_field="id", embedding_field="embedding",
+                        input_path=str(tmp_path / "in"), output_path=str(tmp_path / "out"))
+    run = _Run(stage.spec, dask_client, Progress())
+    refs = run.plan([f"file://{tmp_path / 'in' / 'one.parquet'}"])
+    assert len(refs) == 4 and sum(r.num_rows for r in refs) == 4000  # 2 workers x 2
