@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .spec import API_GROUP, KIND, KMeansPartitionSpec, SpecError, parse_resource_spec
+from .spec import API_GROUP, API_VERSION, KIND, KMeansPartitionSpec, SpecError, parse_resource_spec
 
 #: CLI flag -> JobSpec field, for flags that take a value.
 VALUE_FLAGS = {
@@ -48,11 +48,12 @@ def _add_run(sub) -> None:
     run.add_argument("--oversampling-factor", type=float)
     run.add_argument("--max-samples-per-batch", type=int)
     run.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
-    run.add_argument("--overwrite", action="store_true", default=None)
+    run.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=None,
+                     help="replace a previous output of this tool (--no-overwrite overrides the file)")
     run.add_argument("--engine", choices=["auto", "dask", "raft"],
                      help="k-means engine (default: the manifest's, else auto: raft with cuML and GPUs, else dask)")
     run.add_argument("--scheduler", help="Dask scheduler address (else $DASK_SCHEDULER_ADDRESS, else local)")
-    run.add_argument("--verbose", action="store_true", default=None)
+    run.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=None)
     run.add_argument("--quiet", action="store_true", help="no progress bars or summary")
 
 
@@ -101,14 +102,16 @@ def load_manifest(path: str) -> KMeansPartitionSpec:
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
         raise SpecError("kind", f"{path}: expected a {KIND} manifest")
     api_version = str(doc.get("apiVersion", ""))
-    if not api_version.startswith(f"{API_GROUP}/"):
-        raise SpecError("apiVersion", f"{path}: expected {API_GROUP}/<version>, got {api_version!r}")
+    if api_version != f"{API_GROUP}/{API_VERSION}":
+        raise SpecError("apiVersion", f"{path}: expected {API_GROUP}/{API_VERSION}, got {api_version!r}")
     return parse_resource_spec(doc.get("spec") or {})
 
 
-def job_fields(args: argparse.Namespace) -> dict[str, Any]:
+def job_fields(args: argparse.Namespace, manifest: Optional[KMeansPartitionSpec] = None) -> dict[str, Any]:
     """The manifest's fields (if -f), overridden by every flag given."""
-    fields = load_manifest(args.file).job_spec().model_dump() if args.file else {}
+    if manifest is None and args.file:
+        manifest = load_manifest(args.file)
+    fields = manifest.job_spec().model_dump() if manifest is not None else {}
     for flag, name in VALUE_FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
@@ -118,8 +121,8 @@ def job_fields(args: argparse.Namespace) -> dict[str, Any]:
     if args.metadata_fields is not None:
         fields["metadata_fields"] = [f for f in args.metadata_fields.split(",") if f]
     for flag in ("overwrite", "verbose"):
-        if getattr(args, flag):
-            fields[flag] = True
+        if getattr(args, flag) is not None:
+            fields[flag] = getattr(args, flag)
     for item in args.storage_option:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -134,13 +137,14 @@ def command_run(args: argparse.Namespace) -> int:
 
     for noisy in ("distributed", "dask"):  # set after import: importing distributed configures its loggers
         logging.getLogger(noisy).setLevel(logging.INFO if args.verbose else logging.WARNING)
-    stage = KMeansStage(**job_fields(args))
+    manifest = load_manifest(args.file) if args.file else None
+    stage = KMeansStage(**job_fields(args, manifest))
     sinks = [] if args.quiet else [TerminalSink()]
     status = _status_sink()
     if status is not None:
         sinks.append(status)
     progress = Progress(sinks=sinks)
-    engine = args.engine or (load_manifest(args.file).engine.value if args.file else "auto")
+    engine = args.engine or (manifest.engine.value if manifest is not None else "dask")
     try:
         stage.run(progress=progress, engine=engine)
     finally:
@@ -189,8 +193,11 @@ def report_failure(message: str) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    verbose = getattr(args, "verbose", None)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command != "operator":  # the operator logs JSON through kopf's own configuration
+        verbose = getattr(args, "verbose", None)
+        logging.basicConfig(
+            level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        )
     commands = {"run": command_run, "sample": command_sample, "operator": command_operator}
     try:
         return commands[args.command](args)

@@ -12,8 +12,16 @@ from distributed import Client, LocalCluster
 
 log = logging.getLogger("kmeans_partition")
 
-#: How long to wait for a remote scheduler (and its workers) before giving up.
-CONNECT_TIMEOUT = "60s"
+#: How long to wait for a remote scheduler (and its workers); env KMP_CONNECT_TIMEOUT (seconds) overrides.
+CONNECT_TIMEOUT = 60.0
+
+
+def connect_timeout() -> float:
+    raw = os.environ.get("KMP_CONNECT_TIMEOUT")
+    try:
+        return float(raw) if raw else CONNECT_TIMEOUT
+    except ValueError:
+        raise ValueError(f"KMP_CONNECT_TIMEOUT must be a number of seconds, got {raw!r}") from None
 
 
 def scheduler_address(explicit: Optional[str]) -> Optional[str]:
@@ -32,9 +40,10 @@ def dask_client(address: Optional[str], n_workers: Optional[int] = None) -> Iter
     address = scheduler_address(address)
     if address:
         log.info("connecting to Dask scheduler %s", address)
-        client = Client(address, timeout=CONNECT_TIMEOUT)
+        timeout = connect_timeout()
+        client = Client(address, timeout=timeout)
         try:
-            client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
+            client.wait_for_workers(1, timeout=timeout)
             yield client
         finally:
             client.close()

@@ -58,10 +58,14 @@ def versions() -> dict[str, str]:
     import distributed
     import pyarrow
 
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        own = version("kmeans-partition")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        own = "unknown"
     return {
-        "kmeans_partition": version("kmeans-partition"),
+        "kmeans_partition": own,
         "python": platform.python_version(),
         "numpy": np.__version__,
         "pyarrow": pyarrow.__version__,

@@ -142,7 +142,7 @@ class TerminalSink:
     def on_progress(self, snap: ProgressSnapshot, event: str) -> None:
         if event == "stage":
             if snap.stage == "reading":
-                self._open_bar("reading", snap.files_total, "file")
+                self._open_bar("reading", snap.files_total, "partition")
             elif snap.stage == "fitting":
                 self._open_bar("fitting", snap.max_iter, "iter")
             elif snap.stage == "assigning":

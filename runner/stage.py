@@ -6,6 +6,7 @@ The signature follows NeMo Curator's ``KMeansStage`` field for field, plus
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from operator import getitem
@@ -67,13 +68,15 @@ class KMeansStage:
         return cls(**spec.model_dump())
 
     def run(
-        self, progress: Optional[Progress] = None, client: Optional[Client] = None, engine: str = "auto"
+        self, progress: Optional[Progress] = None, client: Optional[Client] = None, engine: str = "dask"
     ) -> dict:
         """Run the job; returns the result summary (also in `_manifest.json`).
 
         ``engine``: ``auto`` | ``dask`` | ``raft`` (see `kmeans_partition.runner.engine`).
         """
         progress = progress or Progress()
+        if self.spec.verbose:
+            logging.getLogger("kmeans_partition").setLevel(logging.DEBUG)
         if client is not None:
             return _Run(self.spec, client, progress, engine).execute()
         check_output_before_work(self.spec)  # fail fast, before starting a cluster
@@ -104,7 +107,7 @@ def check_output_before_work(spec: JobSpec) -> list[str]:
 class _Run:
     """One execution of a spec on a client; each method is one stage of the data flow."""
 
-    def __init__(self, spec: JobSpec, client: Client, progress: Progress, engine: str = "auto"):
+    def __init__(self, spec: JobSpec, client: Client, progress: Progress, engine: str = "dask"):
         self.spec = spec
         self.client = client
         self.progress = progress
@@ -258,7 +261,7 @@ class _Run:
             listing = [(f.path, f.present) for f in fragments]
             futures = [
                 self.client.submit(
-                    merge_centroids, group, listing, tmp_url, spec.output_path, spec.storage_options, pure=False
+                    merge_centroids, group, listing, tmp_url, self.out.url(), spec.storage_options, pure=False
                 )
                 for group in groups
             ]

@@ -74,3 +74,35 @@ def test_wrong_kind_in_file_is_refused(tmp_path, capsys):
     path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "ConfigMap"}))
     assert main(["run", "-f", str(path)]) == 2
     assert "expected a KMeansPartition manifest" in capsys.readouterr().err
+
+
+def test_no_flag_overrides_a_true_in_the_file(tmp_path):
+    path = manifest(tmp_path, overwrite=True)
+    args = build_parser().parse_args(["run", "-f", str(path), "--no-overwrite"])
+    assert job_fields(args)["overwrite"] is False
+
+
+def test_manifest_of_another_version_is_refused(tmp_path, capsys):
+    path = manifest(tmp_path)
+    path.write_text(path.read_text().replace("v1alpha1", "v9"))
+    assert main(["run", "-f", str(path)]) == 2
+    assert "expected kmeanspartition.dev/v1alpha1" in capsys.readouterr().err
+
+
+def test_scheduler_address_from_environment(monkeypatch):
+    from kmeans_partition.runner.cluster import connect_timeout, scheduler_address
+
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://scheduler.example:8786")
+    assert scheduler_address(None) == "tcp://scheduler.example:8786"
+    assert scheduler_address("tcp://explicit:1") == "tcp://explicit:1"
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS")
+    assert scheduler_address(None) is None
+    monkeypatch.setenv("KMP_CONNECT_TIMEOUT", "600")
+    assert connect_timeout() == 600.0
+
+
+def test_runner_package_exports_the_stage():
+    from kmeans_partition.runner import KMeansStage
+    from kmeans_partition.runner.stage import KMeansStage as direct
+
+    assert KMeansStage is direct
