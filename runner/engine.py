@@ -24,7 +24,7 @@ from .spec import SpecError
 ENGINES = ("auto", "dask", "raft")
 
 
-def cuml_available() -> bool:
+def _cuml_importable() -> bool:
     try:
         import cuml.dask.cluster  # noqa: F401
     except Exception:  # ImportError, or a CUDA runtime error while importing
@@ -41,6 +41,12 @@ def _gpu_count() -> int:
         return 0
 
 
+def workers_have_cuml(client: Client) -> bool:
+    """cuML on every worker (checked there: the runner pod itself has no GPU and may lack it)."""
+    found = client.run(_cuml_importable)
+    return bool(found) and all(found.values())
+
+
 def workers_have_gpus(client: Client) -> bool:
     counts = client.run(_gpu_count)
     return bool(counts) and all(count > 0 for count in counts.values())
@@ -52,7 +58,7 @@ def choose_engine(requested: str, client: Client) -> str:
         raise SpecError("engine", f"{requested!r} is not one of {', '.join(ENGINES)}")
     if requested == "dask":
         return "dask"
-    usable = cuml_available() and workers_have_gpus(client)
+    usable = workers_have_cuml(client) and workers_have_gpus(client)
     if requested == "raft" and not usable:
         raise SpecError(
             "engine",
@@ -65,6 +71,35 @@ def _device_block(part: Partition):
     import cupy
 
     return cupy.asarray(part.x)
+
+
+def _fit_raft_on_worker(keys: list[str], rows: list[int], dim: int, params: dict, initial) -> tuple:
+    """Runs as a task on a GPU worker, so the runner (client) never touches a GPU."""
+    import cupy
+    import dask
+    import dask.array as da
+    from cuml.dask.cluster import KMeans
+    from distributed import worker_client
+
+    with worker_client() as client:
+        parts = [Future(key, client=client) for key in keys]
+        blocks = [
+            da.from_delayed(
+                dask.delayed(client.submit(_device_block, part, pure=False)),
+                shape=(n, dim),
+                dtype=np.float32,
+                meta=cupy.empty((0, dim), dtype=np.float32),
+            )
+            for part, n in zip(parts, rows)
+        ]
+        init = cupy.asarray(initial) if initial is not None else params.pop("init")
+        params.pop("init", None)
+        model = KMeans(client=client, init=init, **params)
+        model.fit(da.concatenate(blocks, axis=0))
+        centroids = model.cluster_centers_
+        if hasattr(centroids, "__cuda_array_interface__"):
+            centroids = cupy.asnumpy(centroids)
+        return np.asarray(centroids, dtype=np.float32), getattr(model, "n_iter_", None)
 
 
 def fit_raft(
@@ -85,39 +120,21 @@ def fit_raft(
 
     ``tol`` is passed as cuML defines it (cuML compares it to the relative inertia change).
     """
-    import cupy
-    import dask
-    import dask.array as da
-    from cuml.dask.cluster import KMeans
-
     started = time.perf_counter()
-    blocks = [
-        da.from_delayed(
-            dask.delayed(client.submit(_device_block, part, pure=False)),
-            shape=(n, dim),
-            dtype=np.float32,
-            meta=cupy.empty((0, dim), dtype=np.float32),
-        )
-        for part, n in zip(parts, rows)
-    ]
-    matrix = da.concatenate(blocks, axis=0)
-    cuml_init = initial_centroids if initial_centroids is not None else (
-        "scalable-k-means++" if init == "k-means||" else "random"
-    )
-    model = KMeans(
-        client=client,
+    params = dict(
         n_clusters=n_clusters,
-        init=cuml_init,
+        init="scalable-k-means++" if init == "k-means||" else "random",
         max_iter=max_iter,
         tol=tol,
         random_state=random_state,
         oversampling_factor=oversampling_factor,
         max_samples_per_batch=max_samples_per_batch,
     )
-    model.fit(matrix)
-    centroids = model.cluster_centers_
-    centroids = cupy.asnumpy(centroids) if hasattr(centroids, "__cuda_array_interface__") else np.asarray(centroids)
-    n_iter = int(getattr(model, "n_iter_", max_iter) or max_iter)
-    result = FitResult(centroids=centroids.astype(np.float32), n_iter=n_iter, converged=n_iter < max_iter)
+    task = client.submit(
+        _fit_raft_on_worker, [p.key for p in parts], rows, dim, params, initial_centroids, pure=False
+    )
+    centroids, n_iter = task.result()
+    n_iter = int(n_iter) if n_iter else max_iter
+    result = FitResult(centroids=centroids, n_iter=n_iter, converged=n_iter < max_iter)
     result.timings = {"init": 0.0, "fit": time.perf_counter() - started}
     return result

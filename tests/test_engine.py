@@ -9,8 +9,10 @@ from kmeans_partition.runner.stage import KMeansStage
 from dask_support import blobs, dask_client, scatter_partitions, write_input  # noqa: F401
 
 
-def test_cpu_workers_have_no_gpus(dask_client):
-    assert engine.workers_have_gpus(dask_client) is False
+def test_worker_checks_run_on_the_workers(dask_client):
+    # LocalCluster workers share this machine: they see what this process sees.
+    assert engine.workers_have_gpus(dask_client) is (engine._gpu_count() > 0)
+    assert engine.workers_have_cuml(dask_client) is engine._cuml_importable()
 
 
 @pytest.mark.parametrize(
@@ -19,14 +21,14 @@ def test_cpu_workers_have_no_gpus(dask_client):
      ("auto", True, True, "raft"), ("raft", True, True, "raft")],
 )
 def test_choose_engine(monkeypatch, requested, cuml, gpus, expected):
-    monkeypatch.setattr(engine, "cuml_available", lambda: cuml)
+    monkeypatch.setattr(engine, "workers_have_cuml", lambda client: cuml)
     monkeypatch.setattr(engine, "workers_have_gpus", lambda client: gpus)
     assert engine.choose_engine(requested, client=None) == expected
 
 
 @pytest.mark.parametrize("requested", ["raft", "cuda"])
 def test_unusable_engine_is_a_spec_error(monkeypatch, requested):
-    monkeypatch.setattr(engine, "cuml_available", lambda: False)
+    monkeypatch.setattr(engine, "workers_have_cuml", lambda client: False)
     with pytest.raises(SpecError) as err:
         engine.choose_engine(requested, client=None)
     assert err.value.field == "engine"
