@@ -43,13 +43,13 @@ CASES = {
     "missing embedding column": (parquet("x.parquet", embedding_field="vec"), "column not found", None, {}),
     "missing metadata column": (parquet("x.parquet"), "column not found", None, {"metadata_fields": ["title"]}),
     "ragged embeddings": (parquet("x.parquet", vectors=[[1.0, 2.0, 3.0], [1.0, 2.0]] + GOOD[2:]), "length", 1, {}),
-    "wrong embedding_dim": (parquet("x.parquet"), "4", 0, {"embedding_dim": 4}),
+    "wrong embedding_dim": (parquet("x.parquet"), "embedding_dim=4", 0, {"embedding_dim": 4}),
     "NaN": (parquet("x.parquet", vectors=GOOD[:2] + [[1.0, float("nan"), 0.0]] + GOOD[3:]), "NaN", 2, {}),
     "Inf": (parquet("x.parquet", vectors=[[float("inf"), 0.0, 0.0]] + GOOD[1:]), "Inf", 0, {}),
     "non-numeric": (jsonl("x.jsonl", [{"id": "a", "embedding": [1, "two", 3]}]), "numeric", 0, {"input_filetype": "jsonl"}),
     "zero vector": (parquet("x.parquet", vectors=GOOD[:3] + [[0.0, 0.0, 0.0]]), "normalised", 3, {}),
     "empty input": (lambda root: write_parquet(root / "x.parquet", GOOD[:0] or [], ids=[]), "empty input", None, {}),
-    "unreadable file": (corrupt, "x.parquet", None, {}),
+    "unreadable file": (corrupt, "not a readable parquet file", None, {}),
     "embedding lengths differ between files": (two_files, "length 4", None, {}),
     "unparsable JSON line": (jsonl("x.jsonl", ['{"id": "a", "embedding": [1, 2]}', "{not json"]), "JSON", 1, {"input_filetype": "jsonl"}),
 }
@@ -77,11 +77,13 @@ def test_bad_input_fails_cleanly(tmp_path, dask_client, case):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-@pytest.mark.parametrize("path, needle", [("missing-dir", "missing-dir"), ("data.csv", "data.csv")])
+@pytest.mark.parametrize("path, needle", [("missing-dir", "does not exist"), ("data.csv", "unsupported")])
 def test_missing_or_unsupported_paths(tmp_path, dask_client, path, needle):
     (tmp_path / "data.csv").write_text("id,embedding\n")
+    before = tree_hash(tmp_path)
     stage = KMeansStage(n_clusters=1, id_field="id", embedding_field="embedding",
                         input_path=str(tmp_path / path), output_path=str(tmp_path / "out"))
-    with pytest.raises(InputError, match=needle):
+    with pytest.raises(InputError, match=needle) as caught:
         stage.run(client=dask_client)
-    assert not (tmp_path / "out").exists()
+    assert path in str(caught.value)
+    assert tree_hash(tmp_path) == before and not (tmp_path / "out").exists()

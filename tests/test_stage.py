@@ -68,7 +68,9 @@ def test_round_trip(tmp_path, dask_client):
     np.testing.assert_allclose(emb, x, atol=1e-6)  # the normalised input
     d2 = ((emb[:, None, :].astype(np.float64) - centroids[None].astype(np.float64)) ** 2).sum(-1)
     assigned = np.array([rows[i][0] for i in ids])
-    assert (assigned == d2.argmin(1)).mean() > 0.999
+    ordered = np.sort(d2, axis=1)
+    clear = ordered[:, 1] - ordered[:, 0] > 1e-5  # rows without a near-tie
+    assert clear.mean() > 0.99 and np.array_equal(assigned[clear], d2.argmin(1)[clear])
     l2 = np.array([rows[i][1]["l2_dist_to_cent"] for i in ids])
     np.testing.assert_allclose(l2, np.sqrt(d2[np.arange(3000), assigned]), atol=1e-6)
     c = centroids[assigned].astype(np.float64)
@@ -82,6 +84,8 @@ def test_round_trip(tmp_path, dask_client):
     assert sum(f["rows"] for f in manifest["files"]) == 3000
     for entry in manifest["files"]:
         assert pq.read_metadata(out / entry["path"]).num_rows == entry["rows"]
+    on_disk = sorted(str(p.relative_to(out)) for p in out.glob("centroid=*/*.parquet"))
+    assert sorted(entry["path"] for entry in manifest["files"]) == on_disk
     assert manifest["inertia"] == pytest.approx(d2.min(1).sum(), rel=1e-4)
     assert manifest["n_duplicate_ids"] == 0 and manifest["spec"]["n_clusters"] == 6
     assert set(manifest["timings"]) >= {"read", "init", "fit", "assign", "write", "total"}
