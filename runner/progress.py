@@ -155,7 +155,7 @@ class TerminalSink:
         elif self._bar is not None:
             if event == "rows_read":
                 self._bar.n = snap.files_read
-                self._bar.set_postfix(rows=snap.rows_read, refresh=False)
+                self._bar.set_postfix(rows=f"{snap.rows_read:,}", refresh=False)
             elif event == "iteration":
                 self._bar.n = snap.iteration
                 self._bar.set_postfix(inertia=f"{snap.inertia:.6g}", shift=f"{snap.centroid_shift:.3g}", refresh=False)
@@ -163,7 +163,7 @@ class TerminalSink:
                 self._bar.n = snap.partitions_assigned
             elif event == "rows_written":
                 self._bar.n = snap.centroids_written
-                self._bar.set_postfix(rows=snap.rows_written, refresh=False)
+                self._bar.set_postfix(rows=f"{snap.rows_written:,}", refresh=False)
             self._bar.update(0)  # redraws at most every `mininterval` seconds
 
     def on_result(self, result: dict[str, Any]) -> None:
