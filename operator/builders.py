@@ -19,7 +19,7 @@ from typing import Any, Optional
 import yaml
 
 from kmeans_partition.operator import labels as L
-from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND, PLURAL, KMeansPartitionSpec
+from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND, PLURAL, RESOURCE_FORBIDDEN_FIELDS, KMeansPartitionSpec
 
 DASK_GROUP = "kubernetes.dask.org"
 DASK_VERSION = "v1"
@@ -157,7 +157,7 @@ def resource_manifest(name: str, namespace: str, spec: KMeansPartitionSpec) -> d
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": KIND,
         "metadata": {"name": name, "namespace": namespace},
-        "spec": spec.model_dump(mode="json", by_alias=True),
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude=set(RESOURCE_FORBIDDEN_FIELDS)),
     }
 
 

@@ -14,6 +14,16 @@ output-differs-from-input rule would be impossible. The CRD therefore declares
 ``inputPath`` as a **non-empty array of strings** (a single path is a one-item
 list); the model still accepts a plain string for the local CLI and spec files.
 
+``schedulerAddress`` and ``storageOptions`` (runner fields of `JobSpec`) are left out
+of the schema, so the API server prunes them: a spec address would make the runner
+ignore the operator's DaskCluster (the runner prefers it over env
+``DASK_SCHEDULER_ADDRESS``), and credentials must come only from
+``storage.secretRef`` (non-secret options go in ``storage.options``). The model
+rejects both as well (``InvalidSpec``), for manifests that reach the operator another way.
+
+Resource quantities (``int-or-string``) carry the Kubernetes quantity ``pattern``
+(checked by the API server against string values only), so ``memory: 8 GB`` is refused.
+
 CRD-only bounds (``maxLength``/``maxItems`` on paths) keep the CEL rules' estimated
 cost under the API server's budget. CEL rules on ``spec``: immutable after creation,
 ``engine: raft`` needs ``cluster.gpusPerWorker >= 1``, ``outputPath`` not among
@@ -41,6 +51,8 @@ MAX_PATH_LENGTH = 4096
 MAX_INPUT_PATHS = 1000
 
 _DROP_KEYS = {"title", "$defs"}
+# JobSpec fields the resource must not offer (the model rejects them too).
+RESOURCE_ONLY_OMITTED = ("schedulerAddress", "storageOptions")
 
 SPEC_RULES = [
     {
@@ -164,6 +176,9 @@ def _collapse_any_of(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, An
         out = {**non_null[0], **rest}
     elif types == ["integer", "string"]:
         out = {**rest, "x-kubernetes-int-or-string": True}
+        pattern = next((v["pattern"] for v in non_null if v.get("type") == "string" and "pattern" in v), None)
+        if pattern:  # quantities: the API server checks a pattern against string values only
+            out["pattern"] = pattern
     else:
         raise ValueError(f"cannot express anyOf {types} in a structural schema: {node}")
     if nullable:
@@ -209,6 +224,8 @@ def to_structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 def spec_schema() -> dict[str, Any]:
     """`spec` of the resource, from `KMeansPartitionSpec`."""
     raw = KMeansPartitionSpec.model_json_schema(by_alias=True)
+    for field in RESOURCE_ONLY_OMITTED:  # see module docstring
+        del raw["properties"][field]
     raw["properties"]["inputPath"] = copy.deepcopy(INPUT_PATH_SCHEMA)  # see module docstring
     schema = to_structural(raw, raw.get("$defs", {}))
     schema["properties"]["outputPath"]["maxLength"] = MAX_PATH_LENGTH

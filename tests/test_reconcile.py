@@ -232,3 +232,15 @@ def test_deleting_resource_is_left_alone(api):
     body["metadata"]["deletionTimestamp"] = "2030-01-01T00:00:00Z"
     out = reconcile(body, api)
     assert out.created == [] and api.kinds() == []
+
+
+@pytest.mark.parametrize("field, value", [("schedulerAddress", "tcp://elsewhere:8786"),
+                                          ("storageOptions", {"key": "AKIA"}),
+                                          ("storage", {"options": {"secret": "s"}})])
+def test_runner_only_fields_and_inline_credentials_are_invalid_spec(field, value):
+    api = FakeApi()
+    api.add_resource(NAME, {**SPEC, field: value})
+    step(api)
+    failed = conditions(api)["Failed"]
+    assert failed["reason"] == "InvalidSpec" and field in failed["message"]
+    assert api.kinds() == [] and api.create_calls == []
