@@ -2,7 +2,7 @@
 
 Each pass: parse the spec (invalid -> ``Failed/InvalidSpec``, nothing created);
 unless the resource already ended, create the missing children under their
-deterministic names (ConfigMap, runner RBAC, DaskCluster; the Job only once the
+deterministic names (a child the API server rejects -> ``Failed/ChildRejected``) (ConfigMap, runner RBAC, DaskCluster; the Job only once the
 DaskCluster runs, and never twice); read the DaskCluster and Job; derive the
 conditions; once the job ended delete the DaskCluster per ``cleanupPolicy``; merge-
 patch the operator-owned status keys. NotFound and Conflict are ordinary outcomes.
@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol
 from kmeans_partition.operator import builders as B
 from kmeans_partition.operator import conditions as C
 from kmeans_partition.operator import labels as L
-from kmeans_partition.operator.kube_api import Conflict, NotFound
+from kmeans_partition.operator.kube_api import Conflict, NotFound, Rejected
 from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND, CleanupPolicy, SpecError, parse_resource_spec
 
 log = logging.getLogger("kmeans_partition.operator")
@@ -51,6 +51,7 @@ class Outcome:
     created: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)  # foreign objects in the way
+    rejected: list[str] = field(default_factory=list)  # children the API server refused, with its message
     events: list[Event] = field(default_factory=list)
 
 
@@ -72,6 +73,10 @@ def _ensure(api: Api, child: dict[str, Any], uid: str, outcome: Outcome) -> Opti
             created = api.create(child)
             outcome.created.append(_ref(child))
             return created or child
+        except Rejected as err:  # invalid/forbidden: the same request would fail again
+            outcome.rejected.append(f"{_ref(child)}: HTTP {err.status} {err.reason}: {err.message}")
+            log.warning("creating %s was rejected: %s", _ref(child), err)
+            return None
         except Conflict:  # created concurrently: read it back
             existing = api.get(child["apiVersion"], child["kind"], meta["namespace"], meta["name"])
             if existing is None:
@@ -155,22 +160,35 @@ def reconcile(
         _cleanup(run, spec, dask)
         return _finish(run)
     dask = _reconcile_dask(run, children, dask_manifest)
-    job = _reconcile_job(run, job_manifest, dask)
+    job = None if run.outcome.rejected else _reconcile_job(run, job_manifest, dask)
+    _reject(run)
     _observe_job(run, job)
     if run.ended:
         _cleanup(run, spec, dask)
     return _finish(run)
 
 
+def _reject(run: _Pass) -> bool:
+    """Fail with ChildRejected when the API server refused a child; True if it did."""
+    if not run.outcome.rejected:
+        return False
+    run.set(C.FAILED, True, "ChildRejected", "the API server rejected " + "; ".join(run.outcome.rejected))
+    return True
+
+
 def _reconcile_dask(run: _Pass, children: list[dict], dask_manifest: dict) -> Optional[dict]:
     for child in children:
         if child["kind"] in ("ConfigMap", "ServiceAccount", "Role", "RoleBinding"):
             _ensure(run.api, child, run.uid, run.outcome)
+            if run.outcome.rejected:
+                return None
     try:
         dask = _ensure(run.api, dask_manifest, run.uid, run.outcome)
     except NotFound:
         run.set(C.DASK_CLUSTER_READY, False, "DaskOperatorMissing",
                 "kubernetes.dask.org/v1 DaskCluster is not served here: install the dask-kubernetes operator")
+        return None
+    if run.outcome.rejected:
         return None
     run.status["daskCluster"] = dask_manifest["metadata"]["name"]
     phase = ((dask or {}).get("status") or {}).get("phase")

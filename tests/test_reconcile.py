@@ -244,3 +244,34 @@ def test_runner_only_fields_and_inline_credentials_are_invalid_spec(field, value
     failed = conditions(api)["Failed"]
     assert failed["reason"] == "InvalidSpec" and field in failed["message"]
     assert api.kinds() == [] and api.create_calls == []
+
+
+@pytest.mark.parametrize("kind, status", [("Job", 422), ("DaskCluster", 400), ("Role", 403)])
+def test_rejected_child_fails_with_the_api_message_and_is_not_retried(kind, status):
+    message = f"{kind}.spec: Invalid value: something the server refused"
+    api = FakeApi(reject_create={kind: (status, "Invalid" if status == 422 else "BadRequest", message)})
+    api.add_resource(NAME, SPEC)
+    step(api)
+    if kind == "Job":
+        dask_running(api)
+        step(api)
+    failed = conditions(api)["Failed"]
+    assert failed["reason"] == "ChildRejected"
+    assert message in failed["message"] and f"HTTP {status}" in failed["message"]
+    assert api.resource(NAME)["status"]["phase"] == "Failed"
+    calls = list(api.create_calls)
+    out = step(api)  # the next pass (timer, event) does not try again
+    assert api.create_calls == calls and out.created == [] and out.events == []
+    if kind == "Role":
+        assert "RoleBinding/docs-runner" not in api.kinds() and f"DaskCluster/{DASK}" not in api.kinds()
+
+
+def test_create_race_lost_to_another_pass_reads_the_child_back():
+    api = FakeApi(lose_create_race=("ConfigMap", "DaskCluster"))
+    api.add_resource(NAME, SPEC)
+    out = step(api)  # get -> None, create -> 409 AlreadyExists: read back, owned, carry on
+    assert "ConfigMap/docs-spec" not in out.created and f"DaskCluster/{DASK}" not in out.created
+    assert api.create_calls.count("ConfigMap/docs-spec") == 1 and out.waiting == []
+    assert {"ConfigMap/docs-spec", f"DaskCluster/{DASK}"} <= set(api.kinds())
+    assert api.resource(NAME)["status"]["daskCluster"] == DASK
+    assert "Failed" not in conditions(api)
