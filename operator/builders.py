@@ -32,6 +32,15 @@ WORKER_DASHBOARD_PORT = 8788
 SPEC_DIR = "/etc/kmeans-partition"
 SPEC_FILE = "spec.yaml"
 TERMINATION_LOG = "/dev/termination-log"
+# Labels the dask-kubernetes operator puts on the scheduler pod (and its Service selects on).
+DASK_CLUSTER_NAME_LABEL = "dask.org/cluster-name"
+DASK_COMPONENT_LABEL = "dask.org/component"
+# How long the runner keeps trying to reach the scheduler (seconds; read by the runner).
+RUNNER_CONNECT_TIMEOUT_SECONDS = 600
+
+
+def scheduler_pod_labels(cluster_name: str) -> dict[str, str]:
+    return {DASK_CLUSTER_NAME_LABEL: cluster_name, DASK_COMPONENT_LABEL: "scheduler"}
 
 
 def scheduler_address(name: str, namespace: str) -> str:
@@ -134,7 +143,7 @@ def build_dask_cluster(
     )
     service = {
         "type": "ClusterIP",
-        "selector": {"dask.org/cluster-name": cluster_name, "dask.org/component": "scheduler"},
+        "selector": scheduler_pod_labels(cluster_name),
         "ports": [
             {"name": "tcp-comm", "protocol": "TCP", "port": SCHEDULER_PORT, "targetPort": "tcp-comm"},
             {"name": "http-dashboard", "protocol": "TCP", "port": DASHBOARD_PORT, "targetPort": "http-dashboard"},
@@ -217,6 +226,7 @@ def build_job(
             {"name": "KMP_NAME", "value": name},
             {"name": "KMP_NAMESPACE", "value": namespace},
             {"name": "KMP_TERMINATION_MESSAGE_PATH", "value": TERMINATION_LOG},
+            {"name": "KMP_CONNECT_TIMEOUT", "value": str(RUNNER_CONNECT_TIMEOUT_SECONDS)},
         ),
         envFrom=_env_from(spec),
         resources=_resources(spec.cluster.resources.runner),

@@ -2,9 +2,10 @@
 
 Each pass: parse the spec (invalid -> ``Failed/InvalidSpec``, nothing created);
 unless the resource already ended, create the missing children under their
-deterministic names (a child the API server rejects -> ``Failed/ChildRejected``) (ConfigMap, runner RBAC, DaskCluster; the Job only once the
-DaskCluster runs, and never twice); read the DaskCluster and Job; derive the
-conditions; once the job ended delete the DaskCluster per ``cleanupPolicy``; merge-
+deterministic names (ConfigMap, runner RBAC, DaskCluster; the Job only once the
+DaskCluster reports Running *and* its scheduler pod is Ready, and never twice; a
+child the API server rejects -> ``Failed/ChildRejected``); read the DaskCluster
+and Job; derive the conditions; once the job ended delete the DaskCluster per ``cleanupPolicy``; merge-
 patch the operator-owned status keys. NotFound and Conflict are ordinary outcomes.
 The runner owns ``status.progress`` and ``status.result``: never written here.
 """
@@ -112,6 +113,20 @@ def termination_message(api: Api, job: Mapping[str, Any]) -> str:
     return ""
 
 
+def scheduler_ready(api: Api, namespace: str, cluster_name: str) -> bool:
+    """True when a live scheduler pod of DaskCluster `cluster_name` has condition Ready=True.
+
+    The dask-kubernetes operator reports phase Running as soon as the scheduler
+    Service exists, before the scheduler accepts connections."""
+    for pod in api.list("v1", "Pod", namespace, B.scheduler_pod_labels(cluster_name)):
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        if any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or []):
+            return True
+    return False
+
+
 class _Pass:
     """State of one reconcile pass."""
 
@@ -194,8 +209,12 @@ def _reconcile_dask(run: _Pass, children: list[dict], dask_manifest: dict) -> Op
     phase = ((dask or {}).get("status") or {}).get("phase")
     if dask is None:
         run.set(C.DASK_CLUSTER_READY, False, "WaitingForName", f"{_ref(dask_manifest)} belongs to another owner")
+    elif phase == DASK_RUNNING and scheduler_ready(run.api, run.namespace, dask["metadata"]["name"]):
+        run.set(C.DASK_CLUSTER_READY, True, "SchedulerRunning",
+                f"DaskCluster {dask['metadata']['name']} is running and its scheduler pod is Ready")
     elif phase == DASK_RUNNING:
-        run.set(C.DASK_CLUSTER_READY, True, "SchedulerRunning", f"DaskCluster {dask['metadata']['name']} is running")
+        run.set(C.DASK_CLUSTER_READY, False, "SchedulerNotReady",
+                f"DaskCluster {dask['metadata']['name']} is running but its scheduler pod is not Ready yet")
     else:
         run.set(C.DASK_CLUSTER_READY, False, "DaskClusterStarting", f"DaskCluster phase: {phase or 'not reported yet'}")
     return dask

@@ -65,6 +65,20 @@ def create_resource(kube, spec=SPEC):
                         "spec": spec})
 
 
+def dask_cluster_running(kube):
+    """What the dask-kubernetes operator and kubelet do: a Ready scheduler pod, phase Running."""
+    cluster = kube.get("kubernetes.dask.org/v1", "daskclusters", "default", DASK)
+    kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": f"{DASK}-scheduler", "namespace": "default",
+        "labels": {"dask.org/cluster-name": DASK, "dask.org/component": "scheduler"},
+        "ownerReferences": [{"apiVersion": "kubernetes.dask.org/v1", "kind": "DaskCluster", "name": DASK,
+                             "uid": cluster["metadata"]["uid"]}]},
+        "spec": {"containers": [{"name": "scheduler", "image": "x"}]}})
+    kube.patch("v1", "pods", "default", f"{DASK}-scheduler",
+               {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}, "status")
+    kube.patch("kubernetes.dask.org/v1", "daskclusters", "default", DASK, {"status": {"phase": "Running"}}, "status")
+
+
 def uids(kube):
     return {plural: (kube.get(v, plural, "default", name) or {}).get("metadata", {}).get("uid")
             for v, plural, name in CHILDREN}
@@ -79,7 +93,7 @@ def test_lifecycle_restart_and_delete(kube):
             owner = kube.get(api_version, plural, "default", name)["metadata"]["ownerReferences"][0]
             assert owner["uid"] == created["metadata"]["uid"] and owner["kind"] == KIND
         assert kube.get("batch/v1", "jobs", "default", JOB) is None
-        kube.patch("kubernetes.dask.org/v1", "daskclusters", "default", DASK, {"status": {"phase": "Running"}}, "status")
+        dask_cluster_running(kube)
         wait_for(lambda: kube.get("batch/v1", "jobs", "default", JOB), message="Job created")
         wait_for(lambda: (condition(kube, "DaskClusterReady") or {}).get("status") == "True", message="ready")
     before = uids(kube)
@@ -121,7 +135,7 @@ def test_job_failure_reaches_status(kube, reason):
     create_resource(kube, {**SPEC, "cleanupPolicy": "OnSuccess"})
     with operator(kube):
         wait_for(lambda: kube.get("kubernetes.dask.org/v1", "daskclusters", "default", DASK), message="DaskCluster")
-        kube.patch("kubernetes.dask.org/v1", "daskclusters", "default", DASK, {"status": {"phase": "Running"}}, "status")
+        dask_cluster_running(kube)
         wait_for(lambda: kube.get("batch/v1", "jobs", "default", JOB), message="Job")
         kube.patch("batch/v1", "jobs", "default", JOB, {"status": {"conditions": [
             {"type": "Failed", "status": "True", "reason": reason, "message": "Job has reached the backoff limit"}]}},

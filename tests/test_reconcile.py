@@ -42,8 +42,18 @@ def conditions(api):
     return {c["type"]: c for c in api.resource(NAME)["status"]["conditions"]}
 
 
+def scheduler_pod(api, ready=True):
+    api.objects[("Pod", "default", f"{DASK}-scheduler-abc")] = {
+        "kind": "Pod",
+        "metadata": {"name": f"{DASK}-scheduler-abc", "labels": {"dask.org/cluster-name": DASK,
+                                                                 "dask.org/component": "scheduler"}},
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
 def dask_running(api):
     api.set_status("DaskCluster", DASK, {"phase": "Running"})
+    scheduler_pod(api)
 
 
 def job_active(api):
@@ -162,6 +172,25 @@ def test_operator_restart_at_each_stage_creates_no_duplicates(api, stage):
     assert restarted.resource(NAME)["status"]["phase"] == expected[stage]
 
 
+def test_job_waits_for_a_ready_scheduler_pod_not_just_phase_running(api):
+    step(api)
+    api.set_status("DaskCluster", DASK, {"phase": "Running"})  # the Service exists; the scheduler may not
+    step(api)
+    assert conditions(api)["DaskClusterReady"]["reason"] == "SchedulerNotReady"
+    scheduler_pod(api, ready=False)
+    step(api)
+    assert f"Job/{JOB}" not in api.kinds() and conditions(api)["DaskClusterReady"]["status"] == "False"
+    api.objects[("Pod", "default", "other-scheduler")] = {  # another cluster's ready scheduler: not ours
+        "kind": "Pod", "metadata": {"name": "other-scheduler", "labels": {
+            "dask.org/cluster-name": "other-dask", "dask.org/component": "scheduler"}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    step(api)
+    assert f"Job/{JOB}" not in api.kinds()
+    scheduler_pod(api, ready=True)
+    out = step(api)
+    assert out.created == [f"Job/{JOB}"] and conditions(api)["DaskClusterReady"]["status"] == "True"
+
+
 def test_last_transition_time_moves_only_on_flips(api):
     step(api, now=lambda: "2030-01-01T00:00:00Z")
     before = conditions(api)["DaskClusterReady"]["lastTransitionTime"]
@@ -223,7 +252,8 @@ def test_delete_children_removes_only_owned_children(api):
     api.objects[("ConfigMap", "other", "docs-spec")] = {"metadata": {"name": "docs-spec", "ownerReferences": []}}
     deleted = delete_children(NAME, "default", "kmp-uid", api)
     assert len(deleted) == 6
-    assert api.kinds() == ["ConfigMap/docs-spec"]  # the one in namespace "other" stays
+    # the ConfigMap in namespace "other" stays; the scheduler pod is the dask operator's to remove
+    assert [k for k in api.kinds() if not k.startswith("Pod/")] == ["ConfigMap/docs-spec"]
     assert delete_children(NAME, "default", "kmp-uid", api) == []
 
 
