@@ -109,7 +109,7 @@ def status_schema() -> dict[str, Any]:
 
     return {
         "type": "object",
-        "description": "Operator-owned: observedGeneration, conditions, phase, times, children. "
+        "description": "Operator-owned: observedGeneration, conditions, phase, times, children, waitingFor. "
         "Runner-owned: progress, result.",
         "properties": {
             "observedGeneration": {**integer(), "description": "metadata.generation last reconciled."},
@@ -154,6 +154,11 @@ def status_schema() -> dict[str, Any]:
             "completionTime": {"type": "string", "format": "date-time"},
             "daskCluster": {"type": "string", "description": "Name of the DaskCluster child."},
             "job": {"type": "string", "description": "Name of the runner Job child."},
+            "waitingFor": {
+                "type": "array",
+                "description": "Children whose names are held by objects of another owner.",
+                "items": {"type": "string"},
+            },
         },
     }
 

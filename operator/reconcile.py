@@ -24,7 +24,8 @@ from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND, CleanupPo
 
 log = logging.getLogger("kmeans_partition.operator")
 
-OPERATOR_STATUS_KEYS = ("observedGeneration", "conditions", "phase", "startTime", "completionTime", "daskCluster", "job")
+OPERATOR_STATUS_KEYS = ("observedGeneration", "conditions", "phase", "startTime", "completionTime", "daskCluster", "job",
+                        "waitingFor")
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 DASK_RUNNING = "Running"
 RESOURCE_API_VERSION = f"{API_GROUP}/{API_VERSION}"
@@ -226,6 +227,10 @@ def _reconcile_job(run: _Pass, job_manifest: dict, dask: Optional[dict]) -> Opti
     if job is not None and not _owned_by(job, run.uid):
         run.outcome.waiting.append(_ref(job_manifest))
         return None
+    if job is None and run.old.get("job") and run.old.get("result"):
+        run.set(C.SUCCEEDED, True, "JobGoneAfterResult",
+                f"runner Job {name} is gone (TTL) but the runner had written status.result")
+        return None
     if job is None and run.old.get("job"):
         run.set(C.FAILED, True, "JobLost",
                 f"runner Job {name} disappeared before it finished; delete and recreate the KMeansPartition to re-run")
@@ -287,7 +292,7 @@ def _events(run: _Pass) -> list[Event]:
             events.append(Event(kind, reason, cond["message"]))
     if run.outcome.deleted:
         events.append(Event("Normal", "Deleted", "deleted " + ", ".join(run.outcome.deleted)))
-    if run.outcome.waiting:
+    if run.outcome.waiting and run.outcome.waiting != run.old.get("waitingFor"):  # only when it changes
         events.append(Event("Warning", "NameTaken", "waiting for " + ", ".join(run.outcome.waiting) + " of another owner"))
     return events
 
@@ -299,6 +304,10 @@ def _finish(run: _Pass) -> Outcome:
     status["phase"] = C.derive_phase(run.conditions)
     if run.generation is not None:
         status["observedGeneration"] = run.generation
+    if run.outcome.waiting:
+        status["waitingFor"] = list(run.outcome.waiting)
+    elif "waitingFor" in run.old:
+        status["waitingFor"] = None  # merge patch: remove the key
     if status["phase"] in C.TERMINAL_PHASES:
         status.setdefault("completionTime", run.now())
     before = {key: run.old[key] for key in OPERATOR_STATUS_KEYS if key in run.old}

@@ -305,3 +305,32 @@ def test_create_race_lost_to_another_pass_reads_the_child_back():
     assert {"ConfigMap/docs-spec", f"DaskCluster/{DASK}"} <= set(api.kinds())
     assert api.resource(NAME)["status"]["daskCluster"] == DASK
     assert "Failed" not in conditions(api)
+
+
+def test_name_taken_warning_only_when_the_waiting_set_changes(api):
+    api.objects[("DaskCluster", "default", DASK)] = {
+        "apiVersion": "kubernetes.dask.org/v1", "kind": "DaskCluster",
+        "metadata": {"name": DASK, "namespace": "default", "ownerReferences": [{"uid": "old-uid"}]},
+    }
+    reasons = [[e.reason for e in step(api).events] for _ in range(4)]  # e.g. four timer ticks
+    assert [r.count("NameTaken") for r in reasons] == [1, 0, 0, 0]
+    assert api.resource(NAME)["status"]["waitingFor"] == [f"DaskCluster/{DASK}"]
+    api.objects.pop(("DaskCluster", "default", DASK))  # the old owner's cluster goes
+    out = step(api)
+    assert "NameTaken" not in [e.reason for e in out.events] and out.created == [f"DaskCluster/{DASK}"]
+    assert "waitingFor" not in api.resource(NAME)["status"]
+
+
+def test_job_gone_after_the_runner_wrote_its_result_is_success(api):
+    step(api)
+    dask_running(api)
+    step(api)
+    job_active(api)
+    step(api)
+    api.patch_status("", "KMeansPartition", "default", NAME, {"result": {"nRows": 10}})
+    api.objects.pop(("Job", "default", JOB))  # TTL removed it before the operator saw Complete
+    out = step(api)
+    cond = conditions(api)
+    assert cond["Succeeded"]["status"] == "True" and cond["Succeeded"]["reason"] == "JobGoneAfterResult"
+    assert "Failed" not in cond and cond["Running"]["status"] == "False"
+    assert api.resource(NAME)["status"]["phase"] == "Succeeded" and out.created == []
