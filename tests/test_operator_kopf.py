@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import urllib.request
 
 import kopf
 import pytest
-from kube_support import kube, run_kopf, wait_for  # noqa: F401  (fixture)
+from kube_support import kopf_failures, kube, run_kopf, wait_for  # noqa: F401  (fixture)
+from kubelet_support import free_port
 
 from kmeans_partition.operator import labels as L
 from kmeans_partition.operator.crd import build_crd
@@ -27,21 +29,31 @@ CHILDREN = [("v1", "configmaps", "docs-spec"), ("v1", "serviceaccounts", "docs-r
 
 
 @contextlib.contextmanager
-def operator(kube):
-    """kopf with only this project's handlers (a fresh default registry, restored after)."""
+def fresh_handlers():
+    """This project's handlers in a fresh default registry (restored after); yields the registry."""
     previous = kopf.get_default_registry()
     from kopf._core.intents.registries import SmartOperatorRegistry  # kopf's default: with fallback logins
 
-    kopf.set_default_registry(SmartOperatorRegistry())
+    registry = SmartOperatorRegistry()
+    kopf.set_default_registry(registry)
     handlers = importlib.import_module("kmeans_partition.operator.handlers")
     importlib.reload(handlers)
     handlers.reset_api()
     try:
-        with run_kopf(kube, "kmeans_partition.operator.handlers", extra_env={"KMP_RECONCILE_INTERVAL": "2"}) as runner:
-            yield runner
+        yield registry
     finally:
         handlers.reset_api()
         kopf.set_default_registry(previous)
+
+
+@contextlib.contextmanager
+def operator(kube, extra_args=()):
+    """kopf with only this project's handlers; after the block, kopf logged no errors."""
+    with fresh_handlers():
+        with run_kopf(kube, "kmeans_partition.operator.handlers", extra_env={"KMP_RECONCILE_INTERVAL": "2"},
+                      extra_args=extra_args) as runner:
+            yield runner
+    assert kopf_failures(runner.output) == [], runner.output[-4000:]
 
 
 def resource(kube):
@@ -84,9 +96,16 @@ def uids(kube):
             for v, plural, name in CHILDREN}
 
 
+def events_of(kube, uid):
+    return [e for e in kube.list("v1", "events", "default") if (e.get("involvedObject") or {}).get("uid") == uid]
+
+
 def test_lifecycle_restart_and_delete(kube):
     created = create_resource(kube)
-    with operator(kube):
+    port = free_port()
+    with operator(kube, extra_args=("--liveness", f"http://127.0.0.1:{port}/healthz")):
+        probe = wait_for(lambda: _get_ok(f"http://127.0.0.1:{port}/healthz"), message="liveness endpoint")
+        assert probe == 200
         wait_for(lambda: all(kube.get(v, p, "default", n) for v, p, n in CHILDREN), message="children")
         wait_for(lambda: phase(kube) == "Pending", message="Pending")
         for api_version, plural, name in CHILDREN:
@@ -96,6 +115,10 @@ def test_lifecycle_restart_and_delete(kube):
         dask_cluster_running(kube)
         wait_for(lambda: kube.get("batch/v1", "jobs", "default", JOB), message="Job created")
         wait_for(lambda: (condition(kube, "DaskClusterReady") or {}).get("status") == "True", message="ready")
+        uid = created["metadata"]["uid"]
+        reasons = wait_for(lambda: {"Created", "DaskClusterReady"} <= {e["reason"] for e in events_of(kube, uid)}
+                           and {e["reason"] for e in events_of(kube, uid)}, message="core/v1 Events")
+        assert all(e["involvedObject"]["kind"] == KIND for e in events_of(kube, uid)), reasons
     before = uids(kube)
     job_uid = kube.get("batch/v1", "jobs", "default", JOB)["metadata"]["uid"]
 
@@ -119,6 +142,32 @@ def test_lifecycle_restart_and_delete(kube):
         wait_for(lambda: resource(kube) is None, message="resource gone (finalizer released)")
         wait_for(lambda: all(kube.get(v, p, "default", n) is None for v, p, n in CHILDREN)
                  and kube.get("batch/v1", "jobs", "default", JOB) is None, message="children gone")
+
+
+def _get_ok(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except OSError:
+        return None
+
+
+def test_configure_sets_watch_timeouts_and_annotation_storage():
+    with fresh_handlers():
+        handlers = importlib.import_module("kmeans_partition.operator.handlers")
+        settings = kopf.OperatorSettings()
+        handlers.configure(settings=settings)
+    assert settings.watching.server_timeout == 240 and settings.watching.client_timeout == 300
+    assert settings.watching.server_timeout < settings.watching.client_timeout
+    assert settings.watching.connect_timeout == 10 and settings.networking.request_timeout == 60
+    assert settings.persistence.finalizer == f"{API_GROUP}/finalizer"
+    assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+
+
+def test_delete_handler_adds_no_finalizer_of_its_own():
+    with fresh_handlers() as registry:
+        (on_delete,) = [h for h in registry._changing.get_all_handlers() if h.id.endswith("on_delete")]
+        assert on_delete.requires_finalizer is False  # optional=True: deletion never waits on it
 
 
 def test_invalid_spec_fails_without_children(kube):
