@@ -182,7 +182,8 @@ def build_config_map(name: str, namespace: str, uid: str, spec: KMeansPartitionS
 
 
 def build_runner_rbac(name: str, namespace: str, uid: str) -> list[dict[str, Any]]:
-    """ServiceAccount + Role (get/patch on this resource's status only) + RoleBinding."""
+    """ServiceAccount + Role (patch on this resource's status only: the runner's status sink
+    only ever merge-patches, runner/k8s_status.py) + RoleBinding."""
     account = L.runner_account_name(name)
     meta = L.child_metadata(name, namespace, uid, account, L.COMPONENT_RBAC)
     return [
@@ -196,7 +197,7 @@ def build_runner_rbac(name: str, namespace: str, uid: str) -> list[dict[str, Any
                     "apiGroups": [API_GROUP],
                     "resources": [f"{PLURAL}/status"],
                     "resourceNames": [name],
-                    "verbs": ["get", "patch"],
+                    "verbs": ["patch"],
                 }
             ],
         },

@@ -183,7 +183,7 @@ def test_runner_role_only_patches_its_own_status():
         "apiGroups": [API_GROUP],
         "resources": [f"{PLURAL}/status"],
         "resourceNames": [NAME],
-        "verbs": ["get", "patch"],
+        "verbs": ["patch"],  # runner/k8s_status.py only PATCHes, never GETs
     }
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": NS}]
