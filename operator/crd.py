@@ -26,8 +26,9 @@ Resource quantities (``int-or-string``) carry the Kubernetes quantity ``pattern`
 
 CRD-only bounds (``maxLength``/``maxItems`` on paths) keep the CEL rules' estimated
 cost under the API server's budget. CEL rules on ``spec``: immutable after creation,
-``engine: raft`` needs ``cluster.gpusPerWorker >= 1``, ``outputPath`` not among
-``inputPath``. Status schema, printer columns and the status subresource are
+``engine: raft`` needs ``cluster.gpusPerWorker >= 1``, ``outputPath`` neither equal
+to, inside, nor containing any ``inputPath`` (prefix tests on '/' boundaries; globs are
+left to the runner's own check). Status schema, printer columns and the status subresource are
 declared here by hand (the runner and operator write them).
 
 ``python -m kmeans_partition.operator.crd [PATH]`` writes the YAML file (default
@@ -54,6 +55,11 @@ _DROP_KEYS = {"title", "$defs"}
 # JobSpec fields the resource must not offer (the model rejects them too).
 RESOURCE_ONLY_OMITTED = ("schedulerAddress", "storageOptions")
 
+def _slashed(path: str) -> str:
+    """CEL: `path` with exactly one trailing '/' added when it has none."""
+    return f"({path}.endsWith('/') ? {path} : {path} + '/')"
+
+
 SPEC_RULES = [
     {
         "rule": "self == oldSelf",
@@ -66,9 +72,13 @@ SPEC_RULES = [
         "fieldPath": ".engine",
     },
     {
-        "rule": "!self.inputPath.exists(p, p == self.outputPath || p + '/' == self.outputPath "
-        "|| p == self.outputPath + '/')",
-        "message": "outputPath must differ from every inputPath",
+        # Both paths with one trailing '/', then a prefix test either way: equal paths, the
+        # output inside an input and an input inside the output all fail; 's3://b/in' vs
+        # 's3://b/input' does not (the '/' boundary).
+        "rule": "!self.inputPath.exists(p, "
+        f"{_slashed('p')}.startsWith({_slashed('self.outputPath')}) || "
+        f"{_slashed('self.outputPath')}.startsWith({_slashed('p')}))",
+        "message": "outputPath must differ from every inputPath and neither may contain the other",
         "fieldPath": ".outputPath",
     },
 ]

@@ -325,3 +325,17 @@ def test_one_release_per_namespace_never_collides_on_cluster_scoped_names(chart)
         names.append({d["metadata"]["name"] for d in docs
                       if d["kind"] in ("ClusterRole", "ClusterRoleBinding")})
     assert names[0] and names[1] and not names[0] & names[1]
+
+
+def test_kube_version_covers_what_the_crd_uses(chart):
+    """CEL rules with `fieldPath` need Kubernetes >= 1.28 (the field was added to ValidationRule there)."""
+    from kmeans_partition.operator.crd import SPEC_RULES
+
+    metadata = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+    minimum = re.fullmatch(r">=\s*1\.(\d+)\.\d+(-0)?", metadata["kubeVersion"])
+    assert minimum, metadata["kubeVersion"]
+    if any("fieldPath" in rule for rule in SPEC_RULES):
+        assert int(minimum.group(1)) >= 28
+    result = helm("template", "kmp", str(chart), "--kube-version", "1.27.9", check=False)
+    assert result.returncode != 0 and "kubeVersion" in result.stderr + result.stdout, result.stderr
+    assert helm("template", "kmp", str(chart), "--kube-version", "1.28.0", check=False).returncode == 0

@@ -195,6 +195,10 @@ def test_cel_rules_accept_the_good_spec():
         ({"engine": "raft", "cluster": {}}, "raft"),
         ({"outputPath": "s3://bucket/in/"}, "outputPath must differ"),
         ({"outputPath": "s3://bucket/in"}, "outputPath must differ"),
+        ({"outputPath": "s3://bucket/in/out"}, "outputPath must differ"),  # output inside an input
+        ({"outputPath": "s3://bucket/in/deep/out/"}, "outputPath must differ"),
+        ({"outputPath": "s3://bucket"}, "outputPath must differ"),  # an input inside the output
+        ({"inputPath": ["s3://other/", "s3://bucket/out/part/"]}, "outputPath must differ"),
     ],
 )
 def test_cel_rules_reject(change, expect):
@@ -202,6 +206,16 @@ def test_cel_rules_reject(change, expect):
     old_spec = GOOD["spec"] if expect == "immutable" else new_spec
     failing = _failing_rules(old_spec, new_spec)
     assert len(failing) == 1 and expect in failing[0], failing
+
+
+@pytest.mark.parametrize("input_path, output_path", [
+    (["s3://bucket/in"], "s3://bucket/input-clusters/"),  # a shared prefix, not a shared directory
+    (["s3://bucket/in/"], "s3://bucket/out"),
+    (["/data/a", "/data/b/"], "/data/ab"),
+])
+def test_cel_allows_sibling_paths(input_path, output_path):
+    spec = {**GOOD["spec"], "inputPath": input_path, "outputPath": output_path}
+    assert _failing_rules(spec, spec) == []
 
 
 def test_cel_allows_cpu_engines_without_gpus():
