@@ -19,7 +19,7 @@ from typing import Any, Optional
 import yaml
 
 from kmeans_partition.operator import labels as L
-from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND, PLURAL, KMeansPartitionSpec
+from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND, PLURAL, RESOURCE_FORBIDDEN_FIELDS, KMeansPartitionSpec
 
 DASK_GROUP = "kubernetes.dask.org"
 DASK_VERSION = "v1"
@@ -32,6 +32,15 @@ WORKER_DASHBOARD_PORT = 8788
 SPEC_DIR = "/etc/kmeans-partition"
 SPEC_FILE = "spec.yaml"
 TERMINATION_LOG = "/dev/termination-log"
+# Labels the dask-kubernetes operator puts on the scheduler pod (and its Service selects on).
+DASK_CLUSTER_NAME_LABEL = "dask.org/cluster-name"
+DASK_COMPONENT_LABEL = "dask.org/component"
+# How long the runner keeps trying to reach the scheduler (seconds; read by the runner).
+RUNNER_CONNECT_TIMEOUT_SECONDS = 600
+
+
+def scheduler_pod_labels(cluster_name: str) -> dict[str, str]:
+    return {DASK_CLUSTER_NAME_LABEL: cluster_name, DASK_COMPONENT_LABEL: "scheduler"}
 
 
 def scheduler_address(name: str, namespace: str) -> str:
@@ -134,7 +143,7 @@ def build_dask_cluster(
     )
     service = {
         "type": "ClusterIP",
-        "selector": {"dask.org/cluster-name": cluster_name, "dask.org/component": "scheduler"},
+        "selector": scheduler_pod_labels(cluster_name),
         "ports": [
             {"name": "tcp-comm", "protocol": "TCP", "port": SCHEDULER_PORT, "targetPort": "tcp-comm"},
             {"name": "http-dashboard", "protocol": "TCP", "port": DASHBOARD_PORT, "targetPort": "http-dashboard"},
@@ -157,7 +166,7 @@ def resource_manifest(name: str, namespace: str, spec: KMeansPartitionSpec) -> d
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": KIND,
         "metadata": {"name": name, "namespace": namespace},
-        "spec": spec.model_dump(mode="json", by_alias=True),
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude=set(RESOURCE_FORBIDDEN_FIELDS)),
     }
 
 
@@ -173,7 +182,8 @@ def build_config_map(name: str, namespace: str, uid: str, spec: KMeansPartitionS
 
 
 def build_runner_rbac(name: str, namespace: str, uid: str) -> list[dict[str, Any]]:
-    """ServiceAccount + Role (get/patch on this resource's status only) + RoleBinding."""
+    """ServiceAccount + Role (patch on this resource's status only: the runner's status sink
+    only ever merge-patches, runner/k8s_status.py) + RoleBinding."""
     account = L.runner_account_name(name)
     meta = L.child_metadata(name, namespace, uid, account, L.COMPONENT_RBAC)
     return [
@@ -187,7 +197,7 @@ def build_runner_rbac(name: str, namespace: str, uid: str) -> list[dict[str, Any
                     "apiGroups": [API_GROUP],
                     "resources": [f"{PLURAL}/status"],
                     "resourceNames": [name],
-                    "verbs": ["get", "patch"],
+                    "verbs": ["patch"],
                 }
             ],
         },
@@ -217,6 +227,7 @@ def build_job(
             {"name": "KMP_NAME", "value": name},
             {"name": "KMP_NAMESPACE", "value": namespace},
             {"name": "KMP_TERMINATION_MESSAGE_PATH", "value": TERMINATION_LOG},
+            {"name": "KMP_CONNECT_TIMEOUT", "value": str(RUNNER_CONNECT_TIMEOUT_SECONDS)},
         ),
         envFrom=_env_from(spec),
         resources=_resources(spec.cluster.resources.runner),

@@ -14,10 +14,21 @@ output-differs-from-input rule would be impossible. The CRD therefore declares
 ``inputPath`` as a **non-empty array of strings** (a single path is a one-item
 list); the model still accepts a plain string for the local CLI and spec files.
 
+``schedulerAddress`` and ``storageOptions`` (runner fields of `JobSpec`) are left out
+of the schema, so the API server prunes them: a spec address would make the runner
+ignore the operator's DaskCluster (the runner prefers it over env
+``DASK_SCHEDULER_ADDRESS``), and credentials must come only from
+``storage.secretRef`` (non-secret options go in ``storage.options``). The model
+rejects both as well (``InvalidSpec``), for manifests that reach the operator another way.
+
+Resource quantities (``int-or-string``) carry the Kubernetes quantity ``pattern``
+(checked by the API server against string values only), so ``memory: 8 GB`` is refused.
+
 CRD-only bounds (``maxLength``/``maxItems`` on paths) keep the CEL rules' estimated
 cost under the API server's budget. CEL rules on ``spec``: immutable after creation,
-``engine: raft`` needs ``cluster.gpusPerWorker >= 1``, ``outputPath`` not among
-``inputPath``. Status schema, printer columns and the status subresource are
+``engine: raft`` needs ``cluster.gpusPerWorker >= 1``, ``outputPath`` neither equal
+to, inside, nor containing any ``inputPath`` (prefix tests on '/' boundaries; globs are
+left to the runner's own check). Status schema, printer columns and the status subresource are
 declared here by hand (the runner and operator write them).
 
 ``python -m kmeans_partition.operator.crd [PATH]`` writes the YAML file (default
@@ -41,6 +52,13 @@ MAX_PATH_LENGTH = 4096
 MAX_INPUT_PATHS = 1000
 
 _DROP_KEYS = {"title", "$defs"}
+# JobSpec fields the resource must not offer (the model rejects them too).
+RESOURCE_ONLY_OMITTED = ("schedulerAddress", "storageOptions")
+
+def _slashed(path: str) -> str:
+    """CEL: `path` with exactly one trailing '/' added when it has none."""
+    return f"({path}.endsWith('/') ? {path} : {path} + '/')"
+
 
 SPEC_RULES = [
     {
@@ -54,9 +72,13 @@ SPEC_RULES = [
         "fieldPath": ".engine",
     },
     {
-        "rule": "!self.inputPath.exists(p, p == self.outputPath || p + '/' == self.outputPath "
-        "|| p == self.outputPath + '/')",
-        "message": "outputPath must differ from every inputPath",
+        # Both paths with one trailing '/', then a prefix test either way: equal paths, the
+        # output inside an input and an input inside the output all fail; 's3://b/in' vs
+        # 's3://b/input' does not (the '/' boundary).
+        "rule": "!self.inputPath.exists(p, "
+        f"{_slashed('p')}.startsWith({_slashed('self.outputPath')}) || "
+        f"{_slashed('self.outputPath')}.startsWith({_slashed('p')}))",
+        "message": "outputPath must differ from every inputPath and neither may contain the other",
         "fieldPath": ".outputPath",
     },
 ]
@@ -97,7 +119,7 @@ def status_schema() -> dict[str, Any]:
 
     return {
         "type": "object",
-        "description": "Operator-owned: observedGeneration, conditions, phase, times, children. "
+        "description": "Operator-owned: observedGeneration, conditions, phase, times, children, waitingFor. "
         "Runner-owned: progress, result.",
         "properties": {
             "observedGeneration": {**integer(), "description": "metadata.generation last reconciled."},
@@ -142,6 +164,11 @@ def status_schema() -> dict[str, Any]:
             "completionTime": {"type": "string", "format": "date-time"},
             "daskCluster": {"type": "string", "description": "Name of the DaskCluster child."},
             "job": {"type": "string", "description": "Name of the runner Job child."},
+            "waitingFor": {
+                "type": "array",
+                "description": "Children whose names are held by objects of another owner.",
+                "items": {"type": "string"},
+            },
         },
     }
 
@@ -164,6 +191,9 @@ def _collapse_any_of(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, An
         out = {**non_null[0], **rest}
     elif types == ["integer", "string"]:
         out = {**rest, "x-kubernetes-int-or-string": True}
+        pattern = next((v["pattern"] for v in non_null if v.get("type") == "string" and "pattern" in v), None)
+        if pattern:  # quantities: the API server checks a pattern against string values only
+            out["pattern"] = pattern
     else:
         raise ValueError(f"cannot express anyOf {types} in a structural schema: {node}")
     if nullable:
@@ -209,6 +239,8 @@ def to_structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 def spec_schema() -> dict[str, Any]:
     """`spec` of the resource, from `KMeansPartitionSpec`."""
     raw = KMeansPartitionSpec.model_json_schema(by_alias=True)
+    for field in RESOURCE_ONLY_OMITTED:  # see module docstring
+        del raw["properties"][field]
     raw["properties"]["inputPath"] = copy.deepcopy(INPUT_PATH_SCHEMA)  # see module docstring
     schema = to_structural(raw, raw.get("$defs", {}))
     schema["properties"]["outputPath"]["maxLength"] = MAX_PATH_LENGTH

@@ -110,8 +110,10 @@ def on_child_event(body: kopf.Body, namespace: str, type: Optional[str], **_: An
         reconcile_resource(namespace, parent)
 
 
-@kopf.on.delete(API_GROUP, API_VERSION, PLURAL)
+@kopf.on.delete(API_GROUP, API_VERSION, PLURAL, optional=True)
 def on_delete(namespace: str, name: str, uid: str, **_: Any) -> None:
+    """Best effort: children go with the resource through their ownerReferences anyway,
+    so this handler adds no finalizer of its own (deletion never waits for the operator)."""
     try:
         deleted = delete_children(name, namespace, uid, api())
     except ApiError as err:

@@ -3,7 +3,8 @@
 Raw REST calls (``ApiClient.call_api``) on paths built from apiVersion/kind, so
 one code path serves built-in kinds, DaskClusters and our own resource, and the
 answer is parsed from the body whatever status code the server used. NotFound
-and Conflict become exceptions callers treat as normal outcomes.
+and Conflict become exceptions callers treat as normal outcomes; Rejected (400,
+403, 422) marks requests that retrying cannot fix.
 """
 
 from __future__ import annotations
@@ -33,8 +34,18 @@ REQUEST_TIMEOUT = (5, 30)  # connect, read (seconds)
 
 class ApiError(Exception):
     def __init__(self, status: int, reason: str, body: str = ""):
-        self.status = status
+        self.status, self.reason = status, reason
+        self.message = _status_message(body)
         super().__init__(f"HTTP {status} {reason}: {body[:500]}")
+
+
+def _status_message(body: str) -> str:
+    """`message` of a metav1.Status body, else the body itself (shortened)."""
+    try:
+        message = json.loads(body).get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message) if message else body[:500]
 
 
 class NotFound(ApiError):
@@ -43,6 +54,14 @@ class NotFound(ApiError):
 
 class Conflict(ApiError):
     """409: AlreadyExists on create, or a resourceVersion conflict."""
+
+
+class Rejected(ApiError):
+    """400/403/422: the server refused the request itself (bad object, forbidden, invalid);
+    retrying the same request cannot succeed."""
+
+
+ERRORS_BY_STATUS = {400: Rejected, 403: Rejected, 404: NotFound, 409: Conflict, 422: Rejected}
 
 
 def resource_path(api_version: str, kind: str, namespace: Optional[str], name: Optional[str] = None,
@@ -71,7 +90,7 @@ class KubeApi:
         status, raw = raw_request(self._client, method, path, query=query, headers=headers, body=body,
                                   timeout=REQUEST_TIMEOUT)
         if not 200 <= status < 300:
-            error = {404: NotFound, 409: Conflict}.get(status, ApiError)
+            error = ERRORS_BY_STATUS.get(status, ApiError)
             text = raw.decode(errors="replace")
             try:
                 reason = json.loads(text).get("reason", "")

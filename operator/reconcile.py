@@ -3,8 +3,9 @@
 Each pass: parse the spec (invalid -> ``Failed/InvalidSpec``, nothing created);
 unless the resource already ended, create the missing children under their
 deterministic names (ConfigMap, runner RBAC, DaskCluster; the Job only once the
-DaskCluster runs, and never twice); read the DaskCluster and Job; derive the
-conditions; once the job ended delete the DaskCluster per ``cleanupPolicy``; merge-
+DaskCluster reports Running *and* its scheduler pod is Ready, and never twice; a
+child the API server rejects -> ``Failed/ChildRejected``); read the DaskCluster
+and Job; derive the conditions; once the job ended delete the DaskCluster per ``cleanupPolicy``; merge-
 patch the operator-owned status keys. NotFound and Conflict are ordinary outcomes.
 The runner owns ``status.progress`` and ``status.result``: never written here.
 """
@@ -18,12 +19,13 @@ from typing import Any, Callable, Mapping, Optional, Protocol
 from kmeans_partition.operator import builders as B
 from kmeans_partition.operator import conditions as C
 from kmeans_partition.operator import labels as L
-from kmeans_partition.operator.kube_api import Conflict, NotFound
+from kmeans_partition.operator.kube_api import Conflict, NotFound, Rejected
 from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND, CleanupPolicy, SpecError, parse_resource_spec
 
 log = logging.getLogger("kmeans_partition.operator")
 
-OPERATOR_STATUS_KEYS = ("observedGeneration", "conditions", "phase", "startTime", "completionTime", "daskCluster", "job")
+OPERATOR_STATUS_KEYS = ("observedGeneration", "conditions", "phase", "startTime", "completionTime", "daskCluster", "job",
+                        "waitingFor")
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 DASK_RUNNING = "Running"
 RESOURCE_API_VERSION = f"{API_GROUP}/{API_VERSION}"
@@ -51,6 +53,7 @@ class Outcome:
     created: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)  # foreign objects in the way
+    rejected: list[str] = field(default_factory=list)  # children the API server refused, with its message
     events: list[Event] = field(default_factory=list)
 
 
@@ -72,6 +75,10 @@ def _ensure(api: Api, child: dict[str, Any], uid: str, outcome: Outcome) -> Opti
             created = api.create(child)
             outcome.created.append(_ref(child))
             return created or child
+        except Rejected as err:  # invalid/forbidden: the same request would fail again
+            outcome.rejected.append(f"{_ref(child)}: HTTP {err.status} {err.reason}: {err.message}")
+            log.warning("creating %s was rejected: %s", _ref(child), err)
+            return None
         except Conflict:  # created concurrently: read it back
             existing = api.get(child["apiVersion"], child["kind"], meta["namespace"], meta["name"])
             if existing is None:
@@ -105,6 +112,20 @@ def termination_message(api: Api, job: Mapping[str, Any]) -> str:
             if terminated.get("message"):
                 return str(terminated["message"]).strip()
     return ""
+
+
+def scheduler_ready(api: Api, namespace: str, cluster_name: str) -> bool:
+    """True when a live scheduler pod of DaskCluster `cluster_name` has condition Ready=True.
+
+    The dask-kubernetes operator reports phase Running as soon as the scheduler
+    Service exists, before the scheduler accepts connections."""
+    for pod in api.list("v1", "Pod", namespace, B.scheduler_pod_labels(cluster_name)):
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        if any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or []):
+            return True
+    return False
 
 
 class _Pass:
@@ -155,29 +176,46 @@ def reconcile(
         _cleanup(run, spec, dask)
         return _finish(run)
     dask = _reconcile_dask(run, children, dask_manifest)
-    job = _reconcile_job(run, job_manifest, dask)
+    job = None if run.outcome.rejected else _reconcile_job(run, job_manifest, dask)
+    _reject(run)
     _observe_job(run, job)
     if run.ended:
         _cleanup(run, spec, dask)
     return _finish(run)
 
 
+def _reject(run: _Pass) -> bool:
+    """Fail with ChildRejected when the API server refused a child; True if it did."""
+    if not run.outcome.rejected:
+        return False
+    run.set(C.FAILED, True, "ChildRejected", "the API server rejected " + "; ".join(run.outcome.rejected))
+    return True
+
+
 def _reconcile_dask(run: _Pass, children: list[dict], dask_manifest: dict) -> Optional[dict]:
     for child in children:
         if child["kind"] in ("ConfigMap", "ServiceAccount", "Role", "RoleBinding"):
             _ensure(run.api, child, run.uid, run.outcome)
+            if run.outcome.rejected:
+                return None
     try:
         dask = _ensure(run.api, dask_manifest, run.uid, run.outcome)
     except NotFound:
         run.set(C.DASK_CLUSTER_READY, False, "DaskOperatorMissing",
                 "kubernetes.dask.org/v1 DaskCluster is not served here: install the dask-kubernetes operator")
         return None
+    if run.outcome.rejected:
+        return None
     run.status["daskCluster"] = dask_manifest["metadata"]["name"]
     phase = ((dask or {}).get("status") or {}).get("phase")
     if dask is None:
         run.set(C.DASK_CLUSTER_READY, False, "WaitingForName", f"{_ref(dask_manifest)} belongs to another owner")
+    elif phase == DASK_RUNNING and scheduler_ready(run.api, run.namespace, dask["metadata"]["name"]):
+        run.set(C.DASK_CLUSTER_READY, True, "SchedulerRunning",
+                f"DaskCluster {dask['metadata']['name']} is running and its scheduler pod is Ready")
     elif phase == DASK_RUNNING:
-        run.set(C.DASK_CLUSTER_READY, True, "SchedulerRunning", f"DaskCluster {dask['metadata']['name']} is running")
+        run.set(C.DASK_CLUSTER_READY, False, "SchedulerNotReady",
+                f"DaskCluster {dask['metadata']['name']} is running but its scheduler pod is not Ready yet")
     else:
         run.set(C.DASK_CLUSTER_READY, False, "DaskClusterStarting", f"DaskCluster phase: {phase or 'not reported yet'}")
     return dask
@@ -188,6 +226,10 @@ def _reconcile_job(run: _Pass, job_manifest: dict, dask: Optional[dict]) -> Opti
     job = run.api.get("batch/v1", "Job", run.namespace, name)
     if job is not None and not _owned_by(job, run.uid):
         run.outcome.waiting.append(_ref(job_manifest))
+        return None
+    if job is None and run.old.get("job") and run.old.get("result"):
+        run.set(C.SUCCEEDED, True, "JobGoneAfterResult",
+                f"runner Job {name} is gone (TTL) but the runner had written status.result")
         return None
     if job is None and run.old.get("job"):
         run.set(C.FAILED, True, "JobLost",
@@ -250,7 +292,7 @@ def _events(run: _Pass) -> list[Event]:
             events.append(Event(kind, reason, cond["message"]))
     if run.outcome.deleted:
         events.append(Event("Normal", "Deleted", "deleted " + ", ".join(run.outcome.deleted)))
-    if run.outcome.waiting:
+    if run.outcome.waiting and run.outcome.waiting != run.old.get("waitingFor"):  # only when it changes
         events.append(Event("Warning", "NameTaken", "waiting for " + ", ".join(run.outcome.waiting) + " of another owner"))
     return events
 
@@ -262,6 +304,10 @@ def _finish(run: _Pass) -> Outcome:
     status["phase"] = C.derive_phase(run.conditions)
     if run.generation is not None:
         status["observedGeneration"] = run.generation
+    if run.outcome.waiting:
+        status["waitingFor"] = list(run.outcome.waiting)
+    elif "waitingFor" in run.old:
+        status["waitingFor"] = None  # merge patch: remove the key
     if status["phase"] in C.TERMINAL_PHASES:
         status.setdefault("completionTime", run.now())
     before = {key: run.old[key] for key in OPERATOR_STATUS_KEYS if key in run.old}

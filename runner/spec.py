@@ -8,14 +8,21 @@ OpenAPI schema is generated from it (``kmeans_partition.operator.crd``).
 
 Python attribute names are snake_case; manifests use camelCase aliases
 (``nClusters``, ``inputPath``). Both are accepted when parsing.
+
+A KMeansPartition resource may not set ``schedulerAddress`` (the operator's
+DaskCluster is the scheduler; the runner would prefer a spec address over it) nor
+``storageOptions`` (credentials come only from ``storage.secretRef``, non-secret
+options from ``storage.options``, whose keys may not look like secrets). Resource
+quantities follow the Kubernetes quantity syntax (``8Gi``, ``500m``, ``4``).
 """
 
 from __future__ import annotations
 
+import re
 from enum import Enum
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema, field_validator
 from pydantic.alias_generators import to_camel
 
 API_GROUP = "kmeanspartition.dev"
@@ -23,6 +30,23 @@ API_VERSION = "v1alpha1"
 KIND = "KMeansPartition"
 PLURAL = "kmeanspartitions"
 SHORT_NAME = "kmp"
+
+# Kubernetes resource.Quantity syntax (the pattern the API server's OpenAPI uses).
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+# storage.options keys that hold credentials (compared lower-case; also inside client_kwargs).
+SECRET_OPTION_KEYS = frozenset({
+    "key", "secret", "token", "password", "passwd", "aws_access_key_id", "aws_secret_access_key",
+    "aws_session_token", "session_token", "access_token", "refresh_token", "client_secret",
+    "account_key", "sas_token", "connection_string", "credentials",
+})
+NESTED_OPTION_KEYS = ("client_kwargs", "config_kwargs")
+# JobSpec fields a KMeansPartition resource may not set (see module docstring).
+RESOURCE_FORBIDDEN_FIELDS = {
+    "scheduler_address": "the operator's DaskCluster is the scheduler; remove schedulerAddress",
+    "storage_options": "use storage.options for non-secret options and storage.secretRef for credentials",
+}
 
 
 class SpecError(ValueError):
@@ -116,11 +140,26 @@ class CleanupPolicy(str, Enum):
     never = "Never"
 
 
-class ResourceRequirements(_Model):
-    """Kubernetes container resources (quantities as strings, e.g. "4Gi", "500m")."""
+def _check_quantity(value: Union[str, int]) -> Union[str, int]:
+    if isinstance(value, bool) or (isinstance(value, int) and value < 0):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (a non-negative integer or e.g. '8Gi', '500m')")
+    if isinstance(value, str) and not re.fullmatch(QUANTITY_PATTERN, value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. '8Gi', '500m', '4'; no spaces, no 'GB')")
+    return value
 
-    requests: Optional[dict[str, Union[str, int]]] = None
-    limits: Optional[dict[str, Union[str, int]]] = None
+
+Quantity = Annotated[
+    Union[str, int],
+    AfterValidator(_check_quantity),
+    WithJsonSchema({"anyOf": [{"type": "string", "pattern": QUANTITY_PATTERN}, {"type": "integer", "minimum": 0}]}),
+]
+
+
+class ResourceRequirements(_Model):
+    """Kubernetes container resources (quantities as strings, e.g. "4Gi", "500m", or integers)."""
+
+    requests: Optional[dict[str, Quantity]] = None
+    limits: Optional[dict[str, Quantity]] = None
 
 
 class ClusterResources(_Model):
@@ -164,8 +203,31 @@ class StorageSpec(_Model):
         default=None, description="Secret whose keys become env vars (e.g. AWS_ACCESS_KEY_ID)."
     )
     options: dict[str, Any] = Field(
-        default_factory=dict, description="Non-secret fsspec options, e.g. endpoint_url, region."
+        default_factory=dict,
+        description="Non-secret fsspec options, e.g. endpoint_url, client_kwargs.region_name. "
+        "Credential keys (key, secret, token, password, ...) are rejected: use secretRef.",
     )
+
+    @field_validator("options")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        found = secret_option_keys(value)
+        if found:
+            raise ValueError(
+                f"credential keys not allowed here: {', '.join(found)}; put credentials in the Secret "
+                "named by storage.secretRef (as env vars, e.g. AWS_SECRET_ACCESS_KEY)"
+            )
+        return value
+
+
+def secret_option_keys(options: dict[str, Any]) -> list[str]:
+    """Keys of `options` (and of its client_kwargs/config_kwargs) that look like credentials."""
+    found = [key for key in options if str(key).lower() in SECRET_OPTION_KEYS]
+    for nested in NESTED_OPTION_KEYS:
+        inner = options.get(nested)
+        if isinstance(inner, dict):
+            found += [f"{nested}.{key}" for key in inner if str(key).lower() in SECRET_OPTION_KEYS]
+    return found
 
 
 class KMeansPartitionSpec(JobSpec):
@@ -178,6 +240,13 @@ class KMeansPartitionSpec(JobSpec):
     active_deadline_seconds: Optional[int] = Field(default=None, ge=1)
     ttl_seconds_after_finished: Optional[int] = Field(default=86400, ge=0)
     cleanup_policy: CleanupPolicy = CleanupPolicy.always
+
+    @field_validator(*RESOURCE_FORBIDDEN_FIELDS)
+    @classmethod
+    def _no_runner_only_fields(cls, value: Any, info: ValidationInfo) -> Any:
+        if value:  # None / {} (what a dumped spec carries) are the defaults: fine
+            raise ValueError(f"not allowed in a KMeansPartition: {RESOURCE_FORBIDDEN_FIELDS[info.field_name]}")
+        return value
 
     def job_spec(self) -> JobSpec:
         """The runner's view: job fields only, storage options merged in."""

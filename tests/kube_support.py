@@ -199,8 +199,8 @@ def kube(tmp_path: Path) -> Iterator[KubeHandle]:
 
 @contextlib.contextmanager
 def run_kopf(kube: KubeHandle, module: str, namespace: str = "default",
-             extra_env: Optional[dict] = None, timeout: float = 60) -> Iterator[Any]:
-    """Run `kopf run --standalone -n NAMESPACE -m MODULE` in a thread against `kube`.
+             extra_env: Optional[dict] = None, timeout: float = 60, extra_args: tuple[str, ...] = ()) -> Iterator[Any]:
+    """Run `kopf run --standalone -n NAMESPACE -m MODULE [EXTRA_ARGS]` in a thread against `kube`.
 
     Yields kopf's `KopfRunner`; after the block, `.output` holds kopf's log and any
     exception kopf raised is re-raised. The environment (KUBECONFIG plus `extra_env`)
@@ -211,7 +211,7 @@ def run_kopf(kube: KubeHandle, module: str, namespace: str = "default",
     import kubernetes.config.kube_config as kube_config
     from kopf.testing import KopfRunner
 
-    args = ["run", "--standalone", "--verbose", "--namespace", namespace, "-m", module]
+    args = ["run", "--standalone", "--verbose", "--namespace", namespace, "-m", module, *extra_args]
     env = {**kube.env, **(extra_env or {})}
     saved_default = kube_config.KUBE_CONFIG_DEFAULT_LOCATION
     kube_config.KUBE_CONFIG_DEFAULT_LOCATION = kube.kubeconfig

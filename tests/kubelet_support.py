@@ -1,9 +1,10 @@
 """A fake kubelet (and dask-kubernetes operator) for end-to-end tests without a cluster.
 
 `FakeKubelet(kube, namespace, workdir)` polls the emulated API in a thread. For each
-DaskCluster it starts the scheduler and `worker.replicas` workers as local processes,
-and marks the DaskCluster `status.phase: Running` once the scheduler accepts TCP
-connections. For each Job it starts the runner pod's container as a local process,
+DaskCluster it starts the scheduler and `worker.replicas` workers as local processes;
+once the scheduler accepts TCP connections it records the scheduler Pod (labels
+`dask.org/cluster-name=<cluster>`, `dask.org/component=scheduler`, owned by the
+DaskCluster, condition `Ready=True`) and marks the DaskCluster `status.phase: Running`. For each Job it starts the runner pod's container as a local process,
 records a Pod (labels `job-name`, `batch.kubernetes.io/job-name`, owned by the Job),
 patches the Job status (`active`, then `succeeded`/`failed` with a `Complete`/`Failed`
 condition, retrying up to `backoffLimit`), and puts the runner's termination message
@@ -171,6 +172,7 @@ class FakeKubelet:
                 self._start_cluster(cluster)
             state = self.clusters[name]
             if not state.running_reported and port_open(state.scheduler_port):
+                self._record_scheduler_pod(cluster)
                 self.kube.patch(DASK, "daskclusters", self.namespace, name,
                                 {"status": {"phase": "Running"}}, subresource="status")
                 state.running_reported = True
@@ -192,6 +194,21 @@ class FakeKubelet:
                 worker_name, worker["spec"], worker["spec"]["containers"][0],
                 extra_env={"DASK_SCHEDULER_ADDRESS": address, "DASK_WORKER_NAME": worker_name},
                 flags={"--host": "127.0.0.1"}))
+
+    def _record_scheduler_pod(self, cluster: dict) -> None:
+        """The scheduler Pod object as the dask-kubernetes operator and kubelet leave it: Ready."""
+        name = cluster["metadata"]["name"]
+        pod_name = f"{name}-scheduler"
+        owner = {"apiVersion": DASK, "kind": "DaskCluster", "name": name, "uid": cluster["metadata"]["uid"],
+                 "controller": True, "blockOwnerDeletion": True}
+        labels = {"dask.org/cluster-name": name, "dask.org/component": "scheduler"}
+        self.kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": pod_name, "namespace": self.namespace, "labels": labels, "ownerReferences": [owner]},
+            "spec": cluster["spec"]["scheduler"]["spec"]})
+        now = now_timestamp()
+        self.kube.patch("v1", "pods", self.namespace, pod_name, {"status": {"phase": "Running", "conditions": [
+            {"type": "Ready", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now}]}}, "status")
 
     def _stop_cluster(self, name: str) -> None:
         state = self.clusters.pop(name, None)

@@ -6,7 +6,9 @@ import copy
 import itertools
 from typing import Any, Mapping, Optional
 
-from kmeans_partition.operator.kube_api import Conflict, NotFound
+import json
+
+from kmeans_partition.operator.kube_api import Conflict, NotFound, Rejected
 from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND
 
 
@@ -26,10 +28,16 @@ def merge_patch(target: Any, patch: Any) -> Any:
 class FakeApi:
     """Objects keyed by (kind, namespace, name); counts every create call."""
 
-    def __init__(self, unserved_kinds: tuple[str, ...] = ()):
+    def __init__(self, unserved_kinds: tuple[str, ...] = (), reject_create: Optional[dict[str, tuple]] = None,
+                 lose_create_race: tuple[str, ...] = ()):
+        """`reject_create`: kind -> (status, reason, message) answered to every create of that kind.
+        `lose_create_race`: kinds whose first create finds the name taken (409) by an object that
+        appeared after the caller's get (created by this operator's other pass; same owner)."""
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.create_calls: list[str] = []
         self.unserved = set(unserved_kinds)
+        self.reject_create = dict(reject_create or {})
+        self.lose_create_race = set(lose_create_race)
         self._uids = itertools.count(1)
 
     def _check_served(self, kind: str) -> None:
@@ -52,6 +60,13 @@ class FakeApi:
         meta = manifest["metadata"]
         key = (manifest["kind"], meta["namespace"], meta["name"])
         self.create_calls.append(f"{key[0]}/{key[2]}")
+        if manifest["kind"] in self.reject_create:
+            status, reason, message = self.reject_create[manifest["kind"]]
+            raise Rejected(status, reason, json.dumps({"kind": "Status", "reason": reason, "message": message}))
+        if manifest["kind"] in self.lose_create_race and key not in self.objects:
+            self.lose_create_race.discard(manifest["kind"])
+            self.objects[key] = {**copy.deepcopy(dict(manifest)), "status": {}}
+            self.objects[key]["metadata"]["uid"] = f"uid-{next(self._uids)}"
         if key in self.objects:
             raise Conflict(409, "AlreadyExists", str(key))
         obj = copy.deepcopy(dict(manifest))

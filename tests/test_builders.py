@@ -143,6 +143,7 @@ def test_job_runs_the_runner_against_the_cluster():
     assert env["DASK_SCHEDULER_ADDRESS"] == f"tcp://docs-dask-scheduler.{NS}.svc.cluster.local:8786"
     assert env["KMP_NAME"] == NAME and env["KMP_NAMESPACE"] == NS
     assert env["KMP_TERMINATION_MESSAGE_PATH"] == "/dev/termination-log"
+    assert env["KMP_CONNECT_TIMEOUT"] == "600"  # the runner waits this long for the scheduler
     assert runner["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert runner["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
     assert runner["resources"] == {"limits": {"memory": "1Gi"}}
@@ -182,7 +183,7 @@ def test_runner_role_only_patches_its_own_status():
         "apiGroups": [API_GROUP],
         "resources": [f"{PLURAL}/status"],
         "resourceNames": [NAME],
-        "verbs": ["get", "patch"],
+        "verbs": ["patch"],  # runner/k8s_status.py only PATCHes, never GETs
     }
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": NS}]

@@ -9,7 +9,9 @@ import pytest
 import yaml
 
 from kmeans_partition.operator import crd as crd_module
-from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND, PLURAL, SHORT_NAME, parse_resource_spec
+from kmeans_partition.runner.spec import (
+    API_GROUP, API_VERSION, KIND, PLURAL, QUANTITY_PATTERN, SHORT_NAME, parse_resource_spec,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD_FILE = ROOT / "crds" / crd_module.CRD_FILENAME
@@ -145,6 +147,10 @@ def test_good_manifest_validates_and_parses():
         ("spec.storage.secretRef", {}, "spec.storage.secretRef"),
         ("spec.cluster.resources.worker.limits", {"memory": ["8Gi"]}, "spec.cluster.resources.worker.limits.memory"),
         ("spec.unknownField", 1, "spec"),
+        ("spec.cluster.resources.worker.limits", {"memory": "8 GB"}, "spec.cluster.resources.worker.limits.memory"),
+        ("spec.cluster.resources.runner.requests", {"cpu": "two"}, "spec.cluster.resources.runner.requests.cpu"),
+        ("spec.schedulerAddress", "tcp://elsewhere:8786", "spec"),
+        ("spec.storageOptions", {"anon": True}, "spec"),
     ],
 )
 def test_bad_manifests_are_rejected(path, value, expect):
@@ -189,6 +195,10 @@ def test_cel_rules_accept_the_good_spec():
         ({"engine": "raft", "cluster": {}}, "raft"),
         ({"outputPath": "s3://bucket/in/"}, "outputPath must differ"),
         ({"outputPath": "s3://bucket/in"}, "outputPath must differ"),
+        ({"outputPath": "s3://bucket/in/out"}, "outputPath must differ"),  # output inside an input
+        ({"outputPath": "s3://bucket/in/deep/out/"}, "outputPath must differ"),
+        ({"outputPath": "s3://bucket"}, "outputPath must differ"),  # an input inside the output
+        ({"inputPath": ["s3://other/", "s3://bucket/out/part/"]}, "outputPath must differ"),
     ],
 )
 def test_cel_rules_reject(change, expect):
@@ -198,6 +208,32 @@ def test_cel_rules_reject(change, expect):
     assert len(failing) == 1 and expect in failing[0], failing
 
 
+@pytest.mark.parametrize("input_path, output_path", [
+    (["s3://bucket/in"], "s3://bucket/input-clusters/"),  # a shared prefix, not a shared directory
+    (["s3://bucket/in/"], "s3://bucket/out"),
+    (["/data/a", "/data/b/"], "/data/ab"),
+])
+def test_cel_allows_sibling_paths(input_path, output_path):
+    spec = {**GOOD["spec"], "inputPath": input_path, "outputPath": output_path}
+    assert _failing_rules(spec, spec) == []
+
+
 def test_cel_allows_cpu_engines_without_gpus():
     spec = {**GOOD["spec"], "engine": "dask", "cluster": {"gpusPerWorker": 0}}
     assert _failing_rules(spec, spec) == []
+
+
+def test_resource_schema_does_not_offer_runner_only_fields():
+    props = _openapi(crd_module.build_crd())["properties"]["spec"]["properties"]
+    assert "schedulerAddress" not in props and "storageOptions" not in props
+    assert "storage" in props and "options" in props["storage"]["properties"]
+
+
+def test_quantities_carry_the_kubernetes_pattern():
+    resources = _openapi(crd_module.build_crd())["properties"]["spec"]["properties"]["cluster"]["properties"][
+        "resources"]["properties"]
+    for part in ("scheduler", "worker", "runner"):
+        for kind in ("requests", "limits"):
+            node = resources[part]["properties"][kind]["additionalProperties"]
+            assert node["x-kubernetes-int-or-string"] is True and node["pattern"] == QUANTITY_PATTERN
+    assert crd_module.validate_resource(_with("spec.cluster.resources.worker.limits", {"memory": "8Gi", "cpu": 2})) == []

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from kmeans_partition.operator import handlers
+from kmeans_partition.operator.crd import validate_resource
 from kmeans_partition.runner.sample import write_sample
 from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND, PLURAL
 from kube_support import kopf_failures, kube, run_kopf, wait_for  # noqa: F401  (fixture)
@@ -35,11 +36,12 @@ def install_operator_prerequisites(kube) -> None:
 
 
 def manifest(name: str, input_path: str, output_path: str, endpoint_url: str) -> dict:
+    """A KMeansPartition valid against the CRD (checked in `run_to_the_end`)."""
     return {
         "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "metadata": {"name": name},
         "spec": {
             "nClusters": N_CLUSTERS, "idField": "id", "embeddingField": "embedding",
-            "inputPath": input_path, "outputPath": output_path, "maxIter": 20,
+            "inputPath": [input_path], "outputPath": output_path, "maxIter": 20,
             "cluster": {"workers": 1},
             "storage": {"secretRef": {"name": "s3-credentials"},
                         "options": {"endpoint_url": endpoint_url, "client_kwargs": {"region_name": "us-east-1"}}},
@@ -50,6 +52,8 @@ def manifest(name: str, input_path: str, output_path: str, endpoint_url: str) ->
 def run_to_the_end(kube, tmp_path, resource: dict) -> tuple[dict, FakeKubelet]:
     """Apply `resource` with the operator and kubelet running; return its final state."""
     name = resource["metadata"]["name"]
+    crd = yaml.safe_load(CRD_FILE.read_text())
+    assert validate_resource(resource, crd) == []  # the emulator does no admission: check it here
     handlers.reset_api()  # the operator caches its client; this emulator is new
     with FakeKubelet(kube, "default", tmp_path / "kubelet") as kubelet, \
             run_kopf(kube, "kmeans_partition.operator.handlers") as operator:

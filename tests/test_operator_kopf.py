@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import urllib.request
 
 import kopf
 import pytest
-from kube_support import kube, run_kopf, wait_for  # noqa: F401  (fixture)
+from kube_support import kopf_failures, kube, run_kopf, wait_for  # noqa: F401  (fixture)
+from kubelet_support import free_port
 
 from kmeans_partition.operator import labels as L
 from kmeans_partition.operator.crd import build_crd
@@ -27,21 +29,31 @@ CHILDREN = [("v1", "configmaps", "docs-spec"), ("v1", "serviceaccounts", "docs-r
 
 
 @contextlib.contextmanager
-def operator(kube):
-    """kopf with only this project's handlers (a fresh default registry, restored after)."""
+def fresh_handlers():
+    """This project's handlers in a fresh default registry (restored after); yields the registry."""
     previous = kopf.get_default_registry()
     from kopf._core.intents.registries import SmartOperatorRegistry  # kopf's default: with fallback logins
 
-    kopf.set_default_registry(SmartOperatorRegistry())
+    registry = SmartOperatorRegistry()
+    kopf.set_default_registry(registry)
     handlers = importlib.import_module("kmeans_partition.operator.handlers")
     importlib.reload(handlers)
     handlers.reset_api()
     try:
-        with run_kopf(kube, "kmeans_partition.operator.handlers", extra_env={"KMP_RECONCILE_INTERVAL": "2"}) as runner:
-            yield runner
+        yield registry
     finally:
         handlers.reset_api()
         kopf.set_default_registry(previous)
+
+
+@contextlib.contextmanager
+def operator(kube, extra_args=()):
+    """kopf with only this project's handlers; after the block, kopf logged no errors."""
+    with fresh_handlers():
+        with run_kopf(kube, "kmeans_partition.operator.handlers", extra_env={"KMP_RECONCILE_INTERVAL": "2"},
+                      extra_args=extra_args) as runner:
+            yield runner
+    assert kopf_failures(runner.output) == [], runner.output[-4000:]
 
 
 def resource(kube):
@@ -65,23 +77,48 @@ def create_resource(kube, spec=SPEC):
                         "spec": spec})
 
 
+def dask_cluster_running(kube):
+    """What the dask-kubernetes operator and kubelet do: a Ready scheduler pod, phase Running."""
+    cluster = kube.get("kubernetes.dask.org/v1", "daskclusters", "default", DASK)
+    kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": f"{DASK}-scheduler", "namespace": "default",
+        "labels": {"dask.org/cluster-name": DASK, "dask.org/component": "scheduler"},
+        "ownerReferences": [{"apiVersion": "kubernetes.dask.org/v1", "kind": "DaskCluster", "name": DASK,
+                             "uid": cluster["metadata"]["uid"]}]},
+        "spec": {"containers": [{"name": "scheduler", "image": "x"}]}})
+    kube.patch("v1", "pods", "default", f"{DASK}-scheduler",
+               {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}, "status")
+    kube.patch("kubernetes.dask.org/v1", "daskclusters", "default", DASK, {"status": {"phase": "Running"}}, "status")
+
+
 def uids(kube):
     return {plural: (kube.get(v, plural, "default", name) or {}).get("metadata", {}).get("uid")
             for v, plural, name in CHILDREN}
 
 
+def events_of(kube, uid):
+    return [e for e in kube.list("v1", "events", "default") if (e.get("involvedObject") or {}).get("uid") == uid]
+
+
 def test_lifecycle_restart_and_delete(kube):
     created = create_resource(kube)
-    with operator(kube):
+    port = free_port()
+    with operator(kube, extra_args=("--liveness", f"http://127.0.0.1:{port}/healthz")):
+        probe = wait_for(lambda: _get_ok(f"http://127.0.0.1:{port}/healthz"), message="liveness endpoint")
+        assert probe == 200
         wait_for(lambda: all(kube.get(v, p, "default", n) for v, p, n in CHILDREN), message="children")
         wait_for(lambda: phase(kube) == "Pending", message="Pending")
         for api_version, plural, name in CHILDREN:
             owner = kube.get(api_version, plural, "default", name)["metadata"]["ownerReferences"][0]
             assert owner["uid"] == created["metadata"]["uid"] and owner["kind"] == KIND
         assert kube.get("batch/v1", "jobs", "default", JOB) is None
-        kube.patch("kubernetes.dask.org/v1", "daskclusters", "default", DASK, {"status": {"phase": "Running"}}, "status")
+        dask_cluster_running(kube)
         wait_for(lambda: kube.get("batch/v1", "jobs", "default", JOB), message="Job created")
         wait_for(lambda: (condition(kube, "DaskClusterReady") or {}).get("status") == "True", message="ready")
+        uid = created["metadata"]["uid"]
+        reasons = wait_for(lambda: {"Created", "DaskClusterReady"} <= {e["reason"] for e in events_of(kube, uid)}
+                           and {e["reason"] for e in events_of(kube, uid)}, message="core/v1 Events")
+        assert all(e["involvedObject"]["kind"] == KIND for e in events_of(kube, uid)), reasons
     before = uids(kube)
     job_uid = kube.get("batch/v1", "jobs", "default", JOB)["metadata"]["uid"]
 
@@ -107,6 +144,32 @@ def test_lifecycle_restart_and_delete(kube):
                  and kube.get("batch/v1", "jobs", "default", JOB) is None, message="children gone")
 
 
+def _get_ok(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except OSError:
+        return None
+
+
+def test_configure_sets_watch_timeouts_and_annotation_storage():
+    with fresh_handlers():
+        handlers = importlib.import_module("kmeans_partition.operator.handlers")
+        settings = kopf.OperatorSettings()
+        handlers.configure(settings=settings)
+    assert settings.watching.server_timeout == 240 and settings.watching.client_timeout == 300
+    assert settings.watching.server_timeout < settings.watching.client_timeout
+    assert settings.watching.connect_timeout == 10 and settings.networking.request_timeout == 60
+    assert settings.persistence.finalizer == f"{API_GROUP}/finalizer"
+    assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+
+
+def test_delete_handler_adds_no_finalizer_of_its_own():
+    with fresh_handlers() as registry:
+        (on_delete,) = [h for h in registry._changing.get_all_handlers() if h.id.endswith("on_delete")]
+        assert on_delete.requires_finalizer is False  # optional=True: deletion never waits on it
+
+
 def test_invalid_spec_fails_without_children(kube):
     create_resource(kube, {**SPEC, "nClusters": 0})
     with operator(kube):
@@ -121,7 +184,7 @@ def test_job_failure_reaches_status(kube, reason):
     create_resource(kube, {**SPEC, "cleanupPolicy": "OnSuccess"})
     with operator(kube):
         wait_for(lambda: kube.get("kubernetes.dask.org/v1", "daskclusters", "default", DASK), message="DaskCluster")
-        kube.patch("kubernetes.dask.org/v1", "daskclusters", "default", DASK, {"status": {"phase": "Running"}}, "status")
+        dask_cluster_running(kube)
         wait_for(lambda: kube.get("batch/v1", "jobs", "default", JOB), message="Job")
         kube.patch("batch/v1", "jobs", "default", JOB, {"status": {"conditions": [
             {"type": "Failed", "status": "True", "reason": reason, "message": "Job has reached the backoff limit"}]}},

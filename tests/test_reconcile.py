@@ -42,8 +42,18 @@ def conditions(api):
     return {c["type"]: c for c in api.resource(NAME)["status"]["conditions"]}
 
 
+def scheduler_pod(api, ready=True):
+    api.objects[("Pod", "default", f"{DASK}-scheduler-abc")] = {
+        "kind": "Pod",
+        "metadata": {"name": f"{DASK}-scheduler-abc", "labels": {"dask.org/cluster-name": DASK,
+                                                                 "dask.org/component": "scheduler"}},
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
 def dask_running(api):
     api.set_status("DaskCluster", DASK, {"phase": "Running"})
+    scheduler_pod(api)
 
 
 def job_active(api):
@@ -162,6 +172,25 @@ def test_operator_restart_at_each_stage_creates_no_duplicates(api, stage):
     assert restarted.resource(NAME)["status"]["phase"] == expected[stage]
 
 
+def test_job_waits_for_a_ready_scheduler_pod_not_just_phase_running(api):
+    step(api)
+    api.set_status("DaskCluster", DASK, {"phase": "Running"})  # the Service exists; the scheduler may not
+    step(api)
+    assert conditions(api)["DaskClusterReady"]["reason"] == "SchedulerNotReady"
+    scheduler_pod(api, ready=False)
+    step(api)
+    assert f"Job/{JOB}" not in api.kinds() and conditions(api)["DaskClusterReady"]["status"] == "False"
+    api.objects[("Pod", "default", "other-scheduler")] = {  # another cluster's ready scheduler: not ours
+        "kind": "Pod", "metadata": {"name": "other-scheduler", "labels": {
+            "dask.org/cluster-name": "other-dask", "dask.org/component": "scheduler"}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    step(api)
+    assert f"Job/{JOB}" not in api.kinds()
+    scheduler_pod(api, ready=True)
+    out = step(api)
+    assert out.created == [f"Job/{JOB}"] and conditions(api)["DaskClusterReady"]["status"] == "True"
+
+
 def test_last_transition_time_moves_only_on_flips(api):
     step(api, now=lambda: "2030-01-01T00:00:00Z")
     before = conditions(api)["DaskClusterReady"]["lastTransitionTime"]
@@ -223,7 +252,8 @@ def test_delete_children_removes_only_owned_children(api):
     api.objects[("ConfigMap", "other", "docs-spec")] = {"metadata": {"name": "docs-spec", "ownerReferences": []}}
     deleted = delete_children(NAME, "default", "kmp-uid", api)
     assert len(deleted) == 6
-    assert api.kinds() == ["ConfigMap/docs-spec"]  # the one in namespace "other" stays
+    # the ConfigMap in namespace "other" stays; the scheduler pod is the dask operator's to remove
+    assert [k for k in api.kinds() if not k.startswith("Pod/")] == ["ConfigMap/docs-spec"]
     assert delete_children(NAME, "default", "kmp-uid", api) == []
 
 
@@ -232,3 +262,75 @@ def test_deleting_resource_is_left_alone(api):
     body["metadata"]["deletionTimestamp"] = "2030-01-01T00:00:00Z"
     out = reconcile(body, api)
     assert out.created == [] and api.kinds() == []
+
+
+@pytest.mark.parametrize("field, value", [("schedulerAddress", "tcp://elsewhere:8786"),
+                                          ("storageOptions", {"key": "AKIA"}),
+                                          ("storage", {"options": {"secret": "s"}})])
+def test_runner_only_fields_and_inline_credentials_are_invalid_spec(field, value):
+    api = FakeApi()
+    api.add_resource(NAME, {**SPEC, field: value})
+    step(api)
+    failed = conditions(api)["Failed"]
+    assert failed["reason"] == "InvalidSpec" and field in failed["message"]
+    assert api.kinds() == [] and api.create_calls == []
+
+
+@pytest.mark.parametrize("kind, status", [("Job", 422), ("DaskCluster", 400), ("Role", 403)])
+def test_rejected_child_fails_with_the_api_message_and_is_not_retried(kind, status):
+    message = f"{kind}.spec: Invalid value: something the server refused"
+    api = FakeApi(reject_create={kind: (status, "Invalid" if status == 422 else "BadRequest", message)})
+    api.add_resource(NAME, SPEC)
+    step(api)
+    if kind == "Job":
+        dask_running(api)
+        step(api)
+    failed = conditions(api)["Failed"]
+    assert failed["reason"] == "ChildRejected"
+    assert message in failed["message"] and f"HTTP {status}" in failed["message"]
+    assert api.resource(NAME)["status"]["phase"] == "Failed"
+    calls = list(api.create_calls)
+    out = step(api)  # the next pass (timer, event) does not try again
+    assert api.create_calls == calls and out.created == [] and out.events == []
+    if kind == "Role":
+        assert "RoleBinding/docs-runner" not in api.kinds() and f"DaskCluster/{DASK}" not in api.kinds()
+
+
+def test_create_race_lost_to_another_pass_reads_the_child_back():
+    api = FakeApi(lose_create_race=("ConfigMap", "DaskCluster"))
+    api.add_resource(NAME, SPEC)
+    out = step(api)  # get -> None, create -> 409 AlreadyExists: read back, owned, carry on
+    assert "ConfigMap/docs-spec" not in out.created and f"DaskCluster/{DASK}" not in out.created
+    assert api.create_calls.count("ConfigMap/docs-spec") == 1 and out.waiting == []
+    assert {"ConfigMap/docs-spec", f"DaskCluster/{DASK}"} <= set(api.kinds())
+    assert api.resource(NAME)["status"]["daskCluster"] == DASK
+    assert "Failed" not in conditions(api)
+
+
+def test_name_taken_warning_only_when_the_waiting_set_changes(api):
+    api.objects[("DaskCluster", "default", DASK)] = {
+        "apiVersion": "kubernetes.dask.org/v1", "kind": "DaskCluster",
+        "metadata": {"name": DASK, "namespace": "default", "ownerReferences": [{"uid": "old-uid"}]},
+    }
+    reasons = [[e.reason for e in step(api).events] for _ in range(4)]  # e.g. four timer ticks
+    assert [r.count("NameTaken") for r in reasons] == [1, 0, 0, 0]
+    assert api.resource(NAME)["status"]["waitingFor"] == [f"DaskCluster/{DASK}"]
+    api.objects.pop(("DaskCluster", "default", DASK))  # the old owner's cluster goes
+    out = step(api)
+    assert "NameTaken" not in [e.reason for e in out.events] and out.created == [f"DaskCluster/{DASK}"]
+    assert "waitingFor" not in api.resource(NAME)["status"]
+
+
+def test_job_gone_after_the_runner_wrote_its_result_is_success(api):
+    step(api)
+    dask_running(api)
+    step(api)
+    job_active(api)
+    step(api)
+    api.patch_status("", "KMeansPartition", "default", NAME, {"result": {"nRows": 10}})
+    api.objects.pop(("Job", "default", JOB))  # TTL removed it before the operator saw Complete
+    out = step(api)
+    cond = conditions(api)
+    assert cond["Succeeded"]["status"] == "True" and cond["Succeeded"]["reason"] == "JobGoneAfterResult"
+    assert "Failed" not in cond and cond["Running"]["status"] == "False"
+    assert api.resource(NAME)["status"]["phase"] == "Succeeded" and out.created == []

@@ -74,39 +74,40 @@ app.kubernetes.io/part-of: kmeans-partition
 {{- end }}
 
 {{/*
-Rules for the namespaced kinds the operator reads and writes. Shared by the
-Role (namespaced mode) and the ClusterRole (cluster-wide mode); none of them
-names a cluster-scoped resource.
+Rules for the namespaced kinds the operator reads and writes: exactly the verbs
+operator/ (and kopf on its behalf) uses. Shared by the Role (namespaced mode) and
+the ClusterRole (cluster-wide mode); none of them names a cluster-scoped resource.
 */}}
 {{- define "kmeans-partition.namespacedRules" -}}
-# The custom resource: watch it, patch metadata (finalizers, kopf annotations) and status.
+# The custom resource: kopf lists/watches it and patches metadata (finalizer, its
+# annotations); each pass GETs it afresh.
 - apiGroups: ["kmeanspartition.dev"]
   resources: ["kmeanspartitions"]
   verbs: ["get", "list", "watch", "patch"]
-# Also what the per-resource runner Role grants, which the operator must hold to create it.
+# Status merge patches; also all the per-resource runner Role grants, which the
+# operator must hold itself to create that Role (RBAC escalation prevention).
 - apiGroups: ["kmeanspartition.dev"]
   resources: ["kmeanspartitions/status"]
-  verbs: ["get", "patch"]
-# Children: the Dask cluster (run by the dask-kubernetes operator) and the runner Job.
+  verbs: ["patch"]
+# Children watched by kopf (on.event) and created/read/deleted by name.
 - apiGroups: ["kubernetes.dask.org"]
   resources: ["daskclusters"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Children: the spec ConfigMap and the runner's ServiceAccount.
+  verbs: ["get", "list", "watch", "create", "delete"]
+# Children created/read/deleted by name: the spec ConfigMap and the runner's RBAC.
 - apiGroups: [""]
   resources: ["configmaps", "serviceaccounts"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Children: the runner's Role/RoleBinding (status patch of its own resource only).
+  verbs: ["get", "create", "delete"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Runner pods: read termination messages.
+  verbs: ["get", "create", "delete"]
+# Pods, by label: the runner's termination message and the scheduler's readiness.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
-# Kubernetes Events on the resource at each transition (kopf posts core/v1 events).
+  verbs: ["list"]
+# core/v1 Events on the resource at each transition (kopf posts them).
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
