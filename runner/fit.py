@@ -16,6 +16,7 @@ import numpy as np
 from distributed import Client, Future
 
 from . import kmeans as km
+from .lloyd import lloyd_partial, reduce_lloyd
 from .partition import Partition
 from .progress import Progress
 
@@ -42,7 +43,7 @@ def _rows(part: Partition, local: np.ndarray) -> np.ndarray:
 
 def _lloyd_step(part: Partition, previous, centroids: np.ndarray, batch: int) -> tuple:
     prev_labels = None if previous is None else previous[1]
-    return km.lloyd_partial(part.xa, part.x_sq, centroids, batch, prev_labels)
+    return lloyd_partial(part.xa, part.x_sq, centroids, batch, prev_labels)
 
 
 def _nearest_candidate(part: Partition, state, cands: np.ndarray, offset: int, batch: int):
@@ -176,7 +177,7 @@ class DaskKMeans:
             c_f = self._scatter(result.centroids)
             steps = self._map(_lloyd_step, self.parts, steps, centroids=c_f, batch=self.batch)
             partials = self.client.gather([self.client.submit(itemgetter(0), s) for s in steps])
-            update = km.reduce_lloyd(partials, result.centroids)
+            update = reduce_lloyd(partials, result.centroids)
             result.centroids = update.centroids
             result.n_iter = iteration
             result.n_reseeded += update.n_reseeded

@@ -11,14 +11,11 @@ extra constant column of ones (``augment_rows``) and centroids as
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+import threading
 
 import numpy as np
 import scipy.sparse as sp
 
-#: Farthest rows each partition offers per Lloyd step for re-seeding empty clusters.
-RESEED_CANDIDATES = 32
 
 
 def augment_rows(x: np.ndarray) -> np.ndarray:
@@ -44,6 +41,22 @@ def row_sq_norms(x: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", x, x, dtype=np.float32)
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(size: int) -> np.ndarray:
+    """A float32 buffer of at least `size` values, reused by this thread across calls.
+
+    Each Lloyd step needs a ``batch x k`` block (131 MB at the defaults); allocating it
+    afresh every step costs page faults on every touch.
+    """
+    buffer = getattr(_SCRATCH, "buffer", None)
+    if buffer is None or buffer.size < size:
+        buffer = np.empty(size, dtype=np.float32)
+        _SCRATCH.buffer = buffer
+    return buffer[:size]
+
+
 def nearest(
     xa: np.ndarray, x_sq: np.ndarray, ca: np.ndarray, batch: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +69,7 @@ def nearest(
     k = ca.shape[0]
     labels = np.empty(n, dtype=np.int32)
     dist_sq = np.empty(n, dtype=np.float32)
-    block = np.empty((min(batch, n), k), dtype=np.float32)
+    block = _scratch(min(batch, n) * k).reshape(min(batch, n), k)
     ca_t = ca.T
     for start in range(0, n, batch):
         stop = min(start + batch, n)
@@ -91,85 +104,6 @@ def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray,
         sums += one_hot @ x[start:stop]
     counts = np.bincount(labels, minlength=k).astype(np.int64)
     return sums, counts
-
-
-@dataclass
-class LloydPartial:
-    """One partition's contribution to a Lloyd step; reduced in partition order."""
-
-    sums: np.ndarray  # (k, d) float64
-    counts: np.ndarray  # (k,) int64
-    inertia: float
-    n_changed: int  # rows whose label changed since the previous step (-1: unknown)
-    far_dist: np.ndarray  # (r,) float32, the partition's farthest rows, descending
-    far_rows: np.ndarray  # (r, d) float32
-
-
-def lloyd_partial(
-    xa: np.ndarray,
-    x_sq: np.ndarray,
-    centroids: np.ndarray,
-    batch: int,
-    previous_labels: Optional[np.ndarray] = None,
-) -> tuple[LloydPartial, np.ndarray]:
-    """Assign rows to ``centroids`` and return the partial sums plus the new labels."""
-    k, d = centroids.shape
-    labels, dist_sq = nearest(xa, x_sq, augment_centroids(centroids), batch)
-    x = xa[:, :d]
-    sums, counts = cluster_sums(xa, labels, k)
-    sums = sums[:, :d]
-    r = min(RESEED_CANDIDATES, len(dist_sq))
-    far = np.argpartition(-dist_sq, r - 1)[:r] if r else np.empty(0, dtype=np.int64)
-    far = far[np.lexsort((far, -dist_sq[far]))]  # farthest first, ties by row index
-    changed = -1 if previous_labels is None else int(np.count_nonzero(previous_labels != labels))
-    partial = LloydPartial(
-        sums=sums,
-        counts=counts,
-        inertia=float(dist_sq.sum(dtype=np.float64)),
-        n_changed=changed,
-        far_dist=dist_sq[far],
-        far_rows=np.ascontiguousarray(x[far]),
-    )
-    return partial, labels
-
-
-@dataclass
-class LloydUpdate:
-    centroids: np.ndarray  # (k, d) float32
-    inertia: float  # of the assignment to the *previous* centroids
-    shift_sq: float  # sum of squared centroid moves
-    n_changed: int  # -1 when unknown (first step)
-    n_reseeded: int
-
-
-def reduce_lloyd(partials: list[LloydPartial], previous: np.ndarray) -> LloydUpdate:
-    """Combine partials (in the given, fixed order) into the next centroids.
-
-    An empty cluster is re-seeded at the farthest row not already used for
-    another empty cluster (ties: earlier partition, lower row); if none is left
-    it keeps its previous position, so a centroid is never NaN.
-    """
-    sums = np.zeros_like(partials[0].sums)
-    counts = np.zeros_like(partials[0].counts)
-    inertia = 0.0
-    changed = 0
-    for part in partials:
-        sums += part.sums
-        counts += part.counts
-        inertia += part.inertia
-        changed = -1 if (changed < 0 or part.n_changed < 0) else changed + part.n_changed
-    new = previous.astype(np.float64, copy=True)
-    filled = counts > 0
-    new[filled] = sums[filled] / counts[filled, None]
-    empty = np.flatnonzero(~filled)
-    if empty.size:
-        far_dist = np.concatenate([p.far_dist for p in partials])
-        far_rows = np.concatenate([p.far_rows for p in partials])
-        order = np.argsort(-far_dist, kind="stable")[: empty.size]
-        new[empty[: order.size]] = far_rows[order]
-    new32 = new.astype(np.float32)
-    shift_sq = float(((new32.astype(np.float64) - previous.astype(np.float64)) ** 2).sum())
-    return LloydUpdate(new32, inertia, shift_sq, changed, int(empty.size))
 
 
 def tolerance(feature_sum: np.ndarray, feature_sq_sum: np.ndarray, n_rows: int, tol: float) -> float:

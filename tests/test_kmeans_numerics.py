@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from kmeans_partition.runner import kmeans as km
+from kmeans_partition.runner.lloyd import lloyd_partial, reduce_lloyd
 from dask_support import blobs
 
 
@@ -44,8 +45,8 @@ def test_tolerance_is_sklearn_definition():
 def test_reduce_reseeds_empty_cluster_at_farthest_row_never_nan():
     x = blobs(200, 4, 2, seed=6)
     centroids = np.stack([x[0], x[0], x[1]])  # centroid 1 duplicates 0: it gets no rows
-    partial, _ = km.lloyd_partial(km.augment_rows(x), km.row_sq_norms(x), centroids, 64)
-    update = km.reduce_lloyd([partial], centroids)
+    partial, _ = lloyd_partial(km.augment_rows(x), km.row_sq_norms(x), centroids, 64)
+    update = reduce_lloyd([partial], centroids)
     assert update.n_reseeded == 1
     assert np.isfinite(update.centroids).all()
     _, d2 = brute_force(x, centroids)
@@ -55,8 +56,8 @@ def test_reduce_reseeds_empty_cluster_at_farthest_row_never_nan():
 def test_reduce_keeps_position_when_no_candidate_left():
     x = (np.ones((1, 3)) / np.sqrt(3)).astype(np.float32)
     centroids = np.stack([x[0], x[0] * 0.5, -x[0]])
-    partial, _ = km.lloyd_partial(km.augment_rows(x), km.row_sq_norms(x), centroids, 8)
-    update = km.reduce_lloyd([partial], centroids)
+    partial, _ = lloyd_partial(km.augment_rows(x), km.row_sq_norms(x), centroids, 8)
+    update = reduce_lloyd([partial], centroids)
     assert np.isfinite(update.centroids).all()
     assert update.n_reseeded == 2
     np.testing.assert_array_equal(update.centroids[2], centroids[2])
@@ -85,3 +86,4 @@ def test_cluster_sums_error_does_not_grow_with_cluster_size():
     sums, _ = km.cluster_sums(x, labels, 1)
     reference = x.astype(np.float64).sum(0)
     assert np.abs(sums[0] / reference - 1).max() < 1e-6  # one float32 pass: ~1e-5
+
