@@ -14,7 +14,7 @@
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
 ARG PIP_VERSION=24.3.1
-ARG CUML_VERSION=25.8.*
+ARG CUML_VERSION=26.10.0
 ARG APP_UID=10001
 
 # ---------------------------------------------------------------- CPU build
@@ -44,8 +44,8 @@ CMD ["--help"]
 # ---------------------------------------------------------------- GPU image
 # CUDA runtime base; cuML (engine: raft), CuPy and dask-cuda come as pip wheels
 # (the `gpu` extra plus cuml-cu12), so no conda environment is mixed in.
-# The pinned cuML release pins dask/distributed (rapids-dask-dependency), so the
-# CPU constraints file is not applied here.
+# The pinned cuML release pins dask/distributed (rapids-dask-dependency); the rest is
+# pinned by docker/constraints-gpu.txt (the CPU constraints file would clash with RAPIDS).
 FROM ${CUDA_IMAGE} AS gpu
 ARG PIP_VERSION
 ARG CUML_VERSION
@@ -57,9 +57,10 @@ RUN apt-get update \
 RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install "pip==${PIP_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY docker/constraints-gpu.txt ./docker/constraints-gpu.txt
 COPY runner ./runner
 COPY operator ./operator
-RUN /opt/venv/bin/pip install ".[s3,gcs,operator,gpu]" "cuml-cu12==${CUML_VERSION}" \
+RUN /opt/venv/bin/pip install --constraint docker/constraints-gpu.txt ".[s3,gcs,operator,gpu]" "cuml-cu12==${CUML_VERSION}" \
  && rm -rf /src
 RUN groupadd --gid ${APP_UID} app \
  && useradd --uid ${APP_UID} --gid ${APP_UID} --no-create-home --home-dir /tmp --shell /usr/sbin/nologin app

@@ -74,7 +74,7 @@ def test_base_images_are_pinned():
 def test_tool_versions_are_pinned():
     args = DOCKERFILE.global_args
     assert re.fullmatch(r"\d+\.\d+\.\d+", args["PIP_VERSION"])
-    assert re.fullmatch(r"\d+\.\d+\.\*|\d+\.\d+\.\d+", args["CUML_VERSION"])
+    assert re.fullmatch(r"\d+\.\d+\.\d+", args["CUML_VERSION"])
     gpu_runs = " ".join(DOCKERFILE.stage("gpu").all("RUN"))
     assert "cuml-cu12==${CUML_VERSION}" in gpu_runs
 
@@ -93,6 +93,21 @@ def test_cpu_constraints_pin_every_runtime_dependency():
     for requirement in required:
         name = re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[ ;]", requirement, 1)[0]).lower()
         assert name in constraints, f"{name} not pinned in docker/constraints.txt"
+
+
+def test_gpu_constraints_pin_the_gpu_stack_and_the_operator():
+    pins = {}
+    for line in (REPO_ROOT / "docker" / "constraints-gpu.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and re.fullmatch(r"\d+(\.\d+)+", version), f"not pinned: {line}"
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    assert pins["cuml-cu12"] == DOCKERFILE.global_args["CUML_VERSION"]
+    for requirement in PYPROJECT["project"]["optional-dependencies"]["gpu"] + ["kopf", "kubernetes"]:
+        name = re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[ ;]", requirement, 1)[0]).lower()
+        assert name in pins, f"{name} not pinned in docker/constraints-gpu.txt"
+    assert "--constraint docker/constraints-gpu.txt" in " ".join(DOCKERFILE.stage("gpu").all("RUN"))
 
 
 def test_copied_sources_exist_and_pass_dockerignore():
