@@ -72,13 +72,6 @@ def test_weighted_kmeans_pp_picks_distinct_heavy_points():
     assert 10 not in chosen  # zero weight is never drawn
 
 
-def test_weighted_lloyd_converges_to_weighted_means():
-    points = np.array([[0.0, 0.0], [2.0, 0.0], [10.0, 0.0], [12.0, 0.0]])
-    weights = np.array([3.0, 1.0, 1.0, 1.0])
-    out = km.weighted_lloyd(points, weights, np.array([[1.0, 0.0], [11.0, 0.0]]), 10)
-    np.testing.assert_allclose(out, [[0.5, 0.0], [11.0, 0.0]], atol=1e-6)
-
-
 def test_cluster_sums_error_does_not_grow_with_cluster_size():
     rng = np.random.default_rng(8)
     x = (0.05 + 0.05 * rng.standard_normal((200_000, 4))).astype(np.float32)
@@ -86,4 +79,3 @@ def test_cluster_sums_error_does_not_grow_with_cluster_size():
     sums, _ = km.cluster_sums(x, labels, 1)
     reference = x.astype(np.float64).sum(0)
     assert np.abs(sums[0] / reference - 1).max() < 1e-6  # one float32 pass: ~1e-5
-
