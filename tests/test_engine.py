@@ -47,8 +47,7 @@ def test_raft_fit_matches_sklearn_inertia(dask_client):
     pytest.importorskip("cuml", reason="cuML (RAFT) is only in the GPU image")
     from sklearn.cluster import KMeans
 
-    if not engine.workers_have_gpus(dask_client):
-        pytest.skip("these Dask workers have no GPU")
+    assert engine.workers_have_gpus(dask_client), "cuML imports but the Dask workers see no GPU"
     x = blobs(4000, 16, 10, seed=2)
     parts, rows = scatter_partitions(dask_client, x, 4)
     fitted = engine.fit_raft(dask_client, parts, rows, 16, 10, "k-means||", 300, 1e-4, 0, 2.0, 32768)
