@@ -63,10 +63,6 @@ class KMeansStage:
         self.spec = parse_job_spec(fields)
         check_field_names(self.spec)
 
-    @classmethod
-    def from_spec(cls, spec: JobSpec) -> "KMeansStage":
-        return cls(**spec.model_dump())
-
     def run(
         self, progress: Optional[Progress] = None, client: Optional[Client] = None, engine: str = "dask"
     ) -> dict:
