@@ -79,34 +79,40 @@ def test_tool_versions_are_pinned():
     assert "cuml-cu12==${CUML_VERSION}" in gpu_runs
 
 
-def test_cpu_constraints_pin_every_runtime_dependency():
-    constraints = {}
-    for line in (REPO_ROOT / "docker" / "constraints.txt").read_text().splitlines():
+def _normalised(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirement_name(requirement: str) -> str:
+    return _normalised(re.split(r"[<>=!~\[ ;]", requirement, 1)[0])
+
+
+def _read_pins(filename: str) -> dict[str, str]:
+    """name -> exact version of every line of docker/<filename> (each must be `name==X.Y...`)."""
+    pins = {}
+    for line in (REPO_ROOT / "docker" / filename).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             name, sep, version = line.partition("==")
-            assert sep and version, f"not pinned: {line}"
-            constraints[re.sub(r"[-_.]+", "-", name).lower()] = version
+            assert sep and re.fullmatch(r"\d+(\.\d+)+(\.post\d+)?", version), f"not pinned: {line}"
+            pins[_normalised(name)] = version
+    return pins
+
+
+def test_cpu_constraints_pin_every_runtime_dependency():
+    constraints = _read_pins("constraints.txt")
     required = PYPROJECT["project"]["dependencies"] + [
         dep for extra in ("s3", "gcs", "operator") for dep in PYPROJECT["project"]["optional-dependencies"][extra]
     ]
     for requirement in required:
-        name = re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[ ;]", requirement, 1)[0]).lower()
-        assert name in constraints, f"{name} not pinned in docker/constraints.txt"
+        assert _requirement_name(requirement) in constraints, f"{requirement} not pinned in docker/constraints.txt"
 
 
 def test_gpu_constraints_pin_the_gpu_stack_and_the_operator():
-    pins = {}
-    for line in (REPO_ROOT / "docker" / "constraints-gpu.txt").read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            name, sep, version = line.partition("==")
-            assert sep and re.fullmatch(r"\d+(\.\d+)+", version), f"not pinned: {line}"
-            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    pins = _read_pins("constraints-gpu.txt")
     assert pins["cuml-cu12"] == DOCKERFILE.global_args["CUML_VERSION"]
     for requirement in PYPROJECT["project"]["optional-dependencies"]["gpu"] + ["kopf", "kubernetes"]:
-        name = re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[ ;]", requirement, 1)[0]).lower()
-        assert name in pins, f"{name} not pinned in docker/constraints-gpu.txt"
+        assert _requirement_name(requirement) in pins, f"{requirement} not pinned in docker/constraints-gpu.txt"
     assert "--constraint docker/constraints-gpu.txt" in " ".join(DOCKERFILE.stage("gpu").all("RUN"))
 
 

@@ -207,13 +207,17 @@ def test_garbage_collection_follows_owner_references(kube):
     assert kube.get(*CM, "orphan")["metadata"].get("ownerReferences") == []
 
 
+SMOKE_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "smokes.smoke.example.com"},
+    "spec": {"group": "smoke.example.com", "scope": "Namespaced",
+             "names": {"kind": "Smoke", "plural": "smokes", "singular": "smoke"},
+             "versions": [{"name": "v1", "served": True, "storage": True, "subresources": {"status": {}}}]},
+}
+
+
 def test_kopf_operator_end_to_end(kube):
-    kube.install_crd({
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": "smokes.smoke.example.com"},
-        "spec": {"group": "smoke.example.com", "scope": "Namespaced",
-                 "names": {"kind": "Smoke", "plural": "smokes", "singular": "smoke"},
-                 "versions": [{"name": "v1", "served": True, "storage": True, "subresources": {"status": {}}}]}})
+    kube.install_crd(SMOKE_CRD)
     smoke = ("smoke.example.com/v1", "smokes", "default", "s1")
     with run_kopf(kube, "kopf_smoke_handlers") as runner:
         kube.create({"apiVersion": "smoke.example.com/v1", "kind": "Smoke",
@@ -233,12 +237,7 @@ def test_kopf_operator_end_to_end(kube):
 
 def test_kopf_restarted_between_create_and_delete(kube):
     """A second kopf run resumes from the stored state: no duplicate child, finalizer honoured."""
-    kube.install_crd({
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": "smokes.smoke.example.com"},
-        "spec": {"group": "smoke.example.com", "scope": "Namespaced",
-                 "names": {"kind": "Smoke", "plural": "smokes", "singular": "smoke"},
-                 "versions": [{"name": "v1", "served": True, "storage": True, "subresources": {"status": {}}}]}})
+    kube.install_crd(SMOKE_CRD)
     smoke = ("smoke.example.com/v1", "smokes", "default", "s2")
     with run_kopf(kube, "kopf_smoke_handlers"):
         kube.create({"apiVersion": "smoke.example.com/v1", "kind": "Smoke",
