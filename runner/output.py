@@ -39,6 +39,10 @@ class OutputLocation:
         return self.fs.unstrip_protocol(self.path(*parts))
 
 
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return _protocol(fs) in ("file", "local")
+
+
 def _protocol(fs: fsspec.AbstractFileSystem) -> str:
     proto = fs.protocol
     return proto[0] if isinstance(proto, (tuple, list)) else proto
@@ -46,7 +50,7 @@ def _protocol(fs: fsspec.AbstractFileSystem) -> str:
 
 def _canonical(fs: fsspec.AbstractFileSystem, path: str) -> str:
     path = fs._strip_protocol(path).rstrip("/")
-    if _protocol(fs) in ("file", "local"):
+    if is_local(fs):
         import os
 
         path = os.path.realpath(path)

@@ -73,11 +73,11 @@ class KMeansStage:
         progress = progress or Progress()
         if self.spec.verbose:
             logging.getLogger("kmeans_partition").setLevel(logging.DEBUG)
+        replace = check_output_before_work(self.spec)  # before any work, and before starting a cluster
         if client is not None:
-            return _Run(self.spec, client, progress, engine).execute()
-        check_output_before_work(self.spec)  # fail fast, before starting a cluster
+            return _Run(self.spec, client, progress, engine).execute(replace)
         with dask_client(self.spec.scheduler_address) as own_client:
-            return _Run(self.spec, own_client, progress, engine).execute()
+            return _Run(self.spec, own_client, progress, engine).execute(replace)
 
 
 def check_field_names(spec: JobSpec) -> None:
@@ -111,12 +111,12 @@ class _Run:
         self.out = open_output(spec.output_path, spec.storage_options)
         self.timings: dict[str, float] = {}
 
-    def execute(self) -> dict:
+    def execute(self, replace: list[str]) -> dict:
+        """``replace``: the previous output's entries that `overwrite` will delete."""
         from .read import discover_files
 
         spec = self.spec
         started = time.perf_counter()
-        replace = check_output_before_work(spec)
         files = discover_files(spec.input_paths, spec.input_filetype, spec.storage_options)
         refs = self.plan(files)
         parts, stats = self.read(refs)

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from . import kmeans as km
+from .output import is_local
 from .partition import ID_COLUMN, Partition
 
 #: A centroid's rows are split into several files past this many rows.
@@ -45,8 +46,7 @@ class Fragment:
 def arrow_filesystem(url: str, storage_options: dict) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem and path for an fsspec URL (native for local files)."""
     fs, path = url_to_fs(url, **storage_options)
-    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
-    if protocol in ("file", "local"):
+    if is_local(fs):
         return pafs.LocalFileSystem(), path
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 

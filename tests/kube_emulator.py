@@ -299,7 +299,7 @@ class RealisticKubernetesEmulator(KubernetesEmulator):
             if wanted_version and wanted_version != old["metadata"]["resourceVersion"]:
                 raise _error(409, "Conflict", f'Operation cannot be fulfilled on {res.plural} "{request.name}": '
                              "the object has been modified; please apply your changes to the latest version")
-            new = self._merge_rules(old, new, info, request.subresource)
+            new = sem.merge_write(old, new, "status" in info.subresources, request.subresource)
             if sem.without_volatile_metadata(new) == sem.without_volatile_metadata(old):
                 return old
             if sem.spec_changed(old, new, "status" in info.subresources):
@@ -309,29 +309,6 @@ class RealisticKubernetesEmulator(KubernetesEmulator):
                 await self._remove(res, namespace, request.name)
             await self._collect_garbage()
             return stored
-
-    @staticmethod
-    def _merge_rules(old: dict, new: dict, info: ResourceInfo, subresource: Optional[str]) -> dict:
-        """Keep server-owned fields; split status from the main resource when it is a subresource."""
-        if subresource == "status":
-            result = copy.deepcopy(old)
-            if new.get("status") is None:
-                result.pop("status", None)
-            else:
-                result["status"] = new["status"]
-            return result
-        if "status" in info.subresources:
-            new.pop("status", None)
-            if "status" in old:
-                new["status"] = old["status"]
-        meta = new.setdefault("metadata", {})
-        for key in ("uid", "creationTimestamp", "name", "namespace", "generation",
-                    "deletionTimestamp", "deletionGracePeriodSeconds"):
-            meta.pop(key, None)
-            if key in old["metadata"]:
-                meta[key] = old["metadata"][key]
-        meta["resourceVersion"] = old["metadata"]["resourceVersion"]
-        return new
 
     async def _serve_delete(self, request: rendering.Request) -> Any:
         options = request.data if isinstance(request.data, dict) else {}

@@ -197,3 +197,26 @@ def crd_status(crd: dict) -> dict:
             for kind, reason in (("NamesAccepted", "NoConflicts"), ("Established", "InitialNamesAccepted"))
         ],
     }
+
+
+def merge_write(old: dict, new: dict, status_is_subresource: bool, subresource: Optional[str]) -> dict:
+    """Keep server-owned fields; split status from the main resource when it is a subresource."""
+    if subresource == "status":
+        result = copy.deepcopy(old)
+        if new.get("status") is None:
+            result.pop("status", None)
+        else:
+            result["status"] = new["status"]
+        return result
+    if status_is_subresource:
+        new.pop("status", None)
+        if "status" in old:
+            new["status"] = old["status"]
+    meta = new.setdefault("metadata", {})
+    for key in ("uid", "creationTimestamp", "name", "namespace", "generation",
+                "deletionTimestamp", "deletionGracePeriodSeconds"):
+        meta.pop(key, None)
+        if key in old["metadata"]:
+            meta[key] = old["metadata"][key]
+    meta["resourceVersion"] = old["metadata"]["resourceVersion"]
+    return new
