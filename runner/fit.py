@@ -13,12 +13,13 @@ from operator import itemgetter
 from typing import Optional
 
 import numpy as np
-from distributed import Client, Future
+from distributed import Client, Future, as_completed
 
 from . import kmeans as km
-from .lloyd import lloyd_partial, reduce_lloyd
+from .lloyd import LloydReduction, lloyd_partial
 from .partition import Partition
 from .progress import Progress
+from .worker_memory import relax_malloc_trim
 
 #: Sampling rounds of k-means|| (Spark MLlib's default; each round is one pass).
 KMEANS_PARALLEL_ROUNDS = 2
@@ -31,6 +32,7 @@ class FitResult:
     converged: bool
     inertia_history: list[float] = field(default_factory=list)
     n_reseeded: int = 0
+    rows_computed: int = 0  # rows given the full distance computation, summed over iterations
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -41,13 +43,14 @@ def _rows(part: Partition, local: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(part.x[local])
 
 
-def _lloyd_step(part: Partition, previous, centroids: np.ndarray, batch: int) -> tuple:
-    prev_labels = None if previous is None else previous[1]
-    return lloyd_partial(part.xa, part.x_sq, centroids, batch, prev_labels)
+def _lloyd_step(part: Partition, previous, centroids: np.ndarray, drift, batch: int) -> tuple:
+    relax_malloc_trim()
+    return lloyd_partial(part.xa, part.x_sq, centroids, batch, previous, drift)
 
 
 def _nearest_candidate(part: Partition, state, cands: np.ndarray, offset: int, batch: int):
     """Update (min squared distance, index of nearest candidate) with new candidates."""
+    relax_malloc_trim()
     labels, dist_sq = km.nearest(part.xa, part.x_sq, km.augment_centroids(cands), batch)
     labels = labels.astype(np.int64) + offset
     if state is None:
@@ -88,6 +91,7 @@ class DaskKMeans:
         batch: int,
         random_state: int,
         progress: Optional[Progress] = None,
+        bounds: bool = True,
     ):
         self.client = client
         self.parts = parts
@@ -96,6 +100,7 @@ class DaskKMeans:
         self.batch = batch
         self.random_state = random_state
         self.progress = progress or Progress()
+        self.bounds = bounds  # skip rows whose label cannot change (bounds.py); False: full steps
 
     # -- helpers
     def _scatter(self, array: np.ndarray) -> Future:
@@ -169,18 +174,29 @@ class DaskKMeans:
         return reduced.result()
 
     # -- Lloyd
+    def _reduce(self, steps: list[Future], previous: np.ndarray):
+        """Gather the steps' partials as they finish and add them in partition order."""
+        partials = [self.client.submit(itemgetter(0), s, pure=False) for s in steps]
+        index = {f.key: i for i, f in enumerate(partials)}
+        reduction = LloydReduction(len(partials))
+        for future, partial in as_completed(partials, with_results=True):
+            reduction.add(index[future.key], partial)
+        return reduction.finish(previous)
+
     def lloyd(self, centroids: np.ndarray, max_iter: int, tol_abs: float) -> FitResult:
         """scikit-learn's Lloyd loop: stop on unchanged labels or shift <= tol_abs."""
         steps: list = [None] * len(self.parts)
+        drift = None
         result = FitResult(centroids=centroids.astype(np.float32), n_iter=0, converged=False)
         for iteration in range(1, max_iter + 1):
             c_f = self._scatter(result.centroids)
-            steps = self._map(_lloyd_step, self.parts, steps, centroids=c_f, batch=self.batch)
-            partials = self.client.gather([self.client.submit(itemgetter(0), s) for s in steps])
-            update = reduce_lloyd(partials, result.centroids)
+            steps = self._map(_lloyd_step, self.parts, steps, centroids=c_f, drift=drift, batch=self.batch)
+            update = self._reduce(steps, result.centroids)
+            drift = update.drift if self.bounds else None
             result.centroids = update.centroids
             result.n_iter = iteration
             result.n_reseeded += update.n_reseeded
+            result.rows_computed += update.n_recomputed
             result.inertia_history.append(update.inertia)
             self.progress.iteration(iteration, update.inertia, update.shift_sq)
             if update.n_changed == 0 or update.shift_sq <= tol_abs:

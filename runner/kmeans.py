@@ -44,16 +44,16 @@ def row_sq_norms(x: np.ndarray) -> np.ndarray:
 _SCRATCH = threading.local()
 
 
-def _scratch(size: int) -> np.ndarray:
+def scratch(size: int, name: str = "block") -> np.ndarray:
     """A float32 buffer of at least `size` values, reused by this thread across calls.
 
     Each Lloyd step needs a ``batch x k`` block (131 MB at the defaults); allocating it
     afresh every step costs page faults on every touch.
     """
-    buffer = getattr(_SCRATCH, "buffer", None)
+    buffer = getattr(_SCRATCH, name, None)
     if buffer is None or buffer.size < size:
         buffer = np.empty(size, dtype=np.float32)
-        _SCRATCH.buffer = buffer
+        setattr(_SCRATCH, name, buffer)
     return buffer[:size]
 
 
@@ -69,7 +69,7 @@ def nearest(
     k = ca.shape[0]
     labels = np.empty(n, dtype=np.int32)
     dist_sq = np.empty(n, dtype=np.float32)
-    block = _scratch(min(batch, n) * k).reshape(min(batch, n), k)
+    block = scratch(min(batch, n) * k).reshape(min(batch, n), k)
     ca_t = ca.T
     for start in range(0, n, batch):
         stop = min(start + batch, n)
@@ -80,6 +80,21 @@ def nearest(
         dist_sq[start:stop] = np.take_along_axis(scores, lab[:, None], axis=1)[:, 0] + x_sq[start:stop]
     np.maximum(dist_sq, 0.0, out=dist_sq)
     return labels, dist_sq
+
+
+def nearest_two(xa: np.ndarray, ca_t: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One block: labels (int32), smallest and second smallest score ``||c||^2 - 2x.c``.
+
+    ``scores`` is a ``len(xa) x k`` float32 work buffer (overwritten). The second score is
+    ``inf`` when there is one centroid. Ties go to the lowest index, as in `nearest`.
+    """
+    np.matmul(xa, ca_t, out=scores)
+    labels = scores.argmin(axis=1)
+    rows = np.arange(len(labels))
+    first = scores[rows, labels]
+    scores[rows, labels] = np.inf
+    second = scores.min(axis=1)
+    return labels.astype(np.int32), first, second
 
 
 #: Rows per one-hot product in `cluster_sums`: float32 products, accumulated in float64.

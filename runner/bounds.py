@@ -1,0 +1,130 @@
+"""Distance bounds that let a Lloyd step skip rows whose label cannot change (Hamerly, 2010).
+
+Each row keeps an upper bound ``upper`` on its distance to its assigned centroid and a
+lower bound ``lower`` on its distance to every other centroid. When the centroids move by
+``drift`` (per centroid), the triangle inequality gives new bounds without touching the
+row: ``upper + drift[label]`` and ``lower - max(drift of the others)``. A row whose
+bounds still separate by more than the float32 rounding of a distance computation keeps
+its label: the full float32 computation would pick the same centroid, so skipping it
+changes nothing (``test_bounds.py`` checks labels against the full computation).
+
+Rounding: a float32 score ``||c||^2 - 2 x.c`` over ``d + 1`` terms is off by at most
+``score_error`` (the classic ``gamma_n`` dot-product bound, doubled), and bounds are
+stored rounded outwards, so they hold for the exact distances.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Relative widening applied whenever a bound is stored in float32 (> float32 rounding).
+WIDEN = 1e-6
+
+
+@dataclass
+class RowBounds:
+    """Per-row state carried from one Lloyd step to the next on the worker."""
+
+    labels: np.ndarray  # (n,) int32, nearest centroid under the step's centroids
+    upper: np.ndarray  # (n,) float32, >= distance to the assigned centroid
+    lower: np.ndarray  # (n,) float32, <= distance to any other centroid
+    assigned_lower: np.ndarray  # (n,) float32, <= distance to the assigned centroid
+
+
+def score_error(x_sq: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Per row, an upper bound (float64) on the float32 error of a squared distance.
+
+    ``2 (d + 2) 2^-24 (||x|| + max ||c||)^2``: the dot product's ``gamma_{d+1}`` bound on
+    ``2|x||c| + |c|^2``, the rounding of ``||c||^2`` and ``||x||^2``, times 2 for safety.
+    """
+    d = centroids.shape[1]
+    c_max = float(np.sqrt(np.einsum("ij,ij->i", centroids, centroids, dtype=np.float64).max()))
+    gamma = 2.0 * (d + 2) * 2.0**-24
+    return gamma * (np.sqrt(x_sq.astype(np.float64)) + c_max) ** 2
+
+
+def from_distances(first_sq: np.ndarray, second_sq: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds (upper, lower) from computed squared distances to the nearest and second nearest."""
+    upper = np.sqrt(np.maximum(first_sq.astype(np.float64), 0.0) + err) * (1 + WIDEN)
+    lower = np.sqrt(np.maximum(second_sq.astype(np.float64) - err, 0.0)) * (1 - WIDEN)
+    return upper.astype(np.float32), lower.astype(np.float32)
+
+
+def upper_from_distance(dist_sq: np.ndarray, err: np.ndarray) -> np.ndarray:
+    """Upper bound on the true distance given a computed squared distance."""
+    return (np.sqrt(np.maximum(dist_sq.astype(np.float64), 0.0) + err) * (1 + WIDEN)).astype(np.float32)
+
+
+def lower_from_distance(dist_sq: np.ndarray, err: np.ndarray) -> np.ndarray:
+    """Lower bound on the true distance given a computed squared distance."""
+    return (np.sqrt(np.maximum(dist_sq.astype(np.float64) - err, 0.0)) * (1 - WIDEN)).astype(np.float32)
+
+
+def shifted(
+    bounds: RowBounds, drift: np.ndarray, skip: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """New (upper, lower, assigned_lower) after the centroids moved by ``drift`` (k, float64, >= 0).
+
+    With ``skip`` (centroid indices), ``lower`` bounds only the distance to the other
+    centroids not in ``skip``: the caller measures the skipped ones directly.
+    """
+    rest = drift.astype(np.float64, copy=True)
+    if skip is not None:
+        rest[skip] = -np.inf
+    order = np.argsort(rest, kind="stable")
+    largest = max(float(rest[order[-1]]), 0.0)
+    runner_up = max(float(rest[order[-2]]), 0.0) if rest.shape[0] > 1 else 0.0
+    others = np.where(bounds.labels == order[-1], runner_up, largest)
+    upper = (bounds.upper.astype(np.float64) + drift[bounds.labels]) * (1 + WIDEN)
+    lower = np.maximum(bounds.lower.astype(np.float64) - others, 0.0) * (1 - WIDEN)
+    if skip is not None and skip.size == drift.shape[0]:
+        lower[:] = np.inf  # nothing left to bound
+    own = np.maximum(bounds.assigned_lower.astype(np.float64) - drift[bounds.labels], 0.0) * (1 - WIDEN)
+    return upper.astype(np.float32), lower.astype(np.float32), own.astype(np.float32)
+
+
+def most_drifted(drift: np.ndarray) -> np.ndarray:
+    """The ``k // 32`` (at least one) centroids that moved most, measured directly each step.
+
+    Hamerly's single lower bound shrinks by the largest move; a few centroids that jump
+    (small clusters, re-seeds) would otherwise unsettle every row.
+    """
+    k = drift.shape[0]
+    m = min(k, max(1, k // 32))
+    return np.sort(np.argpartition(-drift, m - 1)[:m]) if k > 1 else np.empty(0, dtype=np.int64)
+
+
+def settled(upper: np.ndarray, lower: np.ndarray, err: np.ndarray) -> np.ndarray:
+    """Rows whose label is certain: ``upper^2 + 2 err < lower^2`` (float64)."""
+    u = upper.astype(np.float64)
+    lo = lower.astype(np.float64)
+    return u * u + 2.0 * err < lo * lo
+
+
+def farthest(values: np.ndarray, known: np.ndarray, upper_sq: np.ndarray, r: int, compute) -> np.ndarray:
+    """Indices of the ``r`` largest ``values``, farthest first, ties by lower index.
+
+    ``values`` holds computed squared distances where ``known``; elsewhere only
+    ``upper_sq`` (>= the computed value) is known, and ``compute(indices)`` returns the
+    computed values. Only rows that could enter the top ``r`` are computed, so the result
+    equals selecting from fully computed values. ``values``/``known`` are updated in place.
+    """
+    n = values.shape[0]
+    r = min(r, n)
+    if r == 0:
+        return np.empty(0, dtype=np.int64)
+    known_values = values[known]
+    if known_values.size >= r:
+        threshold = np.partition(known_values, known_values.size - r)[known_values.size - r]
+        need = np.flatnonzero(~known & (upper_sq >= threshold))
+    else:
+        threshold = -np.inf
+        need = np.flatnonzero(~known)
+    if need.size:
+        values[need] = compute(need)
+        known[need] = True
+    candidates = np.flatnonzero(known & (values >= threshold))
+    order = np.lexsort((candidates, -values[candidates].astype(np.float64)))[:r]
+    return candidates[order]
