@@ -24,13 +24,17 @@ def test_tiny_benchmark_table(tmp_path, capsys):
     bench = load_bench()
     markdown = tmp_path / "table.md"
     rows = bench.main([
-        "--rows", "2000", "--dim", "16", "--k", "8", "--iters", "3", "--peers", "sklearn",
+        "--rows", "2000", "--dim", "16", "--k", "8", "--iters", "3", "--peers", "sklearn,sklearn-elkan",
         "--workers", "2", "--partition-rows", "500", "--batch", "256", "--true-clusters", "12",
         "--markdown", str(markdown),
     ])
-    assert [r["method"].split(" ")[0] for r in rows] == ["GEMM", "ours", "scikit-learn"]
+    assert [r["method"] for r in rows][1:] == ["ours", "ours, no bounds", "scikit-learn", "scikit-learn elkan"]
     assert all(r["k"] == 8 for r in rows)
-    ours, sk = rows[1], rows[2]
+    ours, plain, sk, elkan = rows[1:]
+    assert 0 < ours["rows computed"] <= 1 and plain["rows computed"] == 1
+    # bounds change which rows are computed, never the result
+    assert ours["inertia@iters"] == pytest.approx(plain["inertia@iters"], rel=1e-9)
+    assert elkan["inertia@iters"] == pytest.approx(sk["inertia@iters"], rel=1e-3)
     for row in (ours, sk):
         assert 1 <= row["iters"] <= 3
         for column in ("s/iter", "x ours", "% floor", "inertia@iters", "init s", "init (iters)",
@@ -42,10 +46,10 @@ def test_tiny_benchmark_table(tmp_path, capsys):
     assert ours["inertia@iters"] == pytest.approx(sk["inertia@iters"], rel=1e-3)
     out = capsys.readouterr().out
     for target in ("of the GEMM floor", "faster than scikit-learn", "k-means|| init took",
-                   "converged inertia"):
+                   "converged inertia", "without bounds", "scikit-learn elkan"):
         assert target in out
     text = markdown.read_text()
-    assert text.count("\n| ") == 4 and "| ours | 8 |" in text
+    assert text.count("\n| ") == 6 and "| ours | 8 |" in text
 
 
 def test_unknown_peer_is_rejected():
