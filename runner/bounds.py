@@ -16,6 +16,7 @@ stored rounded outwards, so they hold for the exact distances.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -25,12 +26,20 @@ WIDEN = 1e-6
 
 @dataclass
 class RowBounds:
-    """Per-row state carried from one Lloyd step to the next on the worker."""
+    """Per-row state carried from one Lloyd step to the next on the worker.
+
+    The three bounds are None after a step that kept none (see ``lloyd.lloyd_partial``).
+    """
 
     labels: np.ndarray  # (n,) int32, nearest centroid under the step's centroids
-    upper: np.ndarray  # (n,) float32, >= distance to the assigned centroid
-    lower: np.ndarray  # (n,) float32, <= distance to any other centroid
-    assigned_lower: np.ndarray  # (n,) float32, <= distance to the assigned centroid
+    upper: Optional[np.ndarray] = None  # (n,) float32, >= distance to the assigned centroid
+    lower: Optional[np.ndarray] = None  # (n,) float32, <= distance to any other centroid
+    assigned_lower: Optional[np.ndarray] = None  # (n,) float32, <= distance to the assigned centroid
+    #: Fractions of the rows the two optional checks (tightening, measuring the most-moved
+    #: centroids) settled in the last step; they decide whether the checks run (lloyd.py).
+    yields: tuple[float, float] = (1.0, 1.0)
+    plain_left: int = 0  # steps still to run without bounds
+    backoff: int = 1  # steps to run without bounds the next time pruning does not pay
 
 
 def score_error(x_sq: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -103,7 +112,7 @@ def settled(upper: np.ndarray, lower: np.ndarray, err: np.ndarray) -> np.ndarray
     return u * u + 2.0 * err < lo * lo
 
 
-def farthest(values: np.ndarray, known: np.ndarray, upper_sq: np.ndarray, r: int, compute) -> np.ndarray:
+def farthest(values: np.ndarray, known: np.ndarray, upper_sq: Optional[np.ndarray], r: int, compute) -> np.ndarray:
     """Indices of the ``r`` largest ``values``, farthest first, ties by lower index.
 
     ``values`` holds computed squared distances where ``known``; elsewhere only
@@ -115,16 +124,17 @@ def farthest(values: np.ndarray, known: np.ndarray, upper_sq: np.ndarray, r: int
     r = min(r, n)
     if r == 0:
         return np.empty(0, dtype=np.int64)
-    known_values = values[known]
-    if known_values.size >= r:
-        threshold = np.partition(known_values, known_values.size - r)[known_values.size - r]
+
+    def rth_largest_known() -> float:
+        pool = values[known]
+        return float(np.partition(pool, pool.size - r)[pool.size - r]) if pool.size >= r else -np.inf
+
+    if not known.all():
+        threshold = rth_largest_known()
         need = np.flatnonzero(~known & (upper_sq >= threshold))
-    else:
-        threshold = -np.inf
-        need = np.flatnonzero(~known)
-    if need.size:
-        values[need] = compute(need)
-        known[need] = True
-    candidates = np.flatnonzero(known & (values >= threshold))
+        if need.size:
+            values[need] = compute(need)
+            known[need] = True
+    candidates = np.flatnonzero(known & (values >= rth_largest_known()))
     order = np.lexsort((candidates, -values[candidates].astype(np.float64)))[:r]
     return candidates[order]

@@ -12,6 +12,7 @@ extra constant column of ones (``augment_rows``) and centroids as
 from __future__ import annotations
 
 import threading
+from typing import Optional
 
 import numpy as np
 import scipy.sparse as sp
@@ -58,16 +59,18 @@ def scratch(size: int, name: str = "block") -> np.ndarray:
 
 
 def nearest(
-    xa: np.ndarray, x_sq: np.ndarray, ca: np.ndarray, batch: int
+    xa: np.ndarray, x_sq: np.ndarray, ca: np.ndarray, batch: int, sums: Optional["BlockSums"] = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels (int32) and squared distances (float32, >= 0) to the nearest centroid.
 
     ``xa``: augmented rows, ``x_sq``: their squared norms, ``ca``: augmented centroids.
-    Ties go to the lowest centroid index (as NumPy's argmin and scikit-learn do).
+    Ties go to the lowest centroid index (as NumPy's argmin and scikit-learn do). With
+    ``sums`` (built on the same labels array, see `BlockSums.for_rows`), each block's rows
+    are added to the cluster sums right after they are labelled.
     """
     n = xa.shape[0]
     k = ca.shape[0]
-    labels = np.empty(n, dtype=np.int32)
+    labels = sums.labels if sums is not None else np.empty(n, dtype=np.int32)
     dist_sq = np.empty(n, dtype=np.float32)
     block = scratch(min(batch, n) * k).reshape(min(batch, n), k)
     ca_t = ca.T
@@ -78,6 +81,8 @@ def nearest(
         lab = scores.argmin(axis=1)
         labels[start:stop] = lab
         dist_sq[start:stop] = np.take_along_axis(scores, lab[:, None], axis=1)[:, 0] + x_sq[start:stop]
+        if sums is not None:
+            sums.advance(stop)
     np.maximum(dist_sq, 0.0, out=dist_sq)
     return labels, dist_sq
 
@@ -101,24 +106,51 @@ def nearest_two(xa: np.ndarray, ca_t: np.ndarray, scores: np.ndarray) -> tuple[n
 SUM_BLOCK = 4096
 
 
-def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cluster row sums (float64, k x d) and counts (int64), via sparse one-hot GEMMs.
+class BlockSums:
+    """Per-cluster row sums (float64) built block by block as the labels become final.
 
-    Each block of `SUM_BLOCK` rows is summed in float32 (cache-friendly) and the
-    block sums are accumulated in float64, so the rounding error does not grow
-    with the cluster size. ``x`` should be C-contiguous (scipy copies strided
-    views): pass the augmented rows and drop the last column of the sums.
+    Each block of `SUM_BLOCK` rows is summed in float32 with a sparse one-hot product and
+    the block sums are accumulated in float64, in row order, so the rounding error does not
+    grow with the cluster size and the result does not depend on when `advance` is called
+    (adding a block right after its rows were labelled reads them while still in cache).
+    ``xa`` should be C-contiguous (scipy copies strided views).
     """
-    n = x.shape[0]
-    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
-    ones = np.ones(min(n, SUM_BLOCK), dtype=x.dtype)
-    for start in range(0, n, SUM_BLOCK):
-        stop = min(start + SUM_BLOCK, n)
-        rows = np.arange(stop - start)
-        one_hot = sp.csr_matrix((ones[: stop - start], (labels[start:stop], rows)), shape=(k, stop - start))
-        sums += one_hot @ x[start:stop]
-    counts = np.bincount(labels, minlength=k).astype(np.int64)
-    return sums, counts
+
+    def __init__(self, xa: np.ndarray, labels: np.ndarray, k: int):
+        self.xa, self.labels, self.k = xa, labels, k
+        self.sums = np.zeros((k, xa.shape[1]), dtype=np.float64)
+        self.done = 0
+        self.ones = np.ones(min(xa.shape[0], SUM_BLOCK), dtype=xa.dtype)
+
+    @classmethod
+    def for_rows(cls, xa: np.ndarray, k: int) -> "BlockSums":
+        """Sums over a fresh labels array (``.labels``) that the caller fills in row order."""
+        return cls(xa, np.empty(xa.shape[0], dtype=np.int32), k)
+
+    def advance(self, stop: int) -> None:
+        """Add every block whose rows all lie below ``stop`` (all rows once ``stop`` >= n)."""
+        n = self.xa.shape[0]
+        while self.done < n and (self.done + SUM_BLOCK <= stop or stop >= n):
+            end = min(self.done + SUM_BLOCK, n)
+            rows = np.arange(end - self.done)
+            one_hot = sp.csr_matrix(
+                (self.ones[: end - self.done], (self.labels[self.done : end], rows)), shape=(self.k, end - self.done)
+            )
+            self.sums += one_hot @ self.xa[self.done : end]
+            self.done = end
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sums (k, columns) float64, counts (k,) int64) over all rows."""
+        self.advance(self.xa.shape[0])
+        return self.sums, np.bincount(self.labels, minlength=self.k).astype(np.int64)
+
+
+def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster row sums (float64, k x d) and counts (int64): `BlockSums` in one go.
+
+    Pass the augmented rows (contiguous) and drop the last column of the sums.
+    """
+    return BlockSums(x, labels, k).result()
 
 
 def tolerance(feature_sum: np.ndarray, feature_sq_sum: np.ndarray, n_rows: int, tol: float) -> float:

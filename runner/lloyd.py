@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 
 from . import bounds as bd
-from .kmeans import augment_centroids, cluster_sums, nearest_two, scratch
+from .kmeans import BlockSums, augment_centroids, nearest, nearest_two, scratch
 
 #: Farthest rows each partition offers per Lloyd step for re-seeding empty clusters.
 RESEED_CANDIDATES = 32
@@ -38,6 +38,18 @@ class LloydPartial:
     n_recomputed: int = 0  # rows that needed the full distance computation
 
 
+#: Bound upkeep per row (moving and checking the bounds, the second-smallest distance), in
+#: units of one GEMM distance: pruning pays while (settled fraction) x k exceeds it.
+UPKEEP_COST = 10
+#: Longest run of steps without bounds after pruning did not pay (doubling from 1).
+MAX_BACKOFF = 16
+#: From this many clusters on, bounds are always kept: the upkeep is a few percent of a
+#: step while rows can start settling at any step (measured at k=1000, 500k x 384: backing
+#: off in the early steps delayed pruning by 3 steps and cost more than it saved; at k=100
+#: the upkeep is ~10% of a step).
+ALWAYS_BOUNDS_FROM_K = 256
+
+
 def lloyd_partial(
     xa: np.ndarray,
     x_sq: np.ndarray,
@@ -46,39 +58,57 @@ def lloyd_partial(
     previous: Optional[tuple[LloydPartial, bd.RowBounds]] = None,
     drift: Optional[np.ndarray] = None,
 ) -> tuple[LloydPartial, bd.RowBounds]:
-    """Assign rows to ``centroids``; return the partial sums and the rows' new bounds.
+    """Assign rows to ``centroids``; return the partial sums and the rows' new state.
 
     ``previous`` is this partition's result of the last step and ``drift`` how far each
-    centroid moved since (both or neither); with them, settled rows are skipped. The
-    cluster sums are always recomputed from all rows (updating them with the rows that
-    moved made centroids depend on the rounding history, which changed labels).
+    centroid moved since; with both, rows whose label cannot change are skipped. Without
+    ``drift`` every row is computed and no bounds are kept. When pruning settles too few
+    rows to pay for its upkeep, the next steps run without bounds (1, 2, 4, ... steps)
+    before bounds are computed again. The cluster sums are always recomputed from all rows
+    (updating them with the rows that moved made centroids depend on the rounding history,
+    which changed labels).
     """
     k, d = centroids.shape
+    n = x_sq.shape[0]
     ca = augment_centroids(centroids)
-    err = bd.score_error(x_sq, centroids)
-    if previous is None or drift is None:
-        work, stale = RowWork.blank(x_sq.shape[0]), np.ones(x_sq.shape[0], dtype=bool)
+    last = None if previous is None or drift is None else previous[1]
+    backoff = last.backoff if last is not None else 1
+    if last is None or last.plain_left > 0:
+        block_sums = BlockSums.for_rows(xa, k)
+        labels, dist_sq = nearest(xa, x_sq, ca, batch, block_sums)
+        n_recomputed, known, err = n, np.ones(n, dtype=bool), None
+        state = bd.RowBounds(labels, plain_left=max(last.plain_left - 1, 0) if last else 0, backoff=backoff)
     else:
-        work, stale = _settle(xa, x_sq, ca, err, previous[1], drift)
-    n_recomputed = _recompute(xa, x_sq, ca, batch, stale, err, work)
-    labels = work.labels
-    sums, counts = cluster_sums(xa, labels, k)
+        err = bd.score_error(x_sq, centroids)
+        if last.upper is None:  # compute bounds for the next step
+            work, stale = RowWork.blank(n), np.ones(n, dtype=bool)
+        else:
+            work, stale = _settle(xa, x_sq, ca, err, last, drift)
+        block_sums = BlockSums(xa, work.labels, k)
+        n_recomputed = _recompute(xa, x_sq, ca, batch, stale, err, work, block_sums)
+        labels, dist_sq, known = work.labels, work.dist_sq, work.known
+        state = bd.RowBounds(labels, work.upper, work.lower, work.own, work.yields, 0, backoff)
+        if last.upper is not None:
+            if k >= ALWAYS_BOUNDS_FROM_K or (1.0 - n_recomputed / max(n, 1)) * k > UPKEEP_COST:
+                state.backoff = 1
+            else:
+                state.plain_left, state.backoff = backoff, min(2 * backoff, MAX_BACKOFF)
+    sums, counts = block_sums.result()
     sums = sums[:, :d]
-    upper_sq = work.upper.astype(np.float64) ** 2 + err
+    upper_sq = None if err is None else state.upper.astype(np.float64) ** 2 + err
     far = bd.farthest(
-        work.dist_sq, work.known, upper_sq, RESEED_CANDIDATES,
-        lambda rows: _to_assigned(xa, x_sq, ca, labels, rows),
+        dist_sq, known, upper_sq, RESEED_CANDIDATES, lambda rows: _to_assigned(xa, x_sq, ca, labels, rows)
     )
     partial = LloydPartial(
         sums=sums,
         counts=counts,
         inertia=_inertia(sums, counts, labels, x_sq, centroids),
         n_changed=-1 if previous is None else int(np.count_nonzero(previous[1].labels != labels)),
-        far_dist=work.dist_sq[far],
+        far_dist=dist_sq[far],
         far_rows=np.ascontiguousarray(xa[far, :d]),
         n_recomputed=n_recomputed,
     )
-    return partial, bd.RowBounds(labels, work.upper, work.lower, work.own)
+    return partial, state
 
 
 @dataclass
@@ -91,6 +121,7 @@ class RowWork:
     own: np.ndarray  # lower bound on the distance to the assigned centroid
     dist_sq: np.ndarray  # computed squared distance to the assigned centroid, where `known`
     known: np.ndarray
+    yields: tuple[float, float] = (1.0, 1.0)  # see bounds.RowBounds.yields
 
     @classmethod
     def blank(cls, n: int, previous: Optional[bd.RowBounds] = None) -> "RowWork":
@@ -99,25 +130,53 @@ class RowWork:
         return cls(labels, empty, empty.copy(), empty.copy(), np.zeros(n, np.float32), np.zeros(n, bool))
 
 
+#: Per-row costs of the bound checks, in units of one row-centroid distance in a GEMM
+#: (measured at d=384: a GEMM distance ~8 ns, a row copied out of place ~0.3 us, a row
+#: and its centroid gathered for one dot product ~1 us). A check is only run where the
+#: rows it settled last time (its yield) save more GEMM than it costs: with few clusters
+#: a row's full GEMM is cheaper than checking it.
+GATHER_COST = 40
+TIGHTEN_COST = 130
+
+
+def _worth(yield_fraction: float, k: int, cost: float) -> bool:
+    return yield_fraction * k > cost
+
+
 def _settle(xa, x_sq, ca, err, previous: bd.RowBounds, drift) -> tuple[RowWork, np.ndarray]:
-    """Move the bounds by ``drift`` and find the rows still in doubt (``stale``)."""
+    """Move the bounds by ``drift`` and find the rows still in doubt (``stale``).
+
+    Also records in ``work.yields`` how many of the rows each check looked at it settled.
+    """
+    k = ca.shape[0]
     work = RowWork.blank(x_sq.shape[0], previous)
+    tighten_yield, measure_yield = previous.yields
     moved = bd.most_drifted(drift)
+    if not _worth(measure_yield, k, GATHER_COST + moved.size):
+        moved = moved[:0]
     work.upper, work.lower, work.own = bd.shifted(previous, drift, moved)
     stale = ~bd.settled(work.upper, work.lower, err)
     # Tighten (one dot product) only rows that the exact distance could settle.
     doubt = np.flatnonzero(stale & bd.settled(work.own, work.lower, err))
-    if doubt.size:
+    if doubt.size and _worth(tighten_yield, k, TIGHTEN_COST):
         work.dist_sq[doubt] = _to_assigned(xa, x_sq, ca, work.labels, doubt)
         work.known[doubt] = True
         work.upper[doubt] = bd.upper_from_distance(work.dist_sq[doubt], err[doubt])
         work.own[doubt] = bd.lower_from_distance(work.dist_sq[doubt], err[doubt])
         stale[doubt] = ~bd.settled(work.upper[doubt], work.lower[doubt], err[doubt])
+        tighten_yield = 1.0 - np.count_nonzero(stale[doubt]) / doubt.size
+    else:  # not tried: probe again once the optimistic estimate has grown back
+        tighten_yield = min(1.0, 2.0 * max(tighten_yield, 1e-3))
     hopeful = np.flatnonzero(~stale)
-    if hopeful.size and moved.size:  # bound the most-moved centroids directly
-        near = _nearest_of(xa, x_sq, ca, work.labels, hopeful, moved)
-        work.lower[hopeful] = np.minimum(work.lower[hopeful], bd.lower_from_distance(near, err[hopeful]))
-        stale[hopeful] = ~bd.settled(work.upper[hopeful], work.lower[hopeful], err[hopeful])
+    if moved.size:  # the most-moved centroids were left out of `lower`: measure them
+        if hopeful.size:
+            near = _nearest_of(xa, x_sq, ca, work.labels, hopeful, moved)
+            work.lower[hopeful] = np.minimum(work.lower[hopeful], bd.lower_from_distance(near, err[hopeful]))
+            stale[hopeful] = ~bd.settled(work.upper[hopeful], work.lower[hopeful], err[hopeful])
+            measure_yield = 1.0 - np.count_nonzero(stale[hopeful]) / hopeful.size
+    else:
+        measure_yield = min(1.0, 2.0 * max(measure_yield, 1e-3))
+    work.yields = (float(tighten_yield), float(measure_yield))
     return work, stale
 
 
@@ -148,12 +207,12 @@ def _nearest_of(xa, x_sq, ca, labels, rows, subset) -> np.ndarray:
     return out
 
 
-def _recompute(xa, x_sq, ca, batch, stale, err, work: RowWork) -> int:
+def _recompute(xa, x_sq, ca, batch, stale, err, work: RowWork, block_sums: BlockSums) -> int:
     """Full distances for the ``stale`` rows, in blocks of at most ``batch`` rows.
 
-    A block that is almost all stale is computed whole in place (no copy); otherwise its
-    stale rows are gathered first (a copy costs ~1/k of their GEMM). Returns how many
-    rows were computed.
+    A block whose stale rows would cost more to copy out than computing the others costs
+    is computed whole in place; otherwise its stale rows are gathered first. Returns how
+    many rows were computed. Each block's rows are added to ``block_sums`` once labelled.
     """
     n, k = x_sq.shape[0], ca.shape[0]
     ca_t = ca.T
@@ -163,8 +222,9 @@ def _recompute(xa, x_sq, ca, batch, stale, err, work: RowWork) -> int:
         stop = min(start + size, n)
         count = int(np.count_nonzero(stale[start:stop]))
         if count == 0:
+            block_sums.advance(stop)
             continue
-        if 10 * count >= 9 * (stop - start):
+        if count * (k + GATHER_COST) >= (stop - start) * k:
             rows = np.arange(start, stop)
             block = xa[start:stop]
         else:
@@ -180,6 +240,7 @@ def _recompute(xa, x_sq, ca, batch, stale, err, work: RowWork) -> int:
         work.known[rows] = True
         work.upper[rows], work.lower[rows] = bd.from_distances(first, second, err[rows])
         work.own[rows] = bd.lower_from_distance(first, err[rows])
+        block_sums.advance(stop)
         done += rows.shape[0]
     return done
 

@@ -51,10 +51,17 @@ def test_pruned_steps_equal_full_steps(k, batch):
     assert all(p.n_recomputed == len(x) for _, p, _ in full)
 
 
-def test_bounds_hold_for_exact_distances():
+def test_bounds_hold_for_exact_distances(monkeypatch):
+    from kmeans_partition.runner import lloyd
+
+    monkeypatch.setattr(lloyd, "UPKEEP_COST", -1.0)  # keep bounds every step
     x = blobs(2000, 24, 10, seed=13, spread=0.4)
     c0 = x[np.random.default_rng(14).choice(len(x), 30, replace=False)]
+    checked = 0
     for centroids, _, bounds in run_steps(x, c0, 10, 128, pruned=True):
+        if bounds.upper is None:  # a step that kept no bounds (the first one)
+            continue
+        checked += 1
         dist = true_distances(x, centroids)
         rows = np.arange(len(x))
         own = dist[rows, bounds.labels]
@@ -62,6 +69,24 @@ def test_bounds_hold_for_exact_distances():
         assert (bounds.upper >= own).all()
         assert (bounds.assigned_lower <= own).all()
         assert (bounds.lower <= dist.min(axis=1)).all()
+    assert checked >= 8
+
+
+def test_steps_without_bounds_when_pruning_does_not_pay(monkeypatch):
+    from kmeans_partition.runner import lloyd
+
+    monkeypatch.setattr(lloyd, "UPKEEP_COST", 1e9)  # pruning never "pays": back off every time
+    x = blobs(2000, 16, 10, seed=19, spread=0.25)
+    c0 = x[np.random.default_rng(20).choice(len(x), 20, replace=False)]
+    full = list(run_steps(x, c0, 14, 256, pruned=False))
+    pruned = list(run_steps(x, c0, 14, 256, pruned=True))
+    for (c_f, _, b_f), (c_p, _, b_p) in zip(full, pruned):
+        np.testing.assert_array_equal(c_p, c_f)
+        np.testing.assert_array_equal(b_p.labels, b_f.labels)
+    kept = ["plain" if b.upper is None else "bounds" for _, _, b in pruned]
+    # plain, probe, try, then 1, 2, 4 plain steps between probe+try pairs
+    assert kept[:8] == ["plain", "bounds", "bounds", "plain", "bounds", "bounds", "plain", "plain"]
+    assert [b.backoff for _, _, b in pruned][:7] == [1, 1, 2, 2, 2, 4, 4]
 
 
 def test_labels_are_nearest_in_float64_where_no_near_tie():

@@ -79,3 +79,23 @@ def test_cluster_sums_error_does_not_grow_with_cluster_size():
     sums, _ = km.cluster_sums(x, labels, 1)
     reference = x.astype(np.float64).sum(0)
     assert np.abs(sums[0] / reference - 1).max() < 1e-6  # one float32 pass: ~1e-5
+
+
+def test_block_sums_do_not_depend_on_when_blocks_are_added():
+    rng = np.random.default_rng(9)
+    x = km.augment_rows(blobs(10_000, 6, 3, seed=10))
+    labels = rng.integers(5, size=len(x)).astype(np.int32)
+    reference, ref_counts = km.cluster_sums(x, labels, 5)
+    stepwise = km.BlockSums(x, labels, 5)
+    for stop in sorted(rng.integers(0, len(x), size=7)):
+        stepwise.advance(int(stop))
+    sums, counts = stepwise.result()
+    np.testing.assert_array_equal(sums, reference)
+    np.testing.assert_array_equal(counts, ref_counts)
+    # fused into the distance blocks of `nearest`
+    c = km.augment_centroids(x[:5, :-1])
+    fused = km.BlockSums.for_rows(x, 5)
+    labels2, _ = km.nearest(x, km.row_sq_norms(x[:, :-1]), c, 999, fused)
+    np.testing.assert_array_equal(fused.result()[0], km.cluster_sums(x, labels2, 5)[0])
+    np.testing.assert_allclose(sums[:, :-1], [x[labels == j, :-1].astype(np.float64).sum(0) for j in range(5)],
+                               rtol=1e-5, atol=1e-4)
