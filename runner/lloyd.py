@@ -1,11 +1,12 @@
 """One Lloyd step on one partition, and the reduction of the partitions' partials.
 
-A step first moves each row's distance bounds by how far the centroids moved
-(`bounds.py`); rows whose label cannot change are skipped, the others get their
-distance to the assigned centroid recomputed (one dot product), and only rows still
-in doubt get the full GEMM against all centroids. Labels equal those of the full
-float32 computation; early steps (centroids moving a lot) skip nothing, late steps
-most rows (docs/benchmarks.md).
+A step with bounds first moves each row's distance bounds by how far the centroids
+moved (`bounds.py`); rows whose label cannot change are skipped, the others may get
+their distance to the assigned centroid or to the most-moved centroids measured, and
+only rows still in doubt get the full GEMM against all centroids. Labels equal those
+of the full float32 computation; early steps (centroids moving a lot) skip nothing,
+late steps most rows (docs/benchmarks.md). A step without bounds (the first one, or
+when pruning does not pay) is the plain blocked GEMM + argmin.
 """
 
 from __future__ import annotations
@@ -72,27 +73,24 @@ def lloyd_partial(
     n = x_sq.shape[0]
     ca = augment_centroids(centroids)
     last = None if previous is None or drift is None else previous[1]
-    backoff = last.backoff if last is not None else 1
-    if last is None or last.plain_left > 0:
+    if last is None or last.plain_left > 0:  # no bounds this step
         block_sums = BlockSums.for_rows(xa, k)
         labels, dist_sq = nearest(xa, x_sq, ca, batch, block_sums)
         n_recomputed, known, err = n, np.ones(n, dtype=bool), None
-        state = bd.RowBounds(labels, plain_left=max(last.plain_left - 1, 0) if last else 0, backoff=backoff)
+        state = bd.RowBounds(labels, plain_left=max(last.plain_left - 1, 0) if last else 0,
+                             backoff=last.backoff if last else 1)
     else:
         err = bd.score_error(x_sq, centroids)
-        if last.upper is None:  # compute bounds for the next step
+        if last.upper is None:  # the last step kept no bounds: compute them for the next
             work, stale = RowWork.blank(n), np.ones(n, dtype=bool)
         else:
             work, stale = _settle(xa, x_sq, ca, err, last, drift)
         block_sums = BlockSums(xa, work.labels, k)
         n_recomputed = _recompute(xa, x_sq, ca, batch, stale, err, work, block_sums)
         labels, dist_sq, known = work.labels, work.dist_sq, work.known
-        state = bd.RowBounds(labels, work.upper, work.lower, work.own, work.yields, 0, backoff)
+        state = bd.RowBounds(labels, work.upper, work.lower, work.own, work.yields, backoff=last.backoff)
         if last.upper is not None:
-            if k >= ALWAYS_BOUNDS_FROM_K or (1.0 - n_recomputed / max(n, 1)) * k > UPKEEP_COST:
-                state.backoff = 1
-            else:
-                state.plain_left, state.backoff = backoff, min(2 * backoff, MAX_BACKOFF)
+            _schedule(state, k, settled=1.0 - n_recomputed / max(n, 1))
     sums, counts = block_sums.result()
     sums = sums[:, :d]
     upper_sq = None if err is None else state.upper.astype(np.float64) ** 2 + err
@@ -109,6 +107,14 @@ def lloyd_partial(
         n_recomputed=n_recomputed,
     )
     return partial, state
+
+
+def _schedule(state: bd.RowBounds, k: int, settled: float) -> None:
+    """After a step with bounds: keep them, or run the next steps without (backing off)."""
+    if k >= ALWAYS_BOUNDS_FROM_K or settled * k > UPKEEP_COST:
+        state.backoff = 1
+    else:
+        state.plain_left, state.backoff = state.backoff, min(2 * state.backoff, MAX_BACKOFF)
 
 
 @dataclass
