@@ -198,7 +198,9 @@ class DaskKMeans:
             result.n_reseeded += update.n_reseeded
             result.rows_computed += update.n_recomputed
             result.inertia_history.append(update.inertia)
-            self.progress.iteration(iteration, update.inertia, update.shift_sq)
+            self.progress.iteration(
+                iteration, update.inertia, update.shift_sq, update.n_recomputed / max(int(self.rows.sum()), 1)
+            )
             if update.n_changed == 0 or update.shift_sq <= tol_abs:
                 result.converged = True
                 break

@@ -27,6 +27,7 @@ class ProgressSnapshot:
     max_iter: int = 0
     inertia: Optional[float] = None
     centroid_shift: Optional[float] = None
+    rows_computed: Optional[float] = None  # fraction of rows the last iteration computed (bounds skip the rest)
     rows_read: int = 0
     rows_written: int = 0
     files_total: int = 0
@@ -86,10 +87,11 @@ class Progress:
         self.snapshot.rows_read += rows
         self._emit("rows_read")
 
-    def iteration(self, iteration: int, inertia: float, shift: float) -> None:
+    def iteration(self, iteration: int, inertia: float, shift: float, rows_computed: Optional[float] = None) -> None:
         self.snapshot.iteration = iteration
         self.snapshot.inertia = float(inertia)
         self.snapshot.centroid_shift = float(shift)
+        self.snapshot.rows_computed = rows_computed
         self._emit("iteration")
 
     def partition_assigned(self) -> None:
@@ -158,7 +160,10 @@ class TerminalSink:
                 self._bar.set_postfix(rows=f"{snap.rows_read:,}", refresh=False)
             elif event == "iteration":
                 self._bar.n = snap.iteration
-                self._bar.set_postfix(inertia=f"{snap.inertia:.6g}", shift=f"{snap.centroid_shift:.3g}", refresh=False)
+                postfix = {"inertia": f"{snap.inertia:.6g}", "shift": f"{snap.centroid_shift:.3g}"}
+                if snap.rows_computed is not None:
+                    postfix["computed"] = f"{snap.rows_computed:.0%}"
+                self._bar.set_postfix(postfix, refresh=False)
             elif event == "assigned":
                 self._bar.n = snap.partitions_assigned
             elif event == "rows_written":

@@ -21,7 +21,7 @@ def run_through(progress):
     progress.file_read(10)
     progress.file_read(5)
     progress.stage("fitting", max_iter=3)
-    progress.iteration(1, 12.5, 0.25)
+    progress.iteration(1, 12.5, 0.25, rows_computed=0.4)
     progress.stage("assigning", partitions_total=2)
     progress.partition_assigned()
     progress.stage("writing", centroids_total=2)
@@ -39,6 +39,17 @@ def test_terminal_summary_and_a_broken_sink_never_fails_the_job():
     assert "done: 15 rows -> 2 centroids in out" in text
     assert "rows per centroid: min 5, max 10, empty 0" in text
     assert "read 0.50, fit 1.00" in text
+
+
+def test_iteration_reports_the_fraction_of_rows_computed_on_the_terminal():
+    stream = io.StringIO()
+    progress = Progress(sinks=[TerminalSink(stream=stream)])
+    progress.stage("fitting", max_iter=3)
+    progress.iteration(1, 12.5, 0.25, rows_computed=0.4)
+    assert progress.snapshot.rows_computed == 0.4
+    assert "rowsComputed" not in progress.snapshot.to_status()  # terminal only, not in the CRD status
+    progress.close()
+    assert "computed=40%" in stream.getvalue()
 
 
 def test_snapshot_to_status_uses_camel_case_and_drops_unknowns():
