@@ -54,13 +54,6 @@ def score_error(x_sq: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return gamma * (np.sqrt(x_sq.astype(np.float64)) + c_max) ** 2
 
 
-def from_distances(first_sq: np.ndarray, second_sq: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Bounds (upper, lower) from computed squared distances to the nearest and second nearest."""
-    upper = np.sqrt(np.maximum(first_sq.astype(np.float64), 0.0) + err) * (1 + WIDEN)
-    lower = np.sqrt(np.maximum(second_sq.astype(np.float64) - err, 0.0)) * (1 - WIDEN)
-    return upper.astype(np.float32), lower.astype(np.float32)
-
-
 def upper_from_distance(dist_sq: np.ndarray, err: np.ndarray) -> np.ndarray:
     """Upper bound on the true distance given a computed squared distance."""
     return (np.sqrt(np.maximum(dist_sq.astype(np.float64), 0.0) + err) * (1 + WIDEN)).astype(np.float32)
@@ -69,6 +62,11 @@ def upper_from_distance(dist_sq: np.ndarray, err: np.ndarray) -> np.ndarray:
 def lower_from_distance(dist_sq: np.ndarray, err: np.ndarray) -> np.ndarray:
     """Lower bound on the true distance given a computed squared distance."""
     return (np.sqrt(np.maximum(dist_sq.astype(np.float64) - err, 0.0)) * (1 - WIDEN)).astype(np.float32)
+
+
+def from_distances(first_sq: np.ndarray, second_sq: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds (upper, lower) from computed squared distances to the nearest and second nearest."""
+    return upper_from_distance(first_sq, err), lower_from_distance(second_sq, err)
 
 
 def shifted(

@@ -149,6 +149,11 @@ def _worth(yield_fraction: float, k: int, cost: float) -> bool:
     return yield_fraction * k > cost
 
 
+def _regrown(yield_fraction: float) -> float:
+    """A check not tried this step: double its estimate so it is probed again later."""
+    return min(1.0, 2.0 * max(yield_fraction, 1e-3))
+
+
 def _settle(xa, x_sq, ca, err, previous: bd.RowBounds, drift) -> tuple[RowWork, np.ndarray]:
     """Move the bounds by ``drift`` and find the rows still in doubt (``stale``).
 
@@ -171,8 +176,8 @@ def _settle(xa, x_sq, ca, err, previous: bd.RowBounds, drift) -> tuple[RowWork, 
         work.own[doubt] = bd.lower_from_distance(work.dist_sq[doubt], err[doubt])
         stale[doubt] = ~bd.settled(work.upper[doubt], work.lower[doubt], err[doubt])
         tighten_yield = 1.0 - np.count_nonzero(stale[doubt]) / doubt.size
-    else:  # not tried: probe again once the optimistic estimate has grown back
-        tighten_yield = min(1.0, 2.0 * max(tighten_yield, 1e-3))
+    else:
+        tighten_yield = _regrown(tighten_yield)
     hopeful = np.flatnonzero(~stale)
     if moved.size:  # the most-moved centroids were left out of `lower`: measure them
         if hopeful.size:
@@ -181,7 +186,7 @@ def _settle(xa, x_sq, ca, err, previous: bd.RowBounds, drift) -> tuple[RowWork, 
             stale[hopeful] = ~bd.settled(work.upper[hopeful], work.lower[hopeful], err[hopeful])
             measure_yield = 1.0 - np.count_nonzero(stale[hopeful]) / hopeful.size
     else:
-        measure_yield = min(1.0, 2.0 * max(measure_yield, 1e-3))
+        measure_yield = _regrown(measure_yield)
     work.yields = (float(tighten_yield), float(measure_yield))
     return work, stale
 

@@ -135,12 +135,7 @@ class KubeHandle:
         return self.request("POST", resource_path(obj["apiVersion"], info["name"], namespace), obj)
 
     def get(self, api_version: str, plural: str, namespace: Optional[str], name: str) -> Optional[dict]:
-        try:
-            return self.request("GET", resource_path(api_version, plural, namespace, name))
-        except KubeAPIError as err:
-            if err.status == 404:
-                return None
-            raise
+        return self._unless_missing("GET", resource_path(api_version, plural, namespace, name))
 
     def list(self, api_version: str, plural: str, namespace: Optional[str] = None,
              label_selector: Optional[str] = None) -> list[dict]:
@@ -154,8 +149,12 @@ class KubeHandle:
 
     def delete(self, api_version: str, plural: str, namespace: Optional[str], name: str) -> Optional[dict]:
         """Delete (background propagation); None if it was already gone."""
+        return self._unless_missing("DELETE", resource_path(api_version, plural, namespace, name))
+
+    def _unless_missing(self, method: str, path: str) -> Optional[dict]:
+        """The answer, or None when the object does not exist (404)."""
         try:
-            return self.request("DELETE", resource_path(api_version, plural, namespace, name))
+            return self.request(method, path)
         except KubeAPIError as err:
             if err.status == 404:
                 return None
