@@ -25,8 +25,7 @@ RUN python -m venv /opt/venv && /opt/venv/bin/pip install "pip==${PIP_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY docker/constraints.txt ./docker/constraints.txt
-COPY runner ./runner
-COPY operator ./operator
+COPY src ./src
 RUN /opt/venv/bin/pip install --constraint docker/constraints.txt ".[s3,gcs,operator]"
 
 # ---------------------------------------------------------------- CPU image
@@ -58,8 +57,7 @@ RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install "pip==${PIP_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY docker/constraints-gpu.txt ./docker/constraints-gpu.txt
-COPY runner ./runner
-COPY operator ./operator
+COPY src ./src
 RUN /opt/venv/bin/pip install --constraint docker/constraints-gpu.txt ".[s3,gcs,operator,gpu]" "cuml-cu12==${CUML_VERSION}" \
  && rm -rf /src
 RUN groupadd --gid ${APP_UID} app \

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Optional
 import json
 
 from kmeans_partition.operator.kube_api import Conflict, NotFound, Rejected
-from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND
+from kmeans_partition.spec import API_GROUP, API_VERSION, KIND
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

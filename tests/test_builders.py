@@ -7,7 +7,7 @@ import yaml
 
 from kmeans_partition.operator import builders as B
 from kmeans_partition.operator import labels as L
-from kmeans_partition.runner.spec import API_GROUP, KIND, PLURAL, parse_resource_spec
+from kmeans_partition.spec import API_GROUP, KIND, PLURAL, parse_resource_spec
 
 NAME, NS, UID = "docs", "team-a", "0f1e2d3c-uid"
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from kmeans_partition.runner.cli import job_fields, build_parser, main
+from kmeans_partition.cli import job_fields, build_parser, main
 from dask_support import blobs, dask_client, write_input  # noqa: F401
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from kmeans_partition.operator import crd as crd_module
-from kmeans_partition.runner.spec import (
+from kmeans_partition.spec import (
     API_GROUP, API_VERSION, KIND, PLURAL, QUANTITY_PATTERN, SHORT_NAME, parse_resource_spec,
 )
 

@@ -17,7 +17,7 @@ import yaml
 from kmeans_partition.operator import handlers
 from kmeans_partition.operator.crd import validate_resource
 from kmeans_partition.runner.sample import write_sample
-from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND, PLURAL
+from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, PLURAL
 from kube_support import kopf_failures, kube, run_kopf, wait_for  # noqa: F401  (fixture)
 from kubelet_support import DASK, FakeKubelet
 from s3_support import DUMMY_ENV, create_bucket

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from kmeans_partition.runner import engine
-from kmeans_partition.runner.spec import SpecError
+from kmeans_partition.spec import SpecError
 from kmeans_partition.runner.stage import KMeansStage
 from dask_support import blobs, dask_client, scatter_partitions, write_input  # noqa: F401
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from crd_schema_support import cel_failures, errors_of, load_crd, strict_validator, version_schema
-from kmeans_partition.runner.spec import (
+from kmeans_partition.spec import (
     API_GROUP, API_VERSION, KIND, PLURAL, SpecError, parse_resource_spec,
 )
 

@@ -1,22 +1,23 @@
-"""The repository layout must not shadow the standard library (`operator/` is a folder here)."""
+"""The package installs as `kmeans_partition` from src/ and never shadows the standard library."""
 
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_python_dash_m_works_from_the_repository_root():
-    # `python -m` puts the working directory first on sys.path before importing runpy,
-    # which imports collections, which imports the standard library's `operator`.
-    done = subprocess.run([sys.executable, "-m", "json.tool"], input="{}", cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+def test_package_imports_from_any_directory_beside_the_stdlib_operator(tmp_path):
+    code = (
+        "import operator, kmeans_partition.runner, kmeans_partition.operator, kmeans_partition.operator.crd as crd;"
+        "print(operator.__file__); print(crd.__file__); print(hasattr(operator, 'itemgetter'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    stdlib_operator, crd_file, has_itemgetter = out.stdout.split()
+    assert has_itemgetter == "True"
+    assert Path(crd_file).resolve().parent == ROOT / "src" / "kmeans_partition" / "operator"
+    assert not Path(stdlib_operator).resolve().is_relative_to(ROOT)
 
 
-def test_operator_folder_is_a_namespaced_package_only():
-    assert not (ROOT / "operator" / "__init__.py").exists()
-    import kmeans_partition.operator.crd as crd
-
-    assert Path(crd.__file__).resolve().parent == ROOT / "operator"
+def test_no_top_level_package_folders_beside_src():
+    assert not (ROOT / "runner").exists() and not (ROOT / "operator").exists()

@@ -13,7 +13,7 @@ from kubelet_support import free_port
 
 from kmeans_partition.operator import labels as L
 from kmeans_partition.operator.crd import build_crd
-from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND, PLURAL
+from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, PLURAL
 
 RES = f"{API_GROUP}/{API_VERSION}"
 NAME = "docs"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kmeans_partition.runner.spec import JobSpec, SpecError, parse_job_spec, parse_resource_spec
+from kmeans_partition.spec import JobSpec, SpecError, parse_job_spec, parse_resource_spec
 
 BASE = {"nClusters": 2, "idField": "id", "embeddingField": "emb", "inputPath": ["s3://b/in/"],
         "outputPath": "s3://b/out/"}

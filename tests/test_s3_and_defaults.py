@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import s3fs
 
-from kmeans_partition.runner.cli import main
+from kmeans_partition.cli import main
 from kmeans_partition.runner.sample import write_sample
 from kmeans_partition.runner.stage import KMeansStage
 import s3_support

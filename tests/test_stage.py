@@ -12,7 +12,7 @@ import pytest
 from kmeans_partition.runner.output import OutputError
 from kmeans_partition.runner.progress import Progress
 from kmeans_partition.runner.stage import KMeansStage
-from kmeans_partition.runner.spec import SpecError
+from kmeans_partition.spec import SpecError
 from dask_support import blobs, dask_client, write_input  # noqa: F401
 
 

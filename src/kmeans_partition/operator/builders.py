@@ -19,7 +19,7 @@ from typing import Any, Optional
 import yaml
 
 from kmeans_partition.operator import labels as L
-from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND, PLURAL, RESOURCE_FORBIDDEN_FIELDS, KMeansPartitionSpec
+from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, PLURAL, RESOURCE_FORBIDDEN_FIELDS, KMeansPartitionSpec
 
 DASK_GROUP = "kubernetes.dask.org"
 DASK_VERSION = "v1"

@@ -13,8 +13,8 @@ import json
 import logging
 from typing import Any, Mapping, Optional
 
-from kmeans_partition.runner.k8s_http import load_api_client, raw_request
-from kmeans_partition.runner.spec import KIND, PLURAL
+from kmeans_partition.k8s_http import load_api_client, raw_request
+from kmeans_partition.spec import KIND, PLURAL
 
 log = logging.getLogger("kmeans_partition.operator")
 

@@ -12,7 +12,7 @@ import hashlib
 import re
 from typing import Any, Mapping, Optional
 
-from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND
+from kmeans_partition.spec import API_GROUP, API_VERSION, KIND
 
 MANAGED_BY = "kmeans-partition-operator"
 APP_NAME = "kmeans-partition"

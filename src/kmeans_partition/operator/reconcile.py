@@ -20,7 +20,7 @@ from kmeans_partition.operator import builders as B
 from kmeans_partition.operator import conditions as C
 from kmeans_partition.operator import labels as L
 from kmeans_partition.operator.kube_api import Conflict, NotFound, Rejected
-from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND, CleanupPolicy, SpecError, parse_resource_spec
+from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, CleanupPolicy, SpecError, parse_resource_spec
 
 log = logging.getLogger("kmeans_partition.operator")
 

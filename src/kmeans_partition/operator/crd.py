@@ -44,7 +44,7 @@ from typing import Any, Optional
 
 import yaml
 
-from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND, PLURAL, SHORT_NAME, KMeansPartitionSpec
+from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, PLURAL, SHORT_NAME, KMeansPartitionSpec
 
 CRD_NAME = f"{PLURAL}.{API_GROUP}"
 CRD_FILENAME = f"{CRD_NAME}.yaml"
@@ -320,7 +320,7 @@ def _ordered(node: Any) -> Any:
 
 
 def render_crd() -> str:
-    header = "# Generated from kmeans_partition.runner.spec by kmeans_partition.operator.crd; do not edit.\n"
+    header = "# Generated from kmeans_partition.spec by kmeans_partition.operator.crd; do not edit.\n"
     return header + yaml.safe_dump(_ordered(build_crd()), sort_keys=False, default_flow_style=False, width=1000)
 
 

@@ -19,7 +19,7 @@ from distributed import Client, Future
 
 from .fit import FitResult
 from .partition import Partition
-from .spec import SpecError
+from ..spec import SpecError
 
 ENGINES = ("auto", "dask", "raft")
 

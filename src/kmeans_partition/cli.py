@@ -132,8 +132,8 @@ def job_fields(args: argparse.Namespace, manifest: Optional[KMeansPartitionSpec]
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from .progress import Progress, TerminalSink
-    from .stage import KMeansStage
+    from .runner.progress import Progress, TerminalSink
+    from .runner.stage import KMeansStage
 
     for noisy in ("distributed", "dask"):  # set after import: importing distributed configures its loggers
         logging.getLogger(noisy).setLevel(logging.INFO if args.verbose else logging.WARNING)
@@ -156,13 +156,13 @@ def _status_sink():
     """The resource-status sink when running as a KMeansPartition's Job (env KMP_NAME set)."""
     if not os.environ.get("KMP_NAME"):
         return None
-    from .k8s_status import status_sink_from_env
+    from .runner.k8s_status import status_sink_from_env
 
     return status_sink_from_env()
 
 
 def command_sample(args: argparse.Namespace) -> int:
-    from .sample import write_sample
+    from .runner.sample import write_sample
 
     files = write_sample(
         args.output, rows=args.rows, dim=args.dim, clusters=args.clusters, fmt=args.format,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .output import CENTROIDS, MANIFEST, OutputLocation
-from .spec import JobSpec
+from ..spec import JobSpec
 
 _SECRET_KEY = re.compile(r"(secret|key|token|password|credential|session)", re.IGNORECASE)
 

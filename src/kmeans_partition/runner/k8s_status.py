@@ -18,9 +18,9 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from kmeans_partition.runner.k8s_http import load_api_client, raw_request
+from kmeans_partition.k8s_http import load_api_client, raw_request
 from kmeans_partition.runner.progress import ProgressSink, ProgressSnapshot
-from kmeans_partition.runner.spec import API_GROUP, API_VERSION, PLURAL
+from kmeans_partition.spec import API_GROUP, API_VERSION, PLURAL
 
 log = logging.getLogger("kmeans_partition")
 

@@ -20,7 +20,7 @@ from kmeans_partition.operator import builders as B
 from kmeans_partition.operator import labels as L
 from kmeans_partition.operator.kube_api import ApiError, KubeApi
 from kmeans_partition.operator.reconcile import RESOURCE_API_VERSION, delete_children, reconcile
-from kmeans_partition.runner.spec import API_GROUP, API_VERSION, KIND, PLURAL
+from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, PLURAL
 
 log = logging.getLogger("kmeans_partition.operator")
 

@@ -29,7 +29,7 @@ from .output import (
 )
 from .partition import count_duplicates, hash_buckets, load_partition, partition_stats, unify_column_types
 from .progress import Progress
-from .spec import JobSpec, SpecError, parse_job_spec
+from ..spec import JobSpec, SpecError, parse_job_spec
 from .write import COSINE_COLUMN, L2_COLUMN, merge_centroids, plan_merge_groups, write_fragment
 
 
