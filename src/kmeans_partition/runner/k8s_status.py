@@ -1,9 +1,10 @@
 """Progress sink that mirrors progress into the KMeansPartition's status.
 
-In a cluster the operator sets ``KMP_NAME`` / ``KMP_NAMESPACE`` on the runner pod;
-`status_sink_from_env()` then returns a sink that merge-patches only
-``status.progress`` and ``status.result`` of that resource (the operator owns the
-rest of ``status``), at most one patch per `min_interval` seconds except stage
+In a cluster the operator sets ``KMP_NAME`` / ``KMP_NAMESPACE`` (declared in
+`kmeans_partition.settings`) on the runner pod; `status_sink_from_env()` then
+returns a sink that merge-patches only ``status.progress`` and ``status.result``
+of that resource (the operator owns the rest of ``status``, see
+`kmeans_partition.status`), at most one patch per `min_interval` seconds except stage
 changes and the final result. Failures are logged, never raised: status is a
 convenience, the job's outcome does not depend on it.
 """
@@ -12,12 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import statistics
 import threading
 import time
 from typing import Any, Callable, Optional
 
+from kmeans_partition import settings
 from kmeans_partition.k8s_http import load_api_client, raw_request
 from kmeans_partition.runner.progress import ProgressSink, ProgressSnapshot
 from kmeans_partition.spec import API_GROUP, API_VERSION, PLURAL
@@ -116,13 +117,13 @@ def _kube_patcher(name: str, namespace: str) -> Patcher:
 
 def status_sink_from_env(environ: Optional[dict[str, str]] = None) -> Optional[ProgressSink]:
     """A status sink when KMP_NAME and KMP_NAMESPACE are set (and a cluster is reachable), else None."""
-    env = os.environ if environ is None else environ
-    name, namespace = env.get("KMP_NAME"), env.get("KMP_NAMESPACE")
+    name, namespace = settings.resource_name(environ), settings.resource_namespace(environ)
     if not name or not namespace:
         return None
     try:
         patcher = _kube_patcher(name, namespace)
     except Exception as err:
-        log.warning("KMP_NAME is set but no Kubernetes API is reachable (%s); status will not be updated", err)
+        log.warning("%s is set but no Kubernetes API is reachable (%s); status will not be updated",
+                    settings.RESOURCE_NAME.name, err)
         return None
     return KubernetesStatusSink(patcher)
