@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,7 +51,8 @@ def undeclared(value: Any, schema: dict[str, Any], path: str = "status") -> list
                 out += undeclared(sub, props[key], f"{path}.{key}")
         return out
     if isinstance(value, list):
-        return [bad for index, item in enumerate(value) for bad in undeclared(item, schema["items"], f"{path}[{index}]")]
+        items = schema["items"]
+        return [bad for index, item in enumerate(value) for bad in undeclared(item, items, f"{path}[{index}]")]
     return []
 
 
@@ -93,7 +96,7 @@ def test_printer_columns_read_declared_status_fields_of_their_type():
     for column in columns:
         node = schema
         for part in column["jsonPath"].split(".")[2:]:
-            assert part in node.get("properties", {}), f"{column['name']}: {column['jsonPath']} not in the status schema"
+            assert part in node.get("properties", {}), f"{column['jsonPath']} is not in the status schema"
             node = node["properties"][part]
         assert node["type"] == column["type"], column
 
@@ -196,3 +199,16 @@ def test_wire_drops_nones_unless_they_are_removals():
     status = OperatorStatus(phase="Running", waiting_for=None)
     assert wire(status) == {"phase": "Running"}
     assert wire(status, removals=True) == {"phase": "Running", "waitingFor": None}
+
+
+def test_docs_status_table_names_every_key_with_its_owner():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "operator.md").read_text(encoding="utf-8")
+    section = text.split("## Status", 1)[1].split("\n## ", 1)[0]
+    owners = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 3 and cells[1] in ("operator", "runner"):
+            for key in re.findall(r"`(\w+)(?:\[\])?`", cells[0]):
+                owners[key] = cells[1]
+    expected = {**{key: "operator" for key in OPERATOR_STATUS_KEYS}, **{key: "runner" for key in RUNNER_STATUS_KEYS}}
+    assert owners == expected

@@ -99,7 +99,7 @@ class RunnerStatus(_Model):
 
 
 class KMeansPartitionStatus(RunnerStatus, OperatorStatus):
-    """Operator-owned: observedGeneration, conditions, phase, times, children, waitingFor. Runner-owned: progress, result."""
+    """Operator-owned: observedGeneration, conditions, phase, times, children, waitingFor; runner: progress, result."""
 
 
 def wire_keys(model: type[BaseModel]) -> tuple[str, ...]:
