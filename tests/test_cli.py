@@ -90,7 +90,8 @@ def test_manifest_of_another_version_is_refused(tmp_path, capsys):
 
 
 def test_scheduler_address_from_environment(monkeypatch):
-    from kmeans_partition.runner.cluster import connect_timeout, scheduler_address
+    from kmeans_partition.runner.cluster import scheduler_address
+    from kmeans_partition.settings import connect_timeout
 
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://scheduler.example:8786")
     assert scheduler_address(None) == "tcp://scheduler.example:8786"

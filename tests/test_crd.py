@@ -58,7 +58,7 @@ def _with(path: str, value) -> dict:
 def test_committed_crd_matches_the_model():
     assert CRD_FILE.exists(), f"{CRD_FILE} missing: run python -m kmeans_partition.operator.crd"
     assert CRD_FILE.read_text(encoding="utf-8") == crd_module.render_crd(), (
-        "crds/ drifted from runner/spec.py: regenerate with python -m kmeans_partition.operator.crd"
+        "crds/ drifted from spec.py/status.py: regenerate with python -m kmeans_partition.operator.crd"
     )
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import Any, Optional
 
 import yaml
 
+from . import settings
 from .spec import API_GROUP, API_VERSION, KIND, KMeansPartitionSpec, SpecError, parse_resource_spec
 
 #: CLI flag -> JobSpec field, for flags that take a value.
@@ -154,7 +154,7 @@ def command_run(args: argparse.Namespace) -> int:
 
 def _status_sink():
     """The resource-status sink when running as a KMeansPartition's Job (env KMP_NAME set)."""
-    if not os.environ.get("KMP_NAME"):
+    if not settings.resource_name():
         return None
     from .runner.k8s_status import status_sink_from_env
 
@@ -182,7 +182,7 @@ def command_operator(args: argparse.Namespace) -> int:
 def report_failure(message: str) -> None:
     """Print the error and leave it where Kubernetes reads a termination message."""
     print(f"error: {message}", file=sys.stderr)
-    path = os.environ.get("KMP_TERMINATION_MESSAGE_PATH")
+    path = settings.termination_message_path()
     if path:
         try:
             with open(path, "w", encoding="utf-8") as handle:

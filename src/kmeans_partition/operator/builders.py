@@ -18,13 +18,14 @@ from typing import Any, Optional
 
 import yaml
 
+from kmeans_partition import settings as S
 from kmeans_partition.operator import labels as L
 from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, PLURAL, RESOURCE_FORBIDDEN_FIELDS, KMeansPartitionSpec
 
 DASK_GROUP = "kubernetes.dask.org"
 DASK_VERSION = "v1"
 DASK_PLURAL = "daskclusters"
-DEFAULT_IMAGE = "kmeans-partition:0.1.0"
+DEFAULT_IMAGE = S.DEFAULT_IMAGE.default
 GPU_RESOURCE = "nvidia.com/gpu"
 SCHEDULER_PORT = 8786
 DASHBOARD_PORT = 8787
@@ -223,11 +224,11 @@ def build_job(
         command=["kmeans-partition", "run", "-f", f"{SPEC_DIR}/{SPEC_FILE}"],
         env=_env(
             spec,
-            {"name": "DASK_SCHEDULER_ADDRESS", "value": scheduler_address(name, namespace)},
-            {"name": "KMP_NAME", "value": name},
-            {"name": "KMP_NAMESPACE", "value": namespace},
-            {"name": "KMP_TERMINATION_MESSAGE_PATH", "value": TERMINATION_LOG},
-            {"name": "KMP_CONNECT_TIMEOUT", "value": str(RUNNER_CONNECT_TIMEOUT_SECONDS)},
+            S.SCHEDULER_ADDRESS.env(scheduler_address(name, namespace)),
+            S.RESOURCE_NAME.env(name),
+            S.RESOURCE_NAMESPACE.env(namespace),
+            S.TERMINATION_MESSAGE_PATH.env(TERMINATION_LOG),
+            S.CONNECT_TIMEOUT.env(RUNNER_CONNECT_TIMEOUT_SECONDS),
         ),
         envFrom=_env_from(spec),
         resources=_resources(spec.cluster.resources.runner),

@@ -28,8 +28,12 @@ CRD-only bounds (``maxLength``/``maxItems`` on paths) keep the CEL rules' estima
 cost under the API server's budget. CEL rules on ``spec``: immutable after creation,
 ``engine: raft`` needs ``cluster.gpusPerWorker >= 1``, ``outputPath`` neither equal
 to, inside, nor containing any ``inputPath`` (prefix tests on '/' boundaries; globs are
-left to the runner's own check). Status schema, printer columns and the status subresource are
-declared here by hand (the runner and operator write them).
+left to the runner's own check).
+
+The status schema is generated the same way from `KMeansPartitionStatus`
+(``kmeans_partition.status``), without defaults (status is written, never defaulted)
+and without ``nullable`` (a null in a status merge patch removes the key). Printer
+columns and the status subresource are declared here.
 
 ``python -m kmeans_partition.operator.crd [PATH]`` writes the YAML file (default
 ``crds/<plural>.<group>.yaml``); ``tests/test_crd.py`` fails when it drifts.
@@ -45,6 +49,7 @@ from typing import Any, Optional
 import yaml
 
 from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, PLURAL, SHORT_NAME, KMeansPartitionSpec
+from kmeans_partition.status import KMeansPartitionStatus
 
 CRD_NAME = f"{PLURAL}.{API_GROUP}"
 CRD_FILENAME = f"{CRD_NAME}.yaml"
@@ -93,84 +98,21 @@ INPUT_PATH_SCHEMA = {
 }
 
 
-def _condition_schema() -> dict[str, Any]:
-    """metav1.Condition, as Kubernetes declares it."""
-    return {
-        "type": "object",
-        "required": ["type", "status", "lastTransitionTime", "reason", "message"],
-        "properties": {
-            "type": {"type": "string", "maxLength": 316},
-            "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-            "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0},
-            "lastTransitionTime": {"type": "string", "format": "date-time"},
-            "reason": {"type": "string", "maxLength": 1024},
-            "message": {"type": "string", "maxLength": 32768},
-        },
-    }
+def _without_nullable(node: Any) -> Any:
+    """Drop ``nullable`` everywhere: in ``status`` a null only ever means "remove this key"
+    (JSON merge patch), and a null stored under a non-nullable field is pruned anyway."""
+    if isinstance(node, list):
+        return [_without_nullable(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    return {key: _without_nullable(value) for key, value in node.items() if key != "nullable"}
 
 
 def status_schema() -> dict[str, Any]:
-    """`status`: operator-owned conditions/phase/times/children, runner-owned progress/result."""
-    def number() -> dict[str, Any]:
-        return {"type": "number"}
-
-    def integer() -> dict[str, Any]:
-        return {"type": "integer", "format": "int64"}
-
-    return {
-        "type": "object",
-        "description": "Operator-owned: observedGeneration, conditions, phase, times, children, waitingFor. "
-        "Runner-owned: progress, result.",
-        "properties": {
-            "observedGeneration": {**integer(), "description": "metadata.generation last reconciled."},
-            "conditions": {
-                "type": "array",
-                "description": "DaskClusterReady, Running, Succeeded, Failed.",
-                "x-kubernetes-list-type": "map",
-                "x-kubernetes-list-map-keys": ["type"],
-                "items": _condition_schema(),
-            },
-            "phase": {"type": "string", "enum": ["Pending", "Running", "Succeeded", "Failed"]},
-            "progress": {
-                "type": "object",
-                "description": "Live progress patched by the runner.",
-                "properties": {
-                    "stage": {"type": "string"},
-                    "iteration": integer(),
-                    "maxIter": integer(),
-                    "inertia": number(),
-                    "centroidShift": number(),
-                    "rowsRead": integer(),
-                    "rowsWritten": integer(),
-                },
-            },
-            "result": {
-                "type": "object",
-                "description": "Summary patched by the runner when it finishes.",
-                "properties": {
-                    "nRows": integer(),
-                    "nIter": integer(),
-                    "inertia": number(),
-                    "converged": {"type": "boolean"},
-                    "manifest": {"type": "string"},
-                    "centroids": {"type": "string"},
-                    "clusterSizes": {
-                        "type": "object",
-                        "properties": {"min": integer(), "median": number(), "max": integer()},
-                    },
-                },
-            },
-            "startTime": {"type": "string", "format": "date-time"},
-            "completionTime": {"type": "string", "format": "date-time"},
-            "daskCluster": {"type": "string", "description": "Name of the DaskCluster child."},
-            "job": {"type": "string", "description": "Name of the runner Job child."},
-            "waitingFor": {
-                "type": "array",
-                "description": "Children whose names are held by objects of another owner.",
-                "items": {"type": "string"},
-            },
-        },
-    }
+    """`status`, from `KMeansPartitionStatus`: no defaults, nothing nullable, only
+    metav1.Condition's own fields required (each writer patches part of it)."""
+    raw = KMeansPartitionStatus.model_json_schema(by_alias=True)
+    return _without_nullable(to_structural(raw, raw.get("$defs", {})))
 
 
 def _resolve_ref(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -320,7 +262,10 @@ def _ordered(node: Any) -> Any:
 
 
 def render_crd() -> str:
-    header = "# Generated from kmeans_partition.spec by kmeans_partition.operator.crd; do not edit.\n"
+    header = (
+        "# Generated from kmeans_partition.spec and kmeans_partition.status by kmeans_partition.operator.crd; "
+        "do not edit.\n"
+    )
     return header + yaml.safe_dump(_ordered(build_crd()), sort_keys=False, default_flow_style=False, width=1000)
 
 

@@ -10,12 +10,12 @@ and each pass re-reads the resource so it never works from a stale body.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Any, Optional
 
 import kopf
 
+from kmeans_partition import settings
 from kmeans_partition.operator import builders as B
 from kmeans_partition.operator import labels as L
 from kmeans_partition.operator.kube_api import ApiError, KubeApi
@@ -24,7 +24,7 @@ from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, PLURAL
 
 log = logging.getLogger("kmeans_partition.operator")
 
-TIMER_INTERVAL = float(os.environ.get("KMP_RECONCILE_INTERVAL", "30"))
+TIMER_INTERVAL = settings.reconcile_interval()  # kopf takes the interval when the handler registers
 RETRY_DELAY = 10.0
 CHILD_LABELS = {L.MANAGED_BY_LABEL: L.MANAGED_BY}
 
@@ -61,7 +61,7 @@ def reconcile_resource(namespace: str, name: str) -> None:
             body = client.get(RESOURCE_API_VERSION, KIND, namespace, name)
             if body is None:
                 return
-            outcome = reconcile(body, client, default_image=os.environ.get("KMP_DEFAULT_IMAGE") or None)
+            outcome = reconcile(body, client, default_image=settings.default_image())
         except ApiError as err:
             raise kopf.TemporaryError(f"API error while reconciling {namespace}/{name}: {err}", delay=RETRY_DELAY)
     for event in outcome.events:

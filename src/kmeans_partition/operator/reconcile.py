@@ -7,7 +7,10 @@ DaskCluster reports Running *and* its scheduler pod is Ready, and never twice; a
 child the API server rejects -> ``Failed/ChildRejected``); read the DaskCluster
 and Job; derive the conditions; once the job ended delete the DaskCluster per ``cleanupPolicy``; merge-
 patch the operator-owned status keys. NotFound and Conflict are ordinary outcomes.
-The runner owns ``status.progress`` and ``status.result``: never written here.
+The keys written here are `OperatorStatus`'s (``kmeans_partition.status``); the patch
+is built through that model, so an undeclared key fails the pass instead of being
+pruned by the API server. The runner owns ``status.progress`` and ``status.result``:
+never written here.
 """
 
 from __future__ import annotations
@@ -21,11 +24,10 @@ from kmeans_partition.operator import conditions as C
 from kmeans_partition.operator import labels as L
 from kmeans_partition.operator.kube_api import Conflict, NotFound, Rejected
 from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, CleanupPolicy, SpecError, parse_resource_spec
+from kmeans_partition.status import OPERATOR_STATUS_KEYS, OperatorStatus, wire
 
 log = logging.getLogger("kmeans_partition.operator")
 
-OPERATOR_STATUS_KEYS = ("observedGeneration", "conditions", "phase", "startTime", "completionTime", "daskCluster", "job",
-                        "waitingFor")
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 DASK_RUNNING = "Running"
 RESOURCE_API_VERSION = f"{API_GROUP}/{API_VERSION}"
@@ -310,14 +312,15 @@ def _finish(run: _Pass) -> Outcome:
         status["waitingFor"] = None  # merge patch: remove the key
     if status["phase"] in C.TERMINAL_PHASES:
         status.setdefault("completionTime", run.now())
+    patch = wire(OperatorStatus.model_validate(status), removals=True)  # an undeclared key raises here
     before = {key: run.old[key] for key in OPERATOR_STATUS_KEYS if key in run.old}
-    if status != before:
+    if patch != before:
         try:
-            run.api.patch_status(RESOURCE_API_VERSION, KIND, run.namespace, run.name, status)
+            run.api.patch_status(RESOURCE_API_VERSION, KIND, run.namespace, run.name, patch)
             run.outcome.patched = True
         except NotFound:
             log.info("%s/%s vanished before its status could be written", run.namespace, run.name)
-    run.outcome.status = status
+    run.outcome.status = patch
     run.outcome.events = _events(run)
     return run.outcome
 

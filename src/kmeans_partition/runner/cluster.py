@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
 from dask.system import CPU_COUNT
 from distributed import Client, LocalCluster
 
+from kmeans_partition import settings
+
 log = logging.getLogger("kmeans_partition")
-
-#: How long to wait for a remote scheduler (and its workers); env KMP_CONNECT_TIMEOUT (seconds) overrides.
-CONNECT_TIMEOUT = 60.0
-
-
-def connect_timeout() -> float:
-    raw = os.environ.get("KMP_CONNECT_TIMEOUT")
-    try:
-        return float(raw) if raw else CONNECT_TIMEOUT
-    except ValueError:
-        raise ValueError(f"KMP_CONNECT_TIMEOUT must be a number of seconds, got {raw!r}") from None
 
 
 def scheduler_address(explicit: Optional[str]) -> Optional[str]:
     """The spec's address, else env DASK_SCHEDULER_ADDRESS, else None (local cluster)."""
-    return explicit or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+    return explicit or settings.scheduler_address()
 
 
 @contextmanager
@@ -40,7 +30,7 @@ def dask_client(address: Optional[str], n_workers: Optional[int] = None) -> Iter
     address = scheduler_address(address)
     if address:
         log.info("connecting to Dask scheduler %s", address)
-        timeout = connect_timeout()
+        timeout = settings.connect_timeout()  # for a remote scheduler and its workers
         client = Client(address, timeout=timeout)
         try:
             client.wait_for_workers(1, timeout=timeout)

@@ -1,9 +1,10 @@
 """Progress sink that mirrors progress into the KMeansPartition's status.
 
-In a cluster the operator sets ``KMP_NAME`` / ``KMP_NAMESPACE`` on the runner pod;
-`status_sink_from_env()` then returns a sink that merge-patches only
-``status.progress`` and ``status.result`` of that resource (the operator owns the
-rest of ``status``), at most one patch per `min_interval` seconds except stage
+In a cluster the operator sets ``KMP_NAME`` / ``KMP_NAMESPACE`` (declared in
+`kmeans_partition.settings`) on the runner pod; `status_sink_from_env()` then
+returns a sink that merge-patches only ``status.progress`` and ``status.result``
+of that resource (the operator owns the rest of ``status``, see
+`kmeans_partition.status`), at most one patch per `min_interval` seconds except stage
 changes and the final result. Failures are logged, never raised: status is a
 convenience, the job's outcome does not depend on it.
 """
@@ -12,15 +13,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import statistics
 import threading
 import time
 from typing import Any, Callable, Optional
 
+from kmeans_partition import settings
 from kmeans_partition.k8s_http import load_api_client, raw_request
 from kmeans_partition.runner.progress import ProgressSink, ProgressSnapshot
 from kmeans_partition.spec import API_GROUP, API_VERSION, PLURAL
+from kmeans_partition.status import ClusterSizes, ProgressStatus, ResultStatus, RunnerStatus, wire
 
 log = logging.getLogger("kmeans_partition")
 
@@ -30,20 +32,26 @@ REQUEST_TIMEOUT = (5, 15)
 Patcher = Callable[[dict[str, Any]], None]
 
 
-def result_status(result: dict[str, Any]) -> dict[str, Any]:
-    """The runner's summary dict -> `status.result` (camelCase, clusterSizes min/median/max)."""
+def result_model(result: dict[str, Any]) -> ResultStatus:
+    """The runner's summary dict (`RunResult.to_dict()`) -> `status.result`."""
     sizes = [int(size) for size in result.get("rows_per_centroid") or []]
-    out = {
-        "nRows": result.get("n_rows"),
-        "nIter": result.get("n_iter"),
-        "inertia": result.get("inertia"),
-        "converged": result.get("converged"),
-        "manifest": result.get("manifest_path"),
-        "centroids": result.get("centroids_path"),
-    }
+    cluster_sizes = None
     if sizes:
-        out["clusterSizes"] = {"min": min(sizes), "median": float(statistics.median(sizes)), "max": max(sizes)}
-    return {key: value for key, value in out.items() if value is not None}
+        cluster_sizes = ClusterSizes(min=min(sizes), median=float(statistics.median(sizes)), max=max(sizes))
+    return ResultStatus(
+        n_rows=result.get("n_rows"),
+        n_iter=result.get("n_iter"),
+        inertia=result.get("inertia"),
+        converged=result.get("converged"),
+        manifest=result.get("manifest_path"),
+        centroids=result.get("centroids_path"),
+        cluster_sizes=cluster_sizes,
+    )
+
+
+def result_status(result: dict[str, Any]) -> dict[str, Any]:
+    """`status.result` as patched: camelCase keys, clusterSizes min/median/max, no Nones."""
+    return wire(result_model(result))
 
 
 class KubernetesStatusSink:
@@ -56,7 +64,7 @@ class KubernetesStatusSink:
         self._clock = clock
         self._last_sent: Optional[float] = None
         self._last_stage: Optional[str] = None
-        self._pending: Optional[dict[str, Any]] = None
+        self._pending: Optional[ProgressStatus] = None  # throttled, sent with the next patch
         self._lock = threading.Lock()
 
     def _send(self, status: dict[str, Any]) -> None:
@@ -67,29 +75,27 @@ class KubernetesStatusSink:
         self._last_sent = self._clock()
 
     def on_progress(self, snapshot: ProgressSnapshot, event: str) -> None:
-        progress = snapshot.to_status()
+        progress = snapshot.to_model()
         with self._lock:
             stage_changed = snapshot.stage != self._last_stage
             due = self._last_sent is None or self._clock() - self._last_sent >= self._min_interval
             if stage_changed or due:
                 self._last_stage = snapshot.stage
                 self._pending = None
-                self._send({"progress": progress})
+                self._send(wire(RunnerStatus(progress=progress)))
             else:
-                self._pending = {"progress": progress}
+                self._pending = progress
 
     def on_result(self, result: dict[str, Any]) -> None:
         with self._lock:
-            status = {"result": result_status(result)}
-            if self._pending:
-                status.update(self._pending)
-                self._pending = None
-            self._send(status)
+            status = RunnerStatus(result=result_model(result), progress=self._pending)
+            self._pending = None
+            self._send(wire(status))
 
     def close(self) -> None:
         with self._lock:
-            if self._pending:
-                self._send(self._pending)
+            if self._pending is not None:
+                self._send(wire(RunnerStatus(progress=self._pending)))
                 self._pending = None
 
 
@@ -111,13 +117,13 @@ def _kube_patcher(name: str, namespace: str) -> Patcher:
 
 def status_sink_from_env(environ: Optional[dict[str, str]] = None) -> Optional[ProgressSink]:
     """A status sink when KMP_NAME and KMP_NAMESPACE are set (and a cluster is reachable), else None."""
-    env = os.environ if environ is None else environ
-    name, namespace = env.get("KMP_NAME"), env.get("KMP_NAMESPACE")
+    name, namespace = settings.resource_name(environ), settings.resource_namespace(environ)
     if not name or not namespace:
         return None
     try:
         patcher = _kube_patcher(name, namespace)
     except Exception as err:
-        log.warning("KMP_NAME is set but no Kubernetes API is reachable (%s); status will not be updated", err)
+        log.warning("%s is set but no Kubernetes API is reachable (%s); status will not be updated",
+                    settings.RESOURCE_NAME.name, err)
         return None
     return KubernetesStatusSink(patcher)

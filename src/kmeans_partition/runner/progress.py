@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
+from kmeans_partition.status import ProgressStatus, wire
+
 log = logging.getLogger("kmeans_partition")
 
 STAGES = ("reading", "initialising", "fitting", "assigning", "writing", "done")
@@ -37,18 +39,21 @@ class ProgressSnapshot:
     partitions_total: int = 0
     partitions_assigned: int = 0
 
+    def to_model(self) -> ProgressStatus:
+        """The resource's `status.progress` (the file and partition counts stay on the terminal)."""
+        return ProgressStatus(
+            stage=self.stage,
+            iteration=self.iteration,
+            max_iter=self.max_iter,
+            inertia=self.inertia,
+            centroid_shift=self.centroid_shift,
+            rows_read=self.rows_read,
+            rows_written=self.rows_written,
+        )
+
     def to_status(self) -> dict[str, Any]:
-        """The `status.progress` object of the resource (camelCase keys, no Nones)."""
-        out = {
-            "stage": self.stage,
-            "iteration": self.iteration,
-            "maxIter": self.max_iter,
-            "inertia": self.inertia,
-            "centroidShift": self.centroid_shift,
-            "rowsRead": self.rows_read,
-            "rowsWritten": self.rows_written,
-        }
-        return {key: value for key, value in out.items() if value is not None}
+        """`status.progress` as patched: camelCase keys, no Nones."""
+        return wire(self.to_model())
 
 
 class ProgressSink(Protocol):

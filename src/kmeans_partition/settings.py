@@ -1,0 +1,132 @@
+"""Every environment variable the project reads: name, default, reader and meaning.
+
+One `Setting` per variable in `SETTINGS`; the typed accessors below read
+``os.environ`` at call time (so tests can monkeypatch it). An empty value counts
+as unset. The operator passes the runner's variables to it through the Job's env,
+built from the same declarations (`Setting.env`).
+
+``python -m kmeans_partition.settings`` prints the Markdown table that
+docs/operator.md carries; ``tests/test_settings.py`` fails when the two differ.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Mapping, Optional, TypeVar
+
+T = TypeVar("T")
+Environ = Optional[Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """One environment variable."""
+
+    name: str
+    default: T
+    read_by: str  # "operator" or "runner"
+    meaning: str
+    parse: Callable[[str], T]
+    expects: str = "a string"
+
+    def get(self, environ: Environ = None) -> T:
+        """The parsed value, or the default when unset or empty."""
+        raw = (os.environ if environ is None else environ).get(self.name)
+        if not raw:
+            return self.default
+        try:
+            return self.parse(raw)
+        except ValueError:
+            raise ValueError(f"{self.name} must be {self.expects}, got {raw!r}") from None
+
+    def env(self, value: Any) -> dict[str, str]:
+        """A container `env` entry setting this variable to `value`."""
+        return {"name": self.name, "value": str(value)}
+
+
+def _seconds(raw: str) -> float:
+    return float(raw)
+
+
+DEFAULT_IMAGE: Setting[str] = Setting(
+    "KMP_DEFAULT_IMAGE", "kmeans-partition:0.1.0", "operator",
+    "Image of the Dask and runner pods when a resource leaves `cluster.image` empty (the chart sets it).", str,
+)
+RECONCILE_INTERVAL: Setting[float] = Setting(
+    "KMP_RECONCILE_INTERVAL", 30.0, "operator",
+    "Seconds between timer passes over each resource (read when the handlers are imported).",
+    _seconds, "a number of seconds",
+)
+RESOURCE_NAME: Setting[Optional[str]] = Setting(
+    "KMP_NAME", None, "runner",
+    "Name of the KMeansPartition whose `status` the runner patches (set by the operator); unset: no status.", str,
+)
+RESOURCE_NAMESPACE: Setting[Optional[str]] = Setting(
+    "KMP_NAMESPACE", None, "runner", "Namespace of that KMeansPartition (set by the operator).", str,
+)
+TERMINATION_MESSAGE_PATH: Setting[Optional[str]] = Setting(
+    "KMP_TERMINATION_MESSAGE_PATH", None, "runner",
+    "File the runner writes its failure message to (the operator sets `/dev/termination-log`).", str,
+)
+CONNECT_TIMEOUT: Setting[float] = Setting(
+    "KMP_CONNECT_TIMEOUT", 60.0, "runner",
+    "Seconds the runner keeps trying to reach a remote scheduler and its workers (the operator sets 600).",
+    _seconds, "a number of seconds",
+)
+SCHEDULER_ADDRESS: Setting[Optional[str]] = Setting(
+    "DASK_SCHEDULER_ADDRESS", None, "runner",
+    "Dask scheduler the runner uses when the spec names none (the operator sets its DaskCluster's; "
+    "the dask-kubernetes operator sets it on workers); unset: a LocalCluster.", str,
+)
+
+SETTINGS: tuple[Setting[Any], ...] = (
+    DEFAULT_IMAGE, RECONCILE_INTERVAL, RESOURCE_NAME, RESOURCE_NAMESPACE, TERMINATION_MESSAGE_PATH,
+    CONNECT_TIMEOUT, SCHEDULER_ADDRESS,
+)
+
+
+def default_image(environ: Environ = None) -> str:
+    return DEFAULT_IMAGE.get(environ)
+
+
+def reconcile_interval(environ: Environ = None) -> float:
+    return RECONCILE_INTERVAL.get(environ)
+
+
+def resource_name(environ: Environ = None) -> Optional[str]:
+    return RESOURCE_NAME.get(environ)
+
+
+def resource_namespace(environ: Environ = None) -> Optional[str]:
+    return RESOURCE_NAMESPACE.get(environ)
+
+
+def termination_message_path(environ: Environ = None) -> Optional[str]:
+    return TERMINATION_MESSAGE_PATH.get(environ)
+
+
+def connect_timeout(environ: Environ = None) -> float:
+    return CONNECT_TIMEOUT.get(environ)
+
+
+def scheduler_address(environ: Environ = None) -> Optional[str]:
+    return SCHEDULER_ADDRESS.get(environ)
+
+
+def _shown(default: Any) -> str:
+    if default is None:
+        return "unset"
+    return f"`{default:g}`" if isinstance(default, float) else f"`{default}`"
+
+
+def markdown_table() -> str:
+    """The table of docs/operator.md's Environment section."""
+    rows = ["| variable | read by | default | meaning |", "| --- | --- | --- | --- |"]
+    for setting in SETTINGS:
+        rows.append(f"| `{setting.name}` | {setting.read_by} | {_shown(setting.default)} | {setting.meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")
