@@ -11,11 +11,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from chart_support import (
+from k8s.chart import (
     CHART_CRD_DIR, CHART_DIR, CLUSTER_SCOPED_RESOURCES, CRD_DIR, SYNC_SCRIPT,
     grants, helm, of_kind, offline_chart_copy, render, rules_of, the_deployment,
 )
-from k8s_tools_support import FETCH_SCRIPT, k8s_tools
+from k8s.tools import FETCH_SCRIPT, k8s_tools
 
 KUBERNETES_VERSION = "1.33"  # kubernetes-validate schema set; matches the fetched kubectl
 GROUP = "kmeanspartition.dev"

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from k8s_tools_support import REPO_ROOT, k8s_tools
+from .tools import REPO_ROOT, k8s_tools
 
 CHART_DIR = REPO_ROOT / "charts" / "kmeans-partition"
 CRD_DIR = REPO_ROOT / "crds"
