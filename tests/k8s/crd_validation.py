@@ -7,9 +7,9 @@ what the API server does beyond the OpenAPI subset `jsonschema` understands:
 - unknown fields are errors (kubectl's default ``--validate=strict``), except under
   ``x-kubernetes-preserve-unknown-fields: true``;
 - OpenAPI v3.0's boolean ``exclusiveMinimum``/``exclusiveMaximum`` become draft-7 bounds.
-`metadata` is ObjectMeta, validated by the API server itself: the CRD declares it a
-plain object and it is checked as one. CEL rules (``x-kubernetes-validations``) are
-evaluated separately by `cel_failures`.
+At the root, `apiVersion`, `kind` and `metadata` are always allowed, declared or not;
+`metadata` is ObjectMeta, validated by the API server itself, and checked only as an
+object. CEL rules (``x-kubernetes-validations``) are evaluated by `cel_failures`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import yaml
 from celpy.adapter import json_to_cel
 
 from kmeans_partition.operator.crd import build_crd
+
+ROOT_FIELDS = {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"}}
 
 
 def load_crd(path: Path) -> dict[str, Any]:
@@ -73,6 +75,8 @@ def validate_resource(manifest: dict[str, Any], crd: Optional[dict[str, Any]] = 
     KMeansPartition CRD), as ``<dotted.path>: <message>``; empty when valid. No CEL here."""
     crd = crd or build_crd()
     schema = to_json_schema(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    for field, node in ROOT_FIELDS.items():  # the API server allows these whether declared or not
+        schema.setdefault("properties", {}).setdefault(field, node)
     validator = jsonschema.Draft7Validator(schema)
     return [
         f"{'.'.join(str(p) for p in err.absolute_path) or '<root>'}: {err.message}"
