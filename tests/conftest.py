@@ -1,4 +1,4 @@
-"""Shared fixtures. Puts tests/ on sys.path so `import <topic>_support` works (importlib mode)."""
+"""Shared fixtures. Puts tests/ on sys.path (importlib mode) for `import <topic>_support` and `k8s.*`."""
 
 import sys
 from pathlib import Path

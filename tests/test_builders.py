@@ -73,7 +73,7 @@ def test_gpu_workers_run_dask_cuda_worker_with_gpu_limits(gpu_cluster):
     assert worker_spec["replicas"] == 3
     worker = _only(worker_spec["spec"]["containers"])
     assert worker["command"][0] == "dask-cuda-worker"
-    assert worker["resources"]["limits"] == {"memory": "32Gi", B.GPU_RESOURCE: 2}
+    assert worker["resources"]["limits"] == {"memory": "32Gi", B.GPU_RESOURCE: "2"}
     assert worker["resources"]["requests"] == {"memory": "32Gi"}
     assert worker["image"] == "registry.local/kmp:gpu"
     assert worker["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
@@ -100,6 +100,16 @@ def test_scheduler_never_requests_a_gpu(data):
     ports = {p["name"]: p["port"] for p in scheduler["service"]["ports"]}
     assert ports["tcp-comm"] == B.SCHEDULER_PORT
     assert scheduler["service"]["selector"]["dask.org/cluster-name"] == cluster["metadata"]["name"]
+
+
+def test_integer_quantities_are_written_as_strings():
+    """The DaskCluster CRD types quantities `string`; the resource allows integers."""
+    data = {**CPU, "cluster": {"resources": {"worker": {"requests": {"cpu": 4}, "limits": {"cpu": 6}},
+                                             "runner": {"limits": {"cpu": 1}}}}}
+    worker = _only(B.build_dask_cluster(NAME, NS, UID, _spec(data))["spec"]["worker"]["spec"]["containers"])
+    assert worker["resources"] == {"requests": {"cpu": "4"}, "limits": {"cpu": "6"}}
+    runner = _only(B.build_job(NAME, NS, UID, _spec(data))["spec"]["template"]["spec"]["containers"])
+    assert runner["resources"] == {"limits": {"cpu": "1"}}
 
 
 def test_gpu_scheduler_keeps_its_other_resources(gpu_cluster):

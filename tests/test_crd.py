@@ -13,6 +13,8 @@ from kmeans_partition.spec import (
     API_GROUP, API_VERSION, KIND, PLURAL, QUANTITY_PATTERN, SHORT_NAME, parse_resource_spec,
 )
 
+from k8s.crd_validation import validate_resource
+
 ROOT = Path(__file__).resolve().parents[1]
 CRD_FILE = ROOT / "crds" / crd_module.CRD_FILENAME
 
@@ -129,7 +131,7 @@ def test_schema_bounds_and_rules():
 
 
 def test_good_manifest_validates_and_parses():
-    assert crd_module.validate_resource(GOOD) == []
+    assert validate_resource(GOOD) == []
     parsed = parse_resource_spec(GOOD["spec"])
     assert parsed.cluster.gpus_per_worker == 1 and parsed.input_paths == ["s3://bucket/in/"]
 
@@ -154,7 +156,7 @@ def test_good_manifest_validates_and_parses():
     ],
 )
 def test_bad_manifests_are_rejected(path, value, expect):
-    errors = crd_module.validate_resource(_with(path, value))
+    errors = validate_resource(_with(path, value))
     assert errors, f"{path}={value!r} accepted"
     assert any(err.startswith(f"{expect}:") for err in errors), errors
 
@@ -162,7 +164,7 @@ def test_bad_manifests_are_rejected(path, value, expect):
 def test_missing_required_field_is_rejected():
     manifest = copy.deepcopy(GOOD)
     del manifest["spec"]["outputPath"]
-    assert any("outputPath" in err for err in crd_module.validate_resource(manifest))
+    assert any("outputPath" in err for err in validate_resource(manifest))
 
 
 def _rule_verdicts(old_spec, new_spec) -> dict[str, bool]:
@@ -236,4 +238,4 @@ def test_quantities_carry_the_kubernetes_pattern():
         for kind in ("requests", "limits"):
             node = resources[part]["properties"][kind]["additionalProperties"]
             assert node["x-kubernetes-int-or-string"] is True and node["pattern"] == QUANTITY_PATTERN
-    assert crd_module.validate_resource(_with("spec.cluster.resources.worker.limits", {"memory": "8Gi", "cpu": 2})) == []
+    assert validate_resource(_with("spec.cluster.resources.worker.limits", {"memory": "8Gi", "cpu": 2})) == []

@@ -15,11 +15,12 @@ import pytest
 import yaml
 
 from kmeans_partition.operator import handlers
-from kmeans_partition.operator.crd import validate_resource
 from kmeans_partition.runner.sample import write_sample
 from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, PLURAL
-from kube_support import kopf_failures, kube, run_kopf, wait_for  # noqa: F401  (fixture)
-from kubelet_support import DASK, FakeKubelet
+
+from k8s.crd_validation import validate_resource
+from k8s.harness import kopf_failures, kube, run_kopf, wait_for  # noqa: F401  (fixture)
+from k8s.kubelet import DASK, FakeKubelet
 from s3_support import DUMMY_ENV, create_bucket
 
 pytestmark = pytest.mark.timeout(240)

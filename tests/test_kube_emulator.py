@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import tomllib
 import urllib.request
+from pathlib import Path
 
 import kubernetes
 import pytest
 
-from kube_support import KubeAPIError, kopf_failures, kube, run_kopf, wait_for  # noqa: F401  (fixture)
+from k8s.harness import KubeAPIError, kopf_failures, kube, run_kopf, wait_for  # noqa: F401  (fixture)
 
 CM = ("v1", "configmaps", "default")
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def test_kmock_is_the_exact_version_the_test_extra_pins():
+    """tests/k8s/ builds on kmock internals, so the test extra pins kmock exactly."""
+    extra = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]["test"]
+    (pin,) = [req for req in extra if req.startswith("kmock")]
+    assert pin == f"kmock=={importlib.metadata.version('kmock')}", pin
 
 
 @pytest.fixture
@@ -219,7 +230,7 @@ SMOKE_CRD = {
 def test_kopf_operator_end_to_end(kube):
     kube.install_crd(SMOKE_CRD)
     smoke = ("smoke.example.com/v1", "smokes", "default", "s1")
-    with run_kopf(kube, "kopf_smoke_handlers") as runner:
+    with run_kopf(kube, "k8s.smoke_handlers") as runner:
         kube.create({"apiVersion": "smoke.example.com/v1", "kind": "Smoke",
                      "metadata": {"name": "s1"}, "spec": {"greeting": "hi"}})
         ready = wait_for(lambda: (o := kube.get(*smoke)) and o.get("status", {}).get("phase") == "Ready" and o,
@@ -239,13 +250,13 @@ def test_kopf_restarted_between_create_and_delete(kube):
     """A second kopf run resumes from the stored state: no duplicate child, finalizer honoured."""
     kube.install_crd(SMOKE_CRD)
     smoke = ("smoke.example.com/v1", "smokes", "default", "s2")
-    with run_kopf(kube, "kopf_smoke_handlers"):
+    with run_kopf(kube, "k8s.smoke_handlers"):
         kube.create({"apiVersion": "smoke.example.com/v1", "kind": "Smoke",
                      "metadata": {"name": "s2"}, "spec": {"greeting": "again"}})
         wait_for(lambda: (kube.get(*smoke) or {}).get("status", {}).get("phase") == "Ready", message="Ready")
     kube.delete(*smoke)  # no operator running: the finalizer holds the object
     assert kube.get(*smoke)["metadata"]["deletionTimestamp"]
-    with run_kopf(kube, "kopf_smoke_handlers") as runner:
+    with run_kopf(kube, "k8s.smoke_handlers") as runner:
         wait_for(lambda: kube.get(*smoke) is None, message="the resource to be gone")
     assert [c["metadata"]["name"] for c in kube.list(*CM)] == ["s2-deleted"]
     assert not kopf_failures(runner.output), runner.output[-3000:]

@@ -8,12 +8,13 @@ import urllib.request
 
 import kopf
 import pytest
-from kube_support import kopf_failures, kube, run_kopf, wait_for  # noqa: F401  (fixture)
-from kubelet_support import free_port
 
 from kmeans_partition.operator import labels as L
 from kmeans_partition.operator.crd import build_crd
 from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, PLURAL
+
+from k8s.harness import kopf_failures, kube, run_kopf, wait_for  # noqa: F401  (fixture)
+from k8s.kubelet import free_port
 
 RES = f"{API_GROUP}/{API_VERSION}"
 NAME = "docs"

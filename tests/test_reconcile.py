@@ -5,10 +5,11 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from operator_support import FakeApi
 
 from kmeans_partition.operator import labels as L
 from kmeans_partition.operator.reconcile import delete_children, reconcile
+
+from k8s.fake_api import FakeApi
 
 NAME = "docs"
 SPEC = {

@@ -48,13 +48,16 @@ def scheduler_address(name: str, namespace: str) -> str:
     return f"tcp://{L.scheduler_service_name(name)}.{namespace}.svc.cluster.local:{SCHEDULER_PORT}"
 
 
-def _resources(requirements: Any, gpus: int = 0) -> dict[str, Any]:
-    """Container resources from the spec; GPU keys dropped unless `gpus` (then limits = gpus)."""
-    out: dict[str, Any] = {}
+def _resources(requirements: Any, gpus: int = 0) -> dict[str, dict[str, str]]:
+    """Container resources from the spec; GPU keys dropped unless `gpus` (then limits = gpus).
+
+    Quantities are written as strings: the DaskCluster CRD types them `string` (not
+    int-or-string), so the API server would refuse an integer such as `nvidia.com/gpu: 1`."""
+    out: dict[str, dict[str, str]] = {}
     for kind in ("requests", "limits"):
-        values = {k: v for k, v in (getattr(requirements, kind) or {}).items() if k != GPU_RESOURCE}
+        values = {k: str(v) for k, v in (getattr(requirements, kind) or {}).items() if k != GPU_RESOURCE}
         if gpus and kind == "limits":
-            values[GPU_RESOURCE] = gpus
+            values[GPU_RESOURCE] = str(gpus)
         if values:
             out[kind] = values
     return out

@@ -277,49 +277,5 @@ def write_crd(path: Optional[Path] = None) -> Path:
     return target
 
 
-def to_json_schema(node: Any) -> Any:
-    """An openAPIV3Schema -> plain JSON Schema (``nullable`` -> null type, int-or-string
-    -> integer|string, x-kubernetes-* dropped), for offline validation with jsonschema."""
-    if isinstance(node, list):
-        return [to_json_schema(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key == "properties":
-            out[key] = {name: to_json_schema(sub) for name, sub in value.items()}
-        elif key in ("items", "additionalProperties"):
-            out[key] = to_json_schema(value)
-        elif not key.startswith("x-kubernetes-") and key != "nullable":
-            out[key] = copy.deepcopy(value)
-    for key, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
-        if out.get(key) is True:
-            out[key] = out.pop(bound)  # JSON Schema draft 7: the bound itself
-        elif out.get(key) is False:
-            del out[key]
-    if node.get("x-kubernetes-int-or-string"):
-        out["type"] = ["integer", "string"]
-    if node.get("nullable") and "type" in out:
-        out["type"] = [*(out["type"] if isinstance(out["type"], list) else [out["type"]]), "null"]
-        if "enum" in out:
-            out["enum"] = [*out["enum"], None]
-    if node.get("type") == "object" and "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
-        out.setdefault("additionalProperties", False)  # mirrors the API server's strict field validation
-    return out
-
-
-def validate_resource(manifest: dict[str, Any], crd: Optional[dict[str, Any]] = None) -> list[str]:
-    """Schema errors of a KMeansPartition manifest (empty when valid). CEL rules are not evaluated."""
-    import jsonschema
-
-    crd = crd or build_crd()
-    schema = to_json_schema(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
-    validator = jsonschema.Draft7Validator(schema)
-    return [
-        f"{'.'.join(str(p) for p in err.absolute_path) or '<root>'}: {err.message}"
-        for err in sorted(validator.iter_errors(manifest), key=lambda e: list(map(str, e.absolute_path)))
-    ]
-
-
 if __name__ == "__main__":
     print(write_crd(Path(sys.argv[1]) if len(sys.argv) > 1 else None))

@@ -1,6 +1,6 @@
 """Pure helpers for the Kubernetes emulator: URL paths, selectors, patches, metadata.
 
-No I/O and no kmock state here; `kube_emulator` calls these.
+No I/O and no kmock state here; `emulator` calls these.
 """
 
 from __future__ import annotations

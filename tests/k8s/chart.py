@@ -1,20 +1,22 @@
-"""Helpers for the Helm chart tests: offline chart copy, rendering, RBAC queries."""
+"""Helpers for the Helm chart tests: the chart as shipped, rendering, RBAC queries."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
+import tarfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import yaml
 
-from k8s_tools_support import REPO_ROOT, k8s_tools
+from .tools import REPO_ROOT, k8s_tools
 
 CHART_DIR = REPO_ROOT / "charts" / "kmeans-partition"
 CRD_DIR = REPO_ROOT / "crds"
 CHART_CRD_DIR = CHART_DIR / "crds"
 SYNC_SCRIPT = "scripts/sync-chart-crds.sh"
+DASK_OPERATOR = "dask-kubernetes-operator"
+VENDOR_SCRIPT = "scripts/vendor-dask-operator-chart.sh"
 
 # Cluster-scoped resources an operator might be tempted to name; none may
 # appear in a (namespaced) Role -- dask-kubernetes#916.
@@ -35,40 +37,6 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check and result.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
-
-
-def offline_chart_copy(dest: Path) -> Path:
-    """Copy the chart, dropping dependencies that are disabled by default.
-
-    Helm refuses to lint/render a chart whose declared dependencies are not
-    vendored in charts/, even when their `condition` is false; fetching them
-    needs the network. A disabled dependency renders nothing, so the copy
-    without it renders exactly what the real chart renders by default.
-    """
-    target = dest / CHART_DIR.name
-    shutil.copytree(CHART_DIR, target)
-    chart_yaml = target / "Chart.yaml"
-    chart = yaml.safe_load(chart_yaml.read_text())
-    values = yaml.safe_load((target / "values.yaml").read_text())
-    kept = [dep for dep in chart.get("dependencies", []) if _enabled_by_default(dep, values)]
-    if kept:
-        chart["dependencies"] = kept
-    else:
-        chart.pop("dependencies", None)
-    chart_yaml.write_text(yaml.safe_dump(chart, sort_keys=False))
-    return target
-
-
-def _enabled_by_default(dependency: dict[str, Any], values: dict[str, Any]) -> bool:
-    condition = dependency.get("condition")
-    if not condition:
-        return True
-    node: Any = values
-    for key in condition.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return True
-        node = node[key]
-    return bool(node)
 
 
 def render(chart: Path, *sets: str, namespace: str = "kmp-system", crds: bool = False) -> list[dict]:
@@ -104,3 +72,19 @@ def grants(rules: list[dict], group: str, resource: str, verb: str) -> bool:
 
 def rules_of(docs: list[dict], kind: str) -> list[dict]:
     return [rule for doc in of_kind(docs, kind) for rule in doc.get("rules", [])]
+
+
+def chart_metadata() -> dict:
+    return yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+
+
+def dask_operator_dependency() -> dict:
+    """The dask operator's entry in Chart.yaml `dependencies`."""
+    (dependency,) = [d for d in chart_metadata().get("dependencies", []) if d["name"] == DASK_OPERATOR]
+    return dependency
+
+
+def vendored_chart_files(archive: Path) -> dict[str, bytes]:
+    """A packaged chart's files, by path inside the archive."""
+    with tarfile.open(archive, "r:gz") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}

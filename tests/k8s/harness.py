@@ -3,7 +3,7 @@
 - fixture `kube` (function-scoped) -> `KubeHandle`: `.url`, `.kubeconfig`, `.env`,
   `.emulator` (the `RealisticKubernetesEmulator`, for kmock reactions/assertions) and
   sync helpers `create/get/list/patch/delete/install_crd` (plain HTTP, like any client).
-  Pre-installed: namespace `default`, built-in kinds (`kube_semantics.BUILTIN_RESOURCES`)
+  Pre-installed: namespace `default`, built-in kinds (`semantics.BUILTIN_RESOURCES`)
   and a minimal DaskCluster CRD (kubernetes.dask.org/v1, status subresource).
 - `run_kopf(kube, module, namespace, extra_env)`: kopf for real, in a thread.
 - `wait_for(predicate, timeout)`: poll until truthy.
@@ -26,7 +26,7 @@ import aiohttp.test_utils
 import pytest
 import yaml
 
-from kube_emulator import RealisticKubernetesEmulator
+from .emulator import RealisticKubernetesEmulator
 
 DASKCLUSTER_CRD: dict[str, Any] = {
     "apiVersion": "apiextensions.k8s.io/v1",

@@ -1,6 +1,6 @@
 """A realism layer over kmock's `KubernetesEmulator`, enough for kopf and the kubernetes client.
 
-Fixes over kmock 0.8 (each has a test in test_kube_emulator.py):
+Fixes over kmock 0.8 (each has a test in tests/test_kube_emulator.py):
 - `/api/v1/namespaces[/NAME]` is the cluster-scoped Namespace resource (kmock: 500);
 - trailing-slash discovery paths (`/apis/`, `/version/`) are served (kmock: 404);
 - the server sets `uid`, `resourceVersion` (one global counter), `creationTimestamp`,
@@ -34,7 +34,7 @@ import attrs
 from kmock import KubernetesEmulator, KubernetesError, ResourceInfo, resource
 from kmock._internal import apps, enums, parsing, rendering
 
-import kube_semantics as sem
+from . import semantics as sem
 
 ALL_VERBS = {"create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"}
 CRD_RESOURCE = resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")

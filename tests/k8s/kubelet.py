@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from kube_semantics import now_timestamp
-from kube_support import KubeHandle
+from .semantics import now_timestamp
+from .harness import KubeHandle
 
 DASK = "kubernetes.dask.org/v1"
 SCHEDULER_PORT = 8786

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
 FETCH_SCRIPT = REPO_ROOT / "scripts" / "fetch-k8s-tools.sh"
 TOOL_NAMES = ("helm", "kubectl")
