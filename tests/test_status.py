@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_support import FakeApi
+from k8s.fake_api import FakeApi
 from pydantic import ValidationError
 
 from kmeans_partition.operator import crd as crd_module
