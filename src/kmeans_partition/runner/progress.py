@@ -15,8 +15,6 @@ from typing import Any, Optional, Protocol
 
 log = logging.getLogger("kmeans_partition")
 
-STAGES = ("reading", "initialising", "fitting", "assigning", "writing", "done")
-
 
 @dataclass
 class ProgressSnapshot:
