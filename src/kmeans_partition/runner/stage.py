@@ -18,6 +18,7 @@ from distributed import Client, as_completed
 from . import kmeans as km
 from .cluster import dask_client
 from .engine import choose_engine, fit_raft
+from .errors import InputError
 from .fit import DaskKMeans, fit
 from .manifest import RunResult, write_centroids, write_manifest
 from .output import (
@@ -29,6 +30,7 @@ from .output import (
 )
 from .partition import count_duplicates, hash_buckets, load_partition, partition_stats, unify_column_types
 from .progress import Progress
+from .read import discover_files, plan_partitions
 from ..spec import JobSpec, SpecError, parse_job_spec
 from .write import COSINE_COLUMN, L2_COLUMN, merge_centroids, plan_merge_groups, write_fragment
 
@@ -113,8 +115,6 @@ class _Run:
 
     def execute(self, replace: list[str]) -> dict:
         """``replace``: the previous output's entries that `overwrite` will delete."""
-        from .read import discover_files
-
         spec = self.spec
         started = time.perf_counter()
         files = discover_files(spec.input_paths, spec.input_filetype, spec.storage_options)
@@ -162,8 +162,6 @@ class _Run:
 
     def plan(self, files: list[str]):
         """Partitions of about a million rows; smaller (by row groups) when that leaves workers idle."""
-        from .read import plan_partitions
-
         spec = self.spec
         refs = plan_partitions(files, spec.input_filetype, spec.storage_options)
         wanted = 2 * max(1, len(self.client.scheduler_info().get("workers", {})))
@@ -278,8 +276,6 @@ class _Run:
 
 def check_shapes(stats, spec: JobSpec) -> None:
     """Empty input, embedding lengths that differ between files, or differ from embedding_dim."""
-    from .read import InputError
-
     nonempty = [s for s in stats if s.n_rows > 0]
     if not nonempty:
         raise InputError(f"empty input: no rows in {len(stats)} partition(s) of {spec.input_paths}")
