@@ -158,10 +158,10 @@ def test_most_drifted_and_skipped_shift():
     bounds = bd.RowBounds(
         np.array([1, 0], dtype=np.int32), np.ones(2, np.float32), np.full(2, 3.0, np.float32), np.ones(2, np.float32)
     )
-    upper, lower, own = bd.shifted(bounds, drift, moved)
+    upper, lower, assigned_lower = bd.shifted(bounds, drift, moved)
     assert upper[0] >= 1.9 and upper[1] >= 1.1  # own drift added
     assert lower[0] == pytest.approx(3.0 - 0.2, rel=1e-5)  # largest drift outside `moved`
-    assert own[0] == pytest.approx(0.1, rel=1e-4)
+    assert assigned_lower[0] == pytest.approx(0.1, rel=1e-4)
 
 
 def test_reduction_adds_in_partition_order_whatever_the_arrival():

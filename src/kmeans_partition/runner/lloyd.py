@@ -102,7 +102,9 @@ def lloyd_partial(
         block_sums = BlockSums(xa, work.labels, k)
         n_recomputed = _recompute(xa, x_sq, ca, batch, stale, err, work, block_sums, costs)
         labels, dist_sq, known = work.labels, work.dist_sq, work.known
-        state = bd.RowBounds(labels, work.upper, work.lower, work.own, work.yields, backoff=last.backoff)
+        state = bd.RowBounds(
+            labels, work.upper, work.lower, work.assigned_lower, work.yields, backoff=last.backoff
+        )
         if last.upper is not None:
             _schedule(state, k, 1.0 - n_recomputed / max(n, 1), costs)
     sums, counts = block_sums.result()
@@ -138,7 +140,7 @@ class RowWork:
     labels: np.ndarray
     upper: np.ndarray
     lower: np.ndarray
-    own: np.ndarray  # lower bound on the distance to the assigned centroid
+    assigned_lower: np.ndarray  # lower bound on the distance to the assigned centroid
     dist_sq: np.ndarray  # computed squared distance to the assigned centroid, where `known`
     known: np.ndarray
     yields: tuple[float, float] = (1.0, 1.0)  # see bounds.RowBounds.yields
@@ -172,15 +174,15 @@ def _settle(
     moved = bd.most_drifted(drift)
     if not _worth(measure_yield, k, costs.gather + moved.size):
         moved = moved[:0]
-    work.upper, work.lower, work.own = bd.shifted(previous, drift, moved)
+    work.upper, work.lower, work.assigned_lower = bd.shifted(previous, drift, moved)
     stale = ~bd.settled(work.upper, work.lower, err)
     # Tighten (one dot product) only rows that the exact distance could settle.
-    doubt = np.flatnonzero(stale & bd.settled(work.own, work.lower, err))
+    doubt = np.flatnonzero(stale & bd.settled(work.assigned_lower, work.lower, err))
     if doubt.size and _worth(tighten_yield, k, costs.tighten):
         work.dist_sq[doubt] = _to_assigned(xa, x_sq, ca, work.labels, doubt)
         work.known[doubt] = True
         work.upper[doubt] = bd.upper_from_distance(work.dist_sq[doubt], err[doubt])
-        work.own[doubt] = bd.lower_from_distance(work.dist_sq[doubt], err[doubt])
+        work.assigned_lower[doubt] = bd.lower_from_distance(work.dist_sq[doubt], err[doubt])
         stale[doubt] = ~bd.settled(work.upper[doubt], work.lower[doubt], err[doubt])
         tighten_yield = 1.0 - np.count_nonzero(stale[doubt]) / doubt.size
     else:
@@ -259,7 +261,7 @@ def _recompute(
         work.dist_sq[rows] = np.maximum(first, 0.0)
         work.known[rows] = True
         work.upper[rows], work.lower[rows] = bd.from_distances(first, second, err[rows])
-        work.own[rows] = bd.lower_from_distance(first, err[rows])
+        work.assigned_lower[rows] = bd.lower_from_distance(first, err[rows])
         block_sums.advance(stop)
         done += rows.shape[0]
     return done
