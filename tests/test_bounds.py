@@ -9,16 +9,16 @@ import pytest
 
 from kmeans_partition.runner import bounds as bd
 from kmeans_partition.runner import kmeans as km
-from kmeans_partition.runner.lloyd import LloydReduction, lloyd_partial, reduce_lloyd
+from kmeans_partition.runner.lloyd import LloydReduction, PruningCosts, lloyd_partial, reduce_lloyd
 from dask_support import blobs
 
 
-def run_steps(x, centroids, steps, batch, pruned):
+def run_steps(x, centroids, steps, batch, pruned, costs=PruningCosts()):
     """Lloyd steps on one partition; yields (centroids used, partial, bounds) per step."""
     xa, x_sq = km.augment_rows(x), km.row_sq_norms(x)
     previous, drift = None, None
     for _ in range(steps):
-        partial, bounds = lloyd_partial(xa, x_sq, centroids, batch, previous if pruned else None, drift)
+        partial, bounds = lloyd_partial(xa, x_sq, centroids, batch, previous if pruned else None, drift, costs)
         yield centroids, partial, bounds
         update = reduce_lloyd([partial], centroids)
         previous, drift, centroids = (partial, bounds), update.drift, update.centroids
@@ -51,14 +51,12 @@ def test_pruned_steps_equal_full_steps(k, batch):
     assert all(p.n_recomputed == len(x) for _, p, _ in full)
 
 
-def test_bounds_hold_for_exact_distances(monkeypatch):
-    from kmeans_partition.runner import lloyd
-
-    monkeypatch.setattr(lloyd, "UPKEEP_COST", -1.0)  # keep bounds every step
+def test_bounds_hold_for_exact_distances():
+    keep_bounds = PruningCosts(upkeep=-1.0)  # pruning always "pays": bounds every step
     x = blobs(2000, 24, 10, seed=13, spread=0.4)
     c0 = x[np.random.default_rng(14).choice(len(x), 30, replace=False)]
     checked = 0
-    for centroids, _, bounds in run_steps(x, c0, 10, 128, pruned=True):
+    for centroids, _, bounds in run_steps(x, c0, 10, 128, pruned=True, costs=keep_bounds):
         if bounds.upper is None:  # a step that kept no bounds (the first one)
             continue
         checked += 1
@@ -72,14 +70,12 @@ def test_bounds_hold_for_exact_distances(monkeypatch):
     assert checked >= 8
 
 
-def test_steps_without_bounds_when_pruning_does_not_pay(monkeypatch):
-    from kmeans_partition.runner import lloyd
-
-    monkeypatch.setattr(lloyd, "UPKEEP_COST", 1e9)  # pruning never "pays": back off every time
+def test_steps_without_bounds_when_pruning_does_not_pay():
+    never_pays = PruningCosts(upkeep=1e9)  # pruning never "pays": back off every time
     x = blobs(2000, 16, 10, seed=19, spread=0.25)
     c0 = x[np.random.default_rng(20).choice(len(x), 20, replace=False)]
     full = list(run_steps(x, c0, 14, 256, pruned=False))
-    pruned = list(run_steps(x, c0, 14, 256, pruned=True))
+    pruned = list(run_steps(x, c0, 14, 256, pruned=True, costs=never_pays))
     for (c_f, _, b_f), (c_p, _, b_p) in zip(full, pruned):
         np.testing.assert_array_equal(c_p, c_f)
         np.testing.assert_array_equal(b_p.labels, b_f.labels)
@@ -87,6 +83,34 @@ def test_steps_without_bounds_when_pruning_does_not_pay(monkeypatch):
     # plain, probe, try, then 1, 2, 4 plain steps between probe+try pairs
     assert kept[:8] == ["plain", "bounds", "bounds", "plain", "bounds", "bounds", "plain", "plain"]
     assert [b.backoff for _, _, b in pruned][:7] == [1, 1, 2, 2, 2, 4, 4]
+
+
+def test_pruning_costs_set_the_schedule():
+    x = blobs(2000, 16, 10, seed=19, spread=0.25)
+    c0 = x[np.random.default_rng(20).choice(len(x), 20, replace=False)]  # k = 20
+
+    def kept(costs):
+        return ["plain" if b.upper is None else "bounds" for _, _, b in run_steps(x, c0, 14, 256, True, costs)]
+
+    pairs = ["bounds", "bounds", "plain", "plain"]  # probe+try, then at most 2 plain steps
+    capped = kept(PruningCosts(upkeep=1e9, max_backoff=2))
+    assert capped == ["plain", "bounds", "bounds", "plain"] + pairs * 2 + pairs[:2]
+    assert kept(PruningCosts(upkeep=1e9, always_bounds_from_k=20)) == ["plain"] + ["bounds"] * 13
+
+
+def test_check_costs_change_the_work_never_the_result():
+    x = blobs(3000, 16, 12, seed=11, spread=0.25)
+    c0 = x[np.random.default_rng(12).choice(len(x), 40, replace=False)]
+    full = list(run_steps(x, c0, 12, 97, pruned=False))
+    work = {}
+    cheap, dear = PruningCosts(gather=0, tighten=0), PruningCosts(gather=1e9, tighten=1e9)
+    for name, costs in {"cheap": cheap, "dear": dear}.items():
+        pruned = list(run_steps(x, c0, 12, 97, pruned=True, costs=costs))
+        for (c_f, _, b_f), (c_p, _, b_p) in zip(full, pruned):
+            np.testing.assert_array_equal(c_p, c_f)
+            np.testing.assert_array_equal(b_p.labels, b_f.labels)
+        work[name] = sum(p.n_recomputed for _, p, _ in pruned)
+    assert work["cheap"] < work["dear"] == 12 * len(x)
 
 
 def test_labels_are_nearest_in_float64_where_no_near_tie():
@@ -134,10 +158,10 @@ def test_most_drifted_and_skipped_shift():
     bounds = bd.RowBounds(
         np.array([1, 0], dtype=np.int32), np.ones(2, np.float32), np.full(2, 3.0, np.float32), np.ones(2, np.float32)
     )
-    upper, lower, own = bd.shifted(bounds, drift, moved)
+    upper, lower, assigned_lower = bd.shifted(bounds, drift, moved)
     assert upper[0] >= 1.9 and upper[1] >= 1.1  # own drift added
     assert lower[0] == pytest.approx(3.0 - 0.2, rel=1e-5)  # largest drift outside `moved`
-    assert own[0] == pytest.approx(0.1, rel=1e-4)
+    assert assigned_lower[0] == pytest.approx(0.1, rel=1e-4)
 
 
 def test_reduction_adds_in_partition_order_whatever_the_arrival():

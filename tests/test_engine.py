@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
+from distributed.protocol.pickle import dumps, loads
+
 from kmeans_partition.runner import engine
-from kmeans_partition.spec import SpecError
+from kmeans_partition.spec import SpecError, parse_job_spec
 from kmeans_partition.runner.stage import KMeansStage
 from dask_support import blobs, dask_client, scatter_partitions, write_input  # noqa: F401
 
@@ -43,6 +45,22 @@ def test_raft_requested_on_cpu_workers_fails_before_writing(tmp_path, dask_clien
     assert not (tmp_path / "out").exists()
 
 
+def test_raft_params_from_the_spec_in_cuml_terms_and_picklable():
+    spec = parse_job_spec(dict(
+        n_clusters=7, id_field="id", embedding_field="e", input_path="in", output_path="out",
+        init="random", max_iter=12, tol=1e-3, random_state=5, oversampling_factor=3.0, max_samples_per_batch=99,
+    ))
+    params = engine.RaftParams.from_spec(spec)
+    assert loads(dumps(params)) == params
+    assert params.cuml_kwargs() == dict(
+        n_clusters=7, init="random", max_iter=12, tol=1e-3, random_state=5,
+        oversampling_factor=3.0, max_samples_per_batch=99,
+    )
+    parallel = engine.RaftParams(7, "k-means||", 12, 1e-3, 5, 3.0, 99)
+    assert parallel.cuml_kwargs()["init"] == "scalable-k-means++"
+    assert parallel.init == "k-means||"  # the object itself keeps our name
+
+
 def test_raft_fit_matches_sklearn_inertia(dask_client):
     pytest.importorskip("cuml", reason="cuML (RAFT) is only in the GPU image")
     from sklearn.cluster import KMeans
@@ -50,7 +68,8 @@ def test_raft_fit_matches_sklearn_inertia(dask_client):
     assert engine.workers_have_gpus(dask_client), "cuML imports but the Dask workers see no GPU"
     x = blobs(4000, 16, 10, seed=2)
     parts, rows = scatter_partitions(dask_client, x, 4)
-    fitted = engine.fit_raft(dask_client, parts, rows, 16, 10, "k-means||", 300, 1e-4, 0, 2.0, 32768)
+    params = engine.RaftParams(10, "k-means||", 300, 1e-4, 0, 2.0, 32768)
+    fitted = engine.fit_raft(dask_client, parts, rows, 16, params)
     ref = KMeans(10, n_init=1, random_state=0).fit(x.astype(np.float64))
     ours = ((x[:, None, :] - fitted.centroids[None]) ** 2).sum(-1).min(1).sum()
     assert ours <= 1.01 * ref.inertia_

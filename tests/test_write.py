@@ -1,5 +1,7 @@
 """Assign-and-write phases on local files, checked against NumPy recomputation."""
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -7,12 +9,15 @@ import pytest
 
 from kmeans_partition.runner.partition import Partition, partition_stats
 from kmeans_partition.runner.write import (
+    FragmentParams,
     distances_to_assigned,
     embedding_array,
     merge_centroids,
     plan_merge_groups,
     write_fragment,
 )
+from distributed.protocol.pickle import dumps, loads
+
 from dask_support import blobs
 
 
@@ -26,7 +31,8 @@ def write_all(tmp_path, parts, centroids, rows_per_file=1_000_000, max_rows=2_00
     tmp_url = str(tmp_path / "out" / "_tmp-test")
     (tmp_path / "out" / "_tmp-test").mkdir(parents=True)
     schema = partition_stats(parts[0]).column_schema
-    frags = [write_fragment(p, centroids, 50, tmp_url, {}, "id", "embedding", schema) for p in parts]
+    params = FragmentParams(50, tmp_url, {}, "id", "embedding", schema)
+    frags = [write_fragment(p, centroids, params) for p in parts]
     counts = np.sum([f.counts for f in frags], axis=0)
     listing = [(f.path, f.present) for f in frags]
     written = []
@@ -103,3 +109,13 @@ def test_embedding_array_splits_before_int32_offsets_overflow():
     assert [len(chunk) for chunk in arr.chunks] == [2, 2, 1]
     assert arr.type == pa.list_(pa.float32())
     assert np.array(arr.to_pylist(), dtype=np.float32).tolist() == x.tolist()
+
+
+def test_fragment_params_survive_dask_pickling_and_are_frozen():
+    schema = pa.schema([("id", pa.large_string()), ("text", pa.string())])
+    params = FragmentParams(64, "memory://out/_tmp-1", {"anon": True}, "doc_id", "vec", schema)
+    restored = loads(dumps(params))
+    assert restored == params and restored is not params
+    assert restored.column_schema.equals(schema)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.batch = 1

@@ -118,10 +118,6 @@ def owner_reference(name: str, uid: str) -> dict[str, Any]:
     }
 
 
-def label_selector(labels: Mapping[str, str]) -> str:
-    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
-
-
 def parent_name(child: Mapping[str, Any]) -> Optional[str]:
     """The KMeansPartition that owns `child` (ownerReference, else the annotation), or None."""
     meta = child.get("metadata") or {}

@@ -88,8 +88,9 @@ def shifted(
     lower = np.maximum(bounds.lower.astype(np.float64) - others, 0.0) * (1 - WIDEN)
     if skip is not None and skip.size == drift.shape[0]:
         lower[:] = np.inf  # nothing left to bound
-    own = np.maximum(bounds.assigned_lower.astype(np.float64) - drift[bounds.labels], 0.0) * (1 - WIDEN)
-    return upper.astype(np.float32), lower.astype(np.float32), own.astype(np.float32)
+    own_drift = drift[bounds.labels]
+    assigned_lower = np.maximum(bounds.assigned_lower.astype(np.float64) - own_drift, 0.0) * (1 - WIDEN)
+    return upper.astype(np.float32), lower.astype(np.float32), assigned_lower.astype(np.float32)
 
 
 def most_drifted(drift: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ cuML and GPUs exist (tests: ``tests/test_engine.py``, skipped without cuML).
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
@@ -19,7 +20,7 @@ from distributed import Client, Future
 
 from .fit import FitResult
 from .partition import Partition
-from ..spec import SpecError
+from ..spec import JobSpec, SpecError
 
 ENGINES = ("auto", "dask", "raft")
 
@@ -73,7 +74,38 @@ def _device_block(part: Partition):
     return cupy.asarray(part.x)
 
 
-def _fit_raft_on_worker(keys: list[str], rows: list[int], dim: int, params: dict, initial) -> tuple:
+@dataclass(frozen=True)
+class RaftParams:
+    """The job's k-means settings as cuML takes them (pickled into the fitting task)."""
+
+    n_clusters: int
+    init: str  # ours: "k-means||" or "random"
+    max_iter: int
+    tol: float  # passed as cuML defines it (compared to the relative inertia change)
+    random_state: int
+    oversampling_factor: float
+    max_samples_per_batch: int
+
+    @classmethod
+    def from_spec(cls, spec: JobSpec) -> "RaftParams":
+        return cls(
+            n_clusters=spec.n_clusters,
+            init=spec.init,
+            max_iter=spec.max_iter,
+            tol=spec.tol,
+            random_state=spec.random_state,
+            oversampling_factor=spec.oversampling_factor,
+            max_samples_per_batch=spec.max_samples_per_batch,
+        )
+
+    def cuml_kwargs(self) -> dict:
+        """Keyword arguments of ``cuml.dask.cluster.KMeans`` (``init`` named as cuML names it)."""
+        kwargs = asdict(self)
+        kwargs["init"] = "scalable-k-means++" if self.init == "k-means||" else "random"
+        return kwargs
+
+
+def _fit_raft_on_worker(keys: list[str], rows: list[int], dim: int, params: RaftParams, initial) -> tuple:
     """Runs as a task on a GPU worker, so the runner (client) never touches a GPU."""
     import cupy
     import dask
@@ -92,9 +124,10 @@ def _fit_raft_on_worker(keys: list[str], rows: list[int], dim: int, params: dict
             )
             for part, n in zip(parts, rows)
         ]
-        init = cupy.asarray(initial) if initial is not None else params.pop("init")
-        params.pop("init", None)
-        model = KMeans(client=client, init=init, **params)
+        kwargs = params.cuml_kwargs()
+        named_init = kwargs.pop("init")
+        init = cupy.asarray(initial) if initial is not None else named_init
+        model = KMeans(client=client, init=init, **kwargs)
         model.fit(da.concatenate(blocks, axis=0))
         centroids = model.cluster_centers_
         if hasattr(centroids, "__cuda_array_interface__"):
@@ -107,34 +140,16 @@ def fit_raft(
     parts: list[Future],
     rows: list[int],
     dim: int,
-    n_clusters: int,
-    init: str,
-    max_iter: int,
-    tol: float,
-    random_state: int,
-    oversampling_factor: float,
-    max_samples_per_batch: int,
+    params: RaftParams,
     initial_centroids: Optional[np.ndarray] = None,
 ) -> FitResult:
-    """Fit with cuML's multi-GPU KMeans on the partitions already on the workers.
-
-    ``tol`` is passed as cuML defines it (cuML compares it to the relative inertia change).
-    """
+    """Fit with cuML's multi-GPU KMeans on the partitions already on the workers."""
     started = time.perf_counter()
-    params = dict(
-        n_clusters=n_clusters,
-        init="scalable-k-means++" if init == "k-means||" else "random",
-        max_iter=max_iter,
-        tol=tol,
-        random_state=random_state,
-        oversampling_factor=oversampling_factor,
-        max_samples_per_batch=max_samples_per_batch,
-    )
     task = client.submit(
         _fit_raft_on_worker, [p.key for p in parts], rows, dim, params, initial_centroids, pure=False
     )
     centroids, n_iter = task.result()
-    n_iter = int(n_iter) if n_iter else max_iter
-    result = FitResult(centroids=centroids, n_iter=n_iter, converged=n_iter < max_iter)
+    n_iter = int(n_iter) if n_iter else params.max_iter
+    result = FitResult(centroids=centroids, n_iter=n_iter, converged=n_iter < params.max_iter)
     result.timings = {"init": 0.0, "fit": time.perf_counter() - started}
     return result

@@ -39,16 +39,29 @@ class LloydPartial:
     n_recomputed: int = 0  # rows that needed the full distance computation
 
 
-#: Bound upkeep per row (moving and checking the bounds, the second-smallest distance), in
-#: units of one GEMM distance: pruning pays while (settled fraction) x k exceeds it.
-UPKEEP_COST = 10
-#: Longest run of steps without bounds after pruning did not pay (doubling from 1).
-MAX_BACKOFF = 16
-#: From this many clusters on, bounds are always kept: the upkeep is a few percent of a
-#: step while rows can start settling at any step (measured at k=1000, 500k x 384: backing
-#: off in the early steps delayed pruning by 3 steps and cost more than it saved; at k=100
-#: the upkeep is ~10% of a step).
-ALWAYS_BOUNDS_FROM_K = 256
+@dataclass(frozen=True)
+class PruningCosts:
+    """When bounds and their optional checks pay, costs in units of one row-centroid distance
+    in a GEMM (measured at d=384: a GEMM distance ~8 ns, a row copied out of place ~0.3 us,
+    a row and its centroid gathered for one dot product ~1 us). A check is only run where
+    the rows it settled last time (its yield) save more GEMM than it costs: with few
+    clusters a row's full GEMM is cheaper than checking it.
+    """
+
+    #: Bound upkeep per row (moving and checking the bounds, the second-smallest distance):
+    #: pruning pays while (settled fraction) x k exceeds it.
+    upkeep: float = 10
+    #: A row copied out of place (gathering stale rows, measuring the most-moved centroids).
+    gather: float = 40
+    #: A row and its centroid gathered for one dot product (tightening a row's bounds).
+    tighten: float = 130
+    #: From this many clusters on, bounds are always kept: the upkeep is a few percent of a
+    #: step while rows can start settling at any step (measured at k=1000, 500k x 384: backing
+    #: off in the early steps delayed pruning by 3 steps and cost more than it saved; at k=100
+    #: the upkeep is ~10% of a step).
+    always_bounds_from_k: int = 256
+    #: Longest run of steps without bounds after pruning did not pay (doubling from 1).
+    max_backoff: int = 16
 
 
 def lloyd_partial(
@@ -58,6 +71,7 @@ def lloyd_partial(
     batch: int,
     previous: Optional[tuple[LloydPartial, bd.RowBounds]] = None,
     drift: Optional[np.ndarray] = None,
+    costs: PruningCosts = PruningCosts(),
 ) -> tuple[LloydPartial, bd.RowBounds]:
     """Assign rows to ``centroids``; return the partial sums and the rows' new state.
 
@@ -67,7 +81,7 @@ def lloyd_partial(
     rows to pay for its upkeep, the next steps run without bounds (1, 2, 4, ... steps)
     before bounds are computed again. The cluster sums are always recomputed from all rows
     (updating them with the rows that moved made centroids depend on the rounding history,
-    which changed labels).
+    which changed labels). ``costs`` decide when pruning and its checks pay.
     """
     k, d = centroids.shape
     n = x_sq.shape[0]
@@ -84,13 +98,15 @@ def lloyd_partial(
         if last.upper is None:  # the last step kept no bounds: compute them for the next
             work, stale = RowWork.blank(n), np.ones(n, dtype=bool)
         else:
-            work, stale = _settle(xa, x_sq, ca, err, last, drift)
+            work, stale = _settle(xa, x_sq, ca, err, last, drift, costs)
         block_sums = BlockSums(xa, work.labels, k)
-        n_recomputed = _recompute(xa, x_sq, ca, batch, stale, err, work, block_sums)
+        n_recomputed = _recompute(xa, x_sq, ca, batch, stale, err, work, block_sums, costs)
         labels, dist_sq, known = work.labels, work.dist_sq, work.known
-        state = bd.RowBounds(labels, work.upper, work.lower, work.own, work.yields, backoff=last.backoff)
+        state = bd.RowBounds(
+            labels, work.upper, work.lower, work.assigned_lower, work.yields, backoff=last.backoff
+        )
         if last.upper is not None:
-            _schedule(state, k, settled=1.0 - n_recomputed / max(n, 1))
+            _schedule(state, k, 1.0 - n_recomputed / max(n, 1), costs)
     sums, counts = block_sums.result()
     sums = sums[:, :d]
     upper_sq = None if err is None else state.upper.astype(np.float64) ** 2 + err
@@ -109,12 +125,12 @@ def lloyd_partial(
     return partial, state
 
 
-def _schedule(state: bd.RowBounds, k: int, settled: float) -> None:
+def _schedule(state: bd.RowBounds, k: int, settled: float, costs: PruningCosts) -> None:
     """After a step with bounds: keep them, or run the next steps without (backing off)."""
-    if k >= ALWAYS_BOUNDS_FROM_K or settled * k > UPKEEP_COST:
+    if k >= costs.always_bounds_from_k or settled * k > costs.upkeep:
         state.backoff = 1
     else:
-        state.plain_left, state.backoff = state.backoff, min(2 * state.backoff, MAX_BACKOFF)
+        state.plain_left, state.backoff = state.backoff, min(2 * state.backoff, costs.max_backoff)
 
 
 @dataclass
@@ -124,7 +140,7 @@ class RowWork:
     labels: np.ndarray
     upper: np.ndarray
     lower: np.ndarray
-    own: np.ndarray  # lower bound on the distance to the assigned centroid
+    assigned_lower: np.ndarray  # lower bound on the distance to the assigned centroid
     dist_sq: np.ndarray  # computed squared distance to the assigned centroid, where `known`
     known: np.ndarray
     yields: tuple[float, float] = (1.0, 1.0)  # see bounds.RowBounds.yields
@@ -136,15 +152,6 @@ class RowWork:
         return cls(labels, empty, empty.copy(), empty.copy(), np.zeros(n, np.float32), np.zeros(n, bool))
 
 
-#: Per-row costs of the bound checks, in units of one row-centroid distance in a GEMM
-#: (measured at d=384: a GEMM distance ~8 ns, a row copied out of place ~0.3 us, a row
-#: and its centroid gathered for one dot product ~1 us). A check is only run where the
-#: rows it settled last time (its yield) save more GEMM than it costs: with few clusters
-#: a row's full GEMM is cheaper than checking it.
-GATHER_COST = 40
-TIGHTEN_COST = 130
-
-
 def _worth(yield_fraction: float, k: int, cost: float) -> bool:
     return yield_fraction * k > cost
 
@@ -154,7 +161,9 @@ def _regrown(yield_fraction: float) -> float:
     return min(1.0, 2.0 * max(yield_fraction, 1e-3))
 
 
-def _settle(xa, x_sq, ca, err, previous: bd.RowBounds, drift) -> tuple[RowWork, np.ndarray]:
+def _settle(
+    xa, x_sq, ca, err, previous: bd.RowBounds, drift, costs: PruningCosts
+) -> tuple[RowWork, np.ndarray]:
     """Move the bounds by ``drift`` and find the rows still in doubt (``stale``).
 
     Also records in ``work.yields`` how many of the rows each check looked at it settled.
@@ -163,17 +172,17 @@ def _settle(xa, x_sq, ca, err, previous: bd.RowBounds, drift) -> tuple[RowWork, 
     work = RowWork.blank(x_sq.shape[0], previous)
     tighten_yield, measure_yield = previous.yields
     moved = bd.most_drifted(drift)
-    if not _worth(measure_yield, k, GATHER_COST + moved.size):
+    if not _worth(measure_yield, k, costs.gather + moved.size):
         moved = moved[:0]
-    work.upper, work.lower, work.own = bd.shifted(previous, drift, moved)
+    work.upper, work.lower, work.assigned_lower = bd.shifted(previous, drift, moved)
     stale = ~bd.settled(work.upper, work.lower, err)
     # Tighten (one dot product) only rows that the exact distance could settle.
-    doubt = np.flatnonzero(stale & bd.settled(work.own, work.lower, err))
-    if doubt.size and _worth(tighten_yield, k, TIGHTEN_COST):
+    doubt = np.flatnonzero(stale & bd.settled(work.assigned_lower, work.lower, err))
+    if doubt.size and _worth(tighten_yield, k, costs.tighten):
         work.dist_sq[doubt] = _to_assigned(xa, x_sq, ca, work.labels, doubt)
         work.known[doubt] = True
         work.upper[doubt] = bd.upper_from_distance(work.dist_sq[doubt], err[doubt])
-        work.own[doubt] = bd.lower_from_distance(work.dist_sq[doubt], err[doubt])
+        work.assigned_lower[doubt] = bd.lower_from_distance(work.dist_sq[doubt], err[doubt])
         stale[doubt] = ~bd.settled(work.upper[doubt], work.lower[doubt], err[doubt])
         tighten_yield = 1.0 - np.count_nonzero(stale[doubt]) / doubt.size
     else:
@@ -218,7 +227,9 @@ def _nearest_of(xa, x_sq, ca, labels, rows, subset) -> np.ndarray:
     return out
 
 
-def _recompute(xa, x_sq, ca, batch, stale, err, work: RowWork, block_sums: BlockSums) -> int:
+def _recompute(
+    xa, x_sq, ca, batch, stale, err, work: RowWork, block_sums: BlockSums, costs: PruningCosts
+) -> int:
     """Full distances for the ``stale`` rows, in blocks of at most ``batch`` rows.
 
     A block whose stale rows would cost more to copy out than computing the others costs
@@ -235,7 +246,7 @@ def _recompute(xa, x_sq, ca, batch, stale, err, work: RowWork, block_sums: Block
         if count == 0:
             block_sums.advance(stop)
             continue
-        if count * (k + GATHER_COST) >= (stop - start) * k:
+        if count * (k + costs.gather) >= (stop - start) * k:
             rows = np.arange(start, stop)
             block = xa[start:stop]
         else:
@@ -250,7 +261,7 @@ def _recompute(xa, x_sq, ca, batch, stale, err, work: RowWork, block_sums: Block
         work.dist_sq[rows] = np.maximum(first, 0.0)
         work.known[rows] = True
         work.upper[rows], work.lower[rows] = bd.from_distances(first, second, err[rows])
-        work.own[rows] = bd.lower_from_distance(first, err[rows])
+        work.assigned_lower[rows] = bd.lower_from_distance(first, err[rows])
         block_sums.advance(stop)
         done += rows.shape[0]
     return done

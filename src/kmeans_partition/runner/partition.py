@@ -10,9 +10,13 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
+from .errors import InputError
 from .kmeans import augment_rows, row_sq_norms
+from .normalise import normalise_rows
+from .read import read_partition
 
 
 @dataclass
@@ -66,9 +70,6 @@ class PartitionStats:
 
 def load_partition(index: int, ref, options: dict) -> Partition:
     """Read one `PartitionRef` and normalise it (runs on a worker)."""
-    from .normalise import normalise_rows
-    from .read import read_partition
-
     raw = read_partition(ref, **options)
     x = normalise_rows(raw.embeddings, raw.source, raw.row_offset) if len(raw.ids) else raw.embeddings
     return Partition.from_normalised(index, raw.source, raw.row_offset, raw.ids, x, raw.metadata)
@@ -95,8 +96,6 @@ def unify_column_types(stats: list[PartitionStats], id_field: str) -> pa.Schema:
 
     Raises `InputError` naming two files and the field when their types cannot be reconciled.
     """
-    from .errors import InputError
-
     try:
         return pa.unify_schemas([s.column_schema for s in stats], promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
@@ -126,8 +125,6 @@ def hash_buckets(part: Partition, n_buckets: int) -> list[np.ndarray]:
 
 def hash_ids(ids: pa.Array) -> np.ndarray:
     """64-bit hashes of ids (strings or integers), stable across processes."""
-    import pandas as pd
-
     values = ids.to_pandas() if len(ids) else pd.Series([], dtype=object)
     return pd.util.hash_pandas_object(values, index=False).to_numpy(dtype=np.uint64)
 

@@ -17,8 +17,6 @@ from kmeans_partition.status import ProgressStatus, wire
 
 log = logging.getLogger("kmeans_partition")
 
-STAGES = ("reading", "initialising", "fitting", "assigning", "writing", "done")
-
 
 @dataclass
 class ProgressSnapshot:

@@ -19,7 +19,7 @@ from fsspec.core import url_to_fs
 
 BATCH_ROWS = 32768  # rows generated at once; also the parquet row-group size
 DUPLICATE_NOISE = 1e-3  # L2 size of the noise added to a planted near-duplicate
-FORMATS = {"parquet": "parquet", "jsonl": "jsonl"}
+FORMATS = ("parquet", "jsonl")  # also the file extension
 WORDS = (
     "data model river quiet signal market garden energy story method light voice "
     "system ocean paper robot music winter city theory field engine forest report "
@@ -138,7 +138,7 @@ def write_sample(
     written, first_id = [], 0
     for file_index, file_rows in enumerate(np.array_split(np.arange(rows), files)):
         rng = np.random.default_rng(seeds[file_index + 1])
-        path = f"{root}/part-{file_index:05d}.{FORMATS[fmt]}"
+        path = f"{root}/part-{file_index:05d}.{fmt}"
         with fs.open(path, "wb") as handle:
             writer = pq.ParquetWriter(handle, SCHEMA) if fmt == "parquet" else None
             for start in range(0, len(file_rows), BATCH_ROWS):

@@ -17,7 +17,8 @@ from distributed import Client, as_completed
 
 from . import kmeans as km
 from .cluster import dask_client
-from .engine import choose_engine, fit_raft
+from .engine import RaftParams, choose_engine, fit_raft
+from .errors import InputError
 from .fit import DaskKMeans, fit
 from .manifest import RunResult, write_centroids, write_manifest
 from .output import (
@@ -29,8 +30,16 @@ from .output import (
 )
 from .partition import count_duplicates, hash_buckets, load_partition, partition_stats, unify_column_types
 from .progress import Progress
+from .read import discover_files, plan_partitions
 from ..spec import JobSpec, SpecError, parse_job_spec
-from .write import COSINE_COLUMN, L2_COLUMN, merge_centroids, plan_merge_groups, write_fragment
+from .write import (
+    COSINE_COLUMN,
+    L2_COLUMN,
+    FragmentParams,
+    merge_centroids,
+    plan_merge_groups,
+    write_fragment,
+)
 
 
 class KMeansStage:
@@ -113,8 +122,6 @@ class _Run:
 
     def execute(self, replace: list[str]) -> dict:
         """``replace``: the previous output's entries that `overwrite` will delete."""
-        from .read import discover_files
-
         spec = self.spec
         started = time.perf_counter()
         files = discover_files(spec.input_paths, spec.input_filetype, spec.storage_options)
@@ -162,8 +169,6 @@ class _Run:
 
     def plan(self, files: list[str]):
         """Partitions of about a million rows; smaller (by row groups) when that leaves workers idle."""
-        from .read import plan_partitions
-
         spec = self.spec
         refs = plan_partitions(files, spec.input_filetype, spec.storage_options)
         wanted = 2 * max(1, len(self.client.scheduler_info().get("workers", {})))
@@ -211,11 +216,7 @@ class _Run:
         self.engine = engine
         if engine == "raft":
             self.progress.stage("fitting", max_iter=spec.max_iter)
-            fitted = fit_raft(
-                self.client, parts, rows, dim, spec.n_clusters, spec.init, spec.max_iter, spec.tol,
-                spec.random_state, spec.oversampling_factor, spec.max_samples_per_batch,
-            )
-            return fitted
+            return fit_raft(self.client, parts, rows, dim, RaftParams.from_spec(spec))
         model = DaskKMeans(
             self.client, parts, rows, spec.n_clusters, spec.max_samples_per_batch, spec.random_state, self.progress
         )
@@ -238,13 +239,17 @@ class _Run:
         self.progress.stage("assigning", partitions_total=len(parts))
         tmp_url = self.out.url(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
         c_future = self.client.scatter(centroids, broadcast=True, hash=False)
+        params = FragmentParams(
+            batch=spec.max_samples_per_batch,
+            tmp_url=tmp_url,
+            storage_options=spec.storage_options,
+            id_field=spec.id_field,
+            embedding_field=spec.embedding_field,
+            column_schema=column_schema,
+        )
         try:
             fragment_futures = [
-                self.client.submit(
-                    write_fragment, p, c_future, spec.max_samples_per_batch, tmp_url,
-                    spec.storage_options, spec.id_field, spec.embedding_field, column_schema, pure=False,
-                )
-                for p in parts
+                self.client.submit(write_fragment, p, c_future, params, pure=False) for p in parts
             ]
             for _ in as_completed(fragment_futures):
                 self.progress.partition_assigned()
@@ -278,8 +283,6 @@ class _Run:
 
 def check_shapes(stats, spec: JobSpec) -> None:
     """Empty input, embedding lengths that differ between files, or differ from embedding_dim."""
-    from .read import InputError
-
     nonempty = [s for s in stats if s.n_rows > 0]
     if not nonempty:
         raise InputError(f"empty input: no rows in {len(stats)} partition(s) of {spec.input_paths}")

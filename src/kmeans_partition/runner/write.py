@@ -103,25 +103,29 @@ def output_table(
     return pa.table(columns)
 
 
-def write_fragment(
-    part: Partition,
-    centroids: np.ndarray,
-    batch: int,
-    tmp_url: str,
-    storage_options: dict,
-    id_field: str,
-    embedding_field: str,
-    column_schema: pa.Schema,
-) -> Fragment:
+@dataclass(frozen=True)
+class FragmentParams:
+    """What every `write_fragment` task of a run shares (pickled into each task)."""
+
+    batch: int  # rows per distance block
+    tmp_url: str  # the run's ``_tmp-<run>`` folder
+    storage_options: dict
+    id_field: str
+    embedding_field: str
+    column_schema: pa.Schema  # id (as "id") and metadata types unified across partitions
+
+
+def write_fragment(part: Partition, centroids: np.ndarray, params: FragmentParams) -> Fragment:
     """Phase 1: assign, compute distances, write rows sorted by centroid (runs on a worker)."""
     k = centroids.shape[0]
+    batch = params.batch
     labels, dist_sq = km.nearest(part.xa, part.x_sq, km.augment_centroids(centroids), batch)
     l2, cosine = distances_to_assigned(part.x, centroids, labels, batch)
     order = np.argsort(labels, kind="stable")
-    table = output_table(part, order, l2, cosine, id_field, embedding_field, column_schema)
+    table = output_table(part, order, l2, cosine, params.id_field, params.embedding_field, params.column_schema)
     counts = np.bincount(labels, minlength=k).astype(np.int64)
     present = np.flatnonzero(counts)
-    fs, tmp = arrow_filesystem(tmp_url, storage_options)
+    fs, tmp = arrow_filesystem(params.tmp_url, params.storage_options)
     fs.create_dir(tmp, recursive=True)
     path = posixpath.join(tmp, f"part-{part.index:05d}.parquet")
     bounds = np.concatenate([[0], np.cumsum(counts[present])])
