@@ -11,7 +11,9 @@ from dask_support import blobs, dask_client, scatter_partitions, write_input  # 
 
 def test_worker_checks_run_on_the_workers(dask_client):
     # LocalCluster workers share this machine: they see what this process sees.
-    assert engine.workers_have_gpus(dask_client) is (engine._gpu_count() > 0)
+    identities = dask_client.run(engine._gpu_identity)
+    assert set(identities.values()) == {engine._gpu_identity()}  # one machine: the same first device
+    assert engine.workers_have_gpus(dask_client) is (engine._gpu_count() > 0 and len(identities) == 1)
     assert engine.workers_have_cuml(dask_client) is engine._cuml_importable()
 
 

@@ -261,7 +261,10 @@ def build_job(
 def build_children(
     name: str, namespace: str, uid: str, spec: KMeansPartitionSpec, default_image: Optional[str] = None
 ) -> list[dict[str, Any]]:
-    """Every child in creation order (config and RBAC before the pods that use them)."""
+    """Every child in creation order (config and RBAC before the pods that use them).
+
+    The one list both the reconcile (creates them) and ``kmeans-partition render`` (prints them) use:
+    a child added here is created before the DaskCluster, and rendered."""
     image = default_image or DEFAULT_IMAGE
     return [
         build_config_map(name, namespace, uid, spec),
