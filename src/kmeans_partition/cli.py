@@ -14,6 +14,7 @@ from .cli_flags import add_job_flags, apply_job_flags
 from .operator.builders import DEFAULT_IMAGE
 from .spec import API_GROUP, API_VERSION, DEFAULT_ENGINE, KIND, KMeansPartitionSpec, SpecError, parse_resource_spec
 
+
 def _add_run(sub) -> None:
     run = sub.add_parser(
         "run",
