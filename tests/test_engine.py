@@ -45,14 +45,17 @@ def test_raft_requested_on_cpu_workers_fails_before_writing(tmp_path, dask_clien
     assert not (tmp_path / "out").exists()
 
 
-def test_raft_fit_matches_sklearn_inertia(dask_client):
+def test_raft_fit_matches_sklearn_inertia():
     pytest.importorskip("cuml", reason="cuML (RAFT) is only in the GPU image")
+    from distributed import Client, LocalCluster
     from sklearn.cluster import KMeans
 
-    assert engine.workers_have_gpus(dask_client), "cuML imports but the Dask workers see no GPU"
     x = blobs(4000, 16, 10, seed=2)
-    parts, rows = scatter_partitions(dask_client, x, 4)
-    fitted = engine.fit_raft(dask_client, parts, rows, 16, 10, "k-means||", 300, 1e-4, 0, 2.0, 32768)
+    # One worker: cuML's multi-GPU fit needs a GPU per worker, and local workers share device 0.
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster, Client(cluster) as client:
+        assert engine.workers_have_gpus(client), "cuML imports but the Dask worker sees no GPU"
+        parts, rows = scatter_partitions(client, x, 4)
+        fitted = engine.fit_raft(client, parts, rows, 16, 10, "k-means||", 300, 1e-4, 0, 2.0, 32768)
     ref = KMeans(10, n_init=1, random_state=0).fit(x.astype(np.float64))
     ours = ((x[:, None, :] - fitted.centroids[None]) ** 2).sum(-1).min(1).sum()
     assert ours <= 1.01 * ref.inertia_

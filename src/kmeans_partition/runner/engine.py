@@ -49,7 +49,7 @@ def _gpu_identity() -> Optional[str]:
     try:
         import cupy
 
-        return f"{socket.gethostname()}/{cupy.cuda.Device(0).pci_bus_id}"
+        return f"{socket.gethostname()}/{cupy.cuda.runtime.deviceGetPCIBusId(0)}"
     except Exception:
         return None
 
