@@ -13,7 +13,9 @@ from dask_support import blobs, dask_client, scatter_partitions, write_input  # 
 
 def test_worker_checks_run_on_the_workers(dask_client):
     # LocalCluster workers share this machine: they see what this process sees.
-    assert engine.workers_have_gpus(dask_client) is (engine._gpu_count() > 0)
+    identities = dask_client.run(engine._gpu_identity)
+    assert set(identities.values()) == {engine._gpu_identity()}  # one machine: the same first device
+    assert engine.workers_have_gpus(dask_client) is (engine._gpu_count() > 0 and len(identities) == 1)
     assert engine.workers_have_cuml(dask_client) is engine._cuml_importable()
 
 
@@ -61,15 +63,18 @@ def test_raft_params_from_the_spec_in_cuml_terms_and_picklable():
     assert parallel.init == "k-means||"  # the object itself keeps our name
 
 
-def test_raft_fit_matches_sklearn_inertia(dask_client):
+def test_raft_fit_matches_sklearn_inertia():
     pytest.importorskip("cuml", reason="cuML (RAFT) is only in the GPU image")
+    from distributed import Client, LocalCluster
     from sklearn.cluster import KMeans
 
-    assert engine.workers_have_gpus(dask_client), "cuML imports but the Dask workers see no GPU"
     x = blobs(4000, 16, 10, seed=2)
-    parts, rows = scatter_partitions(dask_client, x, 4)
-    params = engine.RaftParams(10, "k-means||", 300, 1e-4, 0, 2.0, 32768)
-    fitted = engine.fit_raft(dask_client, parts, rows, 16, params)
+    # One worker: cuML's multi-GPU fit needs a GPU per worker, and local workers share device 0.
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster, Client(cluster) as client:
+        assert engine.workers_have_gpus(client), "cuML imports but the Dask worker sees no GPU"
+        parts, rows = scatter_partitions(client, x, 4)
+        params = engine.RaftParams(10, "k-means||", 300, 1e-4, 0, 2.0, 32768)
+        fitted = engine.fit_raft(client, parts, rows, 16, params)
     ref = KMeans(10, n_init=1, random_state=0).fit(x.astype(np.float64))
     ours = ((x[:, None, :] - fitted.centroids[None]) ** 2).sum(-1).min(1).sum()
     assert ours <= 1.01 * ref.inertia_

@@ -1,4 +1,4 @@
-"""`kmeans-partition`: run the job, generate a sample, or run the operator."""
+"""`kmeans-partition`: run the job, generate a sample, run the operator, or render its children."""
 
 from __future__ import annotations
 
@@ -10,50 +10,20 @@ from typing import Any, Optional
 import yaml
 
 from . import settings
-from .spec import API_GROUP, API_VERSION, KIND, KMeansPartitionSpec, SpecError, parse_resource_spec
-
-#: CLI flag -> JobSpec field, for flags that take a value.
-VALUE_FLAGS = {
-    "output": "output_path",
-    "n_clusters": "n_clusters",
-    "id_field": "id_field",
-    "embedding_field": "embedding_field",
-    "embedding_dim": "embedding_dim",
-    "input_filetype": "input_filetype",
-    "max_iter": "max_iter",
-    "tol": "tol",
-    "random_state": "random_state",
-    "init": "init",
-    "oversampling_factor": "oversampling_factor",
-    "max_samples_per_batch": "max_samples_per_batch",
-    "scheduler": "scheduler_address",
-}
+from .cli_flags import add_job_flags, apply_job_flags
+from .operator.builders import DEFAULT_IMAGE
+from .spec import API_GROUP, API_VERSION, DEFAULT_ENGINE, KIND, KMeansPartitionSpec, SpecError, parse_resource_spec
 
 
 def _add_run(sub) -> None:
-    run = sub.add_parser("run", help="cluster embeddings and write centroid=N/ partitions")
+    run = sub.add_parser(
+        "run",
+        help="cluster embeddings and write centroid=N/ partitions",
+        description="Cluster embeddings and write them partitioned by centroid. Every job field has a flag; "
+        "flags override the fields of the -f manifest, and a field set by neither takes the default shown.",
+    )
     run.add_argument("-f", "--file", help="a KMeansPartition manifest (YAML); its spec is the job")
-    run.add_argument("--input", action="append", help="input file/dir/glob/URI (repeatable)")
-    run.add_argument("--output", help="output directory/URI")
-    run.add_argument("--n-clusters", type=int)
-    run.add_argument("--id-field")
-    run.add_argument("--embedding-field")
-    run.add_argument("--metadata-fields", help="comma-separated column names")
-    run.add_argument("--embedding-dim", type=int)
-    run.add_argument("--input-filetype", choices=["parquet", "jsonl"])
-    run.add_argument("--max-iter", type=int)
-    run.add_argument("--tol", type=float)
-    run.add_argument("--random-state", type=int)
-    run.add_argument("--init", choices=["k-means||", "random"])
-    run.add_argument("--oversampling-factor", type=float)
-    run.add_argument("--max-samples-per-batch", type=int)
-    run.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
-    run.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=None,
-                     help="replace a previous output of this tool (--no-overwrite overrides the file)")
-    run.add_argument("--engine", choices=["auto", "dask", "raft"],
-                     help="k-means engine (default: the manifest's, else auto: raft with cuML and GPUs, else dask)")
-    run.add_argument("--scheduler", help="Dask scheduler address (else $DASK_SCHEDULER_ADDRESS, else local)")
-    run.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=None)
+    add_job_flags(run)
     run.add_argument("--quiet", action="store_true", help="no progress bars or summary")
 
 
@@ -77,26 +47,33 @@ def _add_operator(sub) -> None:
     op.add_argument("--liveness", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
 
 
+def _add_render(sub) -> None:
+    render = sub.add_parser(
+        "render",
+        help="print the children the operator would create for a KMeansPartition (YAML)",
+        description="Print, as YAML documents, every child the operator would create for the resource "
+        "(from the builders the reconcile uses). A preview: ownerReferences carry a placeholder uid.",
+    )
+    render.add_argument("-f", "--file", required=True, help="a KMeansPartition manifest (YAML)")
+    render.add_argument("--namespace", help="namespace of the resource (default: metadata.namespace, else default)")
+    render.add_argument("--name", help="name of the resource (default: metadata.name)")
+    render.add_argument("--default-image", metavar="IMAGE",
+                        help="image when spec.cluster.image is unset, as the operator's KMP_DEFAULT_IMAGE "
+                        f"(default: {DEFAULT_IMAGE})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kmeans-partition", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_sample(sub)
     _add_operator(sub)
+    _add_render(sub)
     return parser
 
 
-def parse_storage_value(raw: str) -> Any:
-    """`--storage-option` values: YAML scalars (true, 3, null) or strings."""
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
-    return value if isinstance(value, (bool, int, float, type(None), str)) else raw
-
-
-def load_manifest(path: str) -> KMeansPartitionSpec:
-    """The validated spec of a KMeansPartition manifest."""
+def read_manifest(path: str) -> dict[str, Any]:
+    """A KMeansPartition manifest file as a dict, its kind and apiVersion checked."""
     with open(path, encoding="utf-8") as handle:
         doc = yaml.safe_load(handle)
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
@@ -104,7 +81,12 @@ def load_manifest(path: str) -> KMeansPartitionSpec:
     api_version = str(doc.get("apiVersion", ""))
     if api_version != f"{API_GROUP}/{API_VERSION}":
         raise SpecError("apiVersion", f"{path}: expected {API_GROUP}/{API_VERSION}, got {api_version!r}")
-    return parse_resource_spec(doc.get("spec") or {})
+    return doc
+
+
+def load_manifest(path: str) -> KMeansPartitionSpec:
+    """The validated spec of a KMeansPartition manifest."""
+    return parse_resource_spec(read_manifest(path).get("spec") or {})
 
 
 def job_fields(args: argparse.Namespace, manifest: Optional[KMeansPartitionSpec] = None) -> dict[str, Any]:
@@ -112,23 +94,7 @@ def job_fields(args: argparse.Namespace, manifest: Optional[KMeansPartitionSpec]
     if manifest is None and args.file:
         manifest = load_manifest(args.file)
     fields = manifest.job_spec().model_dump() if manifest is not None else {}
-    for flag, name in VALUE_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            fields[name] = value
-    if args.input:
-        fields["input_path"] = args.input if len(args.input) > 1 else args.input[0]
-    if args.metadata_fields is not None:
-        fields["metadata_fields"] = [f for f in args.metadata_fields.split(",") if f]
-    for flag in ("overwrite", "verbose"):
-        if getattr(args, flag) is not None:
-            fields[flag] = getattr(args, flag)
-    for item in args.storage_option:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise SpecError("storage_options", f"--storage-option needs KEY=VALUE, got {item!r}")
-        fields.setdefault("storage_options", {})[key] = parse_storage_value(raw)
-    return fields
+    return apply_job_flags(args, fields)
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -144,7 +110,7 @@ def command_run(args: argparse.Namespace) -> int:
     if status is not None:
         sinks.append(status)
     progress = Progress(sinks=sinks)
-    engine = args.engine or (manifest.engine.value if manifest is not None else "dask")
+    engine = args.engine or (manifest.engine if manifest is not None else DEFAULT_ENGINE)
     try:
         stage.run(progress=progress, engine=engine)
     finally:
@@ -169,6 +135,15 @@ def command_sample(args: argparse.Namespace) -> int:
         duplicates=args.duplicates, files=args.files, seed=args.seed,
     )
     print(f"wrote {args.rows} rows in {len(files)} file(s) to {args.output}")
+    return 0
+
+
+def command_render(args: argparse.Namespace) -> int:
+    from .operator.render import render_children, to_yaml
+
+    children = render_children(read_manifest(args.file), namespace=args.namespace, name=args.name,
+                               default_image=args.default_image)
+    sys.stdout.write(to_yaml(children))
     return 0
 
 
@@ -198,7 +173,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         logging.basicConfig(
             level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
         )
-    commands = {"run": command_run, "sample": command_sample, "operator": command_operator}
+    commands = {"run": command_run, "sample": command_sample, "operator": command_operator, "render": command_render}
     try:
         return commands[args.command](args)
     except (SpecError, ValueError, FileNotFoundError) as err:

@@ -129,9 +129,15 @@ class JobSpec(_Model):
 
 
 class Engine(str, Enum):
-    auto = "auto"
-    dask = "dask"
-    raft = "raft"
+    """Which k-means engine fits the centroids (``kmeans_partition.runner.engine``)."""
+
+    auto = "auto"  # raft when every Dask worker imports cuML and has a GPU of its own, else dask
+    dask = "dask"  # ours: NumPy on any Dask workers
+    raft = "raft"  # cuML's multi-GPU KMeans on dask-cuda workers
+
+
+#: The one default engine: the CLI, `KMeansStage.run` and the resource all use it.
+DEFAULT_ENGINE = Engine.auto
 
 
 class CleanupPolicy(str, Enum):
@@ -234,7 +240,11 @@ class KMeansPartitionSpec(JobSpec):
     """`spec` of a KMeansPartition resource: the job plus how to run it on Kubernetes."""
 
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
-    engine: Engine = Engine.auto
+    engine: Engine = Field(
+        default=DEFAULT_ENGINE,
+        description="k-means engine: auto (raft when every Dask worker imports cuML and has a GPU of its own, "
+        "else dask), dask (ours, NumPy on any workers) or raft (cuML multi-GPU on dask-cuda workers).",
+    )
     storage: StorageSpec = Field(default_factory=StorageSpec)
     backoff_limit: int = Field(default=0, ge=0, description="Runner Job retries.")
     active_deadline_seconds: Optional[int] = Field(default=None, ge=1)

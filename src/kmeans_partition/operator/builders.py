@@ -175,8 +175,11 @@ def resource_manifest(name: str, namespace: str, spec: KMeansPartitionSpec) -> d
 
 
 def build_config_map(name: str, namespace: str, uid: str, spec: KMeansPartitionSpec) -> dict[str, Any]:
-    """ConfigMap with the whole manifest as `spec.yaml` (mounted read-only by the runner)."""
-    text = yaml.safe_dump(resource_manifest(name, namespace, spec), sort_keys=False)
+    """ConfigMap with the whole manifest as `spec.yaml` (mounted read-only by the runner).
+
+    Keys sorted: the text must not depend on the key order of free-form maps (storage.options),
+    which the API server does not keep, so that `kmeans-partition render` shows the same text."""
+    text = yaml.safe_dump(resource_manifest(name, namespace, spec), sort_keys=True)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -265,7 +268,10 @@ def build_job(
 def build_children(
     name: str, namespace: str, uid: str, spec: KMeansPartitionSpec, default_image: Optional[str] = None
 ) -> list[dict[str, Any]]:
-    """Every child in creation order (config and RBAC before the pods that use them)."""
+    """Every child in creation order (config and RBAC before the pods that use them).
+
+    The one list both the reconcile (creates them) and ``kmeans-partition render`` (prints them) use:
+    a child added here is created before the DaskCluster, and rendered."""
     image = default_image or DEFAULT_IMAGE
     return [
         build_config_map(name, namespace, uid, spec),

@@ -48,7 +48,7 @@ from typing import Any, Optional
 
 import yaml
 
-from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, PLURAL, SHORT_NAME, KMeansPartitionSpec
+from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, PLURAL, SHORT_NAME, Engine, KMeansPartitionSpec
 from kmeans_partition.status import KMeansPartitionStatus
 
 CRD_NAME = f"{PLURAL}.{API_GROUP}"
@@ -71,7 +71,7 @@ SPEC_RULES = [
         "message": "spec is immutable: delete and recreate the KMeansPartition to re-run it",
     },
     {
-        "rule": "!has(self.engine) || self.engine != 'raft' || "
+        "rule": f"!has(self.engine) || self.engine != '{Engine.raft.value}' || "
         "(has(self.cluster) && has(self.cluster.gpusPerWorker) && self.cluster.gpusPerWorker >= 1)",
         "message": "engine raft (cuML multi-GPU) needs GPU workers: set cluster.gpusPerWorker >= 1",
         "fieldPath": ".engine",

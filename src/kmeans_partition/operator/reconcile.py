@@ -195,8 +195,8 @@ def _reject(run: _Pass) -> bool:
 
 
 def _reconcile_dask(run: _Pass, children: list[dict], dask_manifest: dict) -> Optional[dict]:
-    for child in children:
-        if child["kind"] in ("ConfigMap", "ServiceAccount", "Role", "RoleBinding"):
+    for child in children:  # every other child, before the pods that use them
+        if child["kind"] not in ("DaskCluster", "Job"):
             _ensure(run.api, child, run.uid, run.outcome)
             if run.outcome.rejected:
                 return None

@@ -3,7 +3,9 @@
 ``dask``  our engine (`fit.py`): any Dask workers.
 ``raft``  ``cuml.dask.cluster.KMeans`` (RAFT multi-GPU) on dask-cuda workers; the centroids it
           finds are then assigned and written by the same code as ours.
-``auto``  ``raft`` when cuML imports and every worker sees a GPU, else ``dask``.
+``auto``  ``raft`` when cuML imports on every worker and every worker has a GPU of its own (no two
+          workers on one host share their first device, as a LocalCluster's would), else ``dask``.
+          Safe on CPU: without cuML or GPUs it is ``dask``.
 
 The RAFT path is written against cuML's documented API and is thin on purpose; it only runs where
 cuML and GPUs exist (tests: ``tests/test_engine.py``, skipped without cuML).
@@ -11,18 +13,17 @@ cuML and GPUs exist (tests: ``tests/test_engine.py``, skipped without cuML).
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 from distributed import Client, Future
 
 from .fit import FitResult
 from .partition import Partition
-from ..spec import JobSpec, SpecError
-
-ENGINES = ("auto", "dask", "raft")
+from ..spec import Engine, JobSpec, SpecError
 
 
 def _cuml_importable() -> bool:
@@ -42,6 +43,18 @@ def _gpu_count() -> int:
         return 0
 
 
+def _gpu_identity() -> Optional[str]:
+    """``host/PCI bus id`` of this process's first GPU, or None without one."""
+    if _gpu_count() == 0:
+        return None
+    try:
+        import cupy
+
+        return f"{socket.gethostname()}/{cupy.cuda.runtime.deviceGetPCIBusId(0)}"
+    except Exception:
+        return None
+
+
 def workers_have_cuml(client: Client) -> bool:
     """cuML on every worker (checked there: the runner pod itself has no GPU and may lack it)."""
     found = client.run(_cuml_importable)
@@ -49,23 +62,31 @@ def workers_have_cuml(client: Client) -> bool:
 
 
 def workers_have_gpus(client: Client) -> bool:
-    counts = client.run(_gpu_count)
-    return bool(counts) and all(count > 0 for count in counts.values())
+    """Every worker has a GPU, and no two workers share one (cuML's multi-GPU fit needs one each)."""
+    identities = list(client.run(_gpu_identity).values())
+    return bool(identities) and None not in identities and len(set(identities)) == len(identities)
 
 
-def choose_engine(requested: str, client: Client) -> str:
+def parse_engine(requested: Union[Engine, str]) -> Engine:
+    try:
+        return Engine(requested)
+    except ValueError:
+        names = ", ".join(e.value for e in Engine)
+        raise SpecError("engine", f"{requested!r} is not one of {names}") from None
+
+
+def choose_engine(requested: Union[Engine, str], client: Client) -> Engine:
     """Resolve ``auto`` and check that ``raft`` can run here."""
-    if requested not in ENGINES:
-        raise SpecError("engine", f"{requested!r} is not one of {', '.join(ENGINES)}")
-    if requested == "dask":
-        return "dask"
+    requested = parse_engine(requested)
+    if requested == Engine.dask:
+        return Engine.dask
     usable = workers_have_cuml(client) and workers_have_gpus(client)
-    if requested == "raft" and not usable:
+    if requested == Engine.raft and not usable:
         raise SpecError(
             "engine",
-            "raft needs cuML (the image's gpu build) and dask-cuda workers with GPUs; use engine dask",
+            "raft needs cuML (the image's gpu build) and dask-cuda workers with a GPU each; use engine dask",
         )
-    return "raft" if usable else "dask"
+    return Engine.raft if usable else Engine.dask
 
 
 def _device_block(part: Partition):

@@ -17,7 +17,7 @@ from distributed import Client, as_completed
 
 from . import kmeans as km
 from .cluster import dask_client
-from .engine import RaftParams, choose_engine, fit_raft
+from .engine import RaftParams, choose_engine, fit_raft, parse_engine
 from .errors import InputError
 from .fit import DaskKMeans, fit
 from .manifest import RunResult, write_centroids, write_manifest
@@ -31,7 +31,7 @@ from .output import (
 from .partition import count_duplicates, hash_buckets, load_partition, partition_stats, unify_column_types
 from .progress import Progress
 from .read import discover_files, plan_partitions
-from ..spec import JobSpec, SpecError, parse_job_spec
+from ..spec import DEFAULT_ENGINE, Engine, JobSpec, SpecError, parse_job_spec
 from .write import (
     COSINE_COLUMN,
     L2_COLUMN,
@@ -73,12 +73,16 @@ class KMeansStage:
         check_field_names(self.spec)
 
     def run(
-        self, progress: Optional[Progress] = None, client: Optional[Client] = None, engine: str = "dask"
+        self,
+        progress: Optional[Progress] = None,
+        client: Optional[Client] = None,
+        engine: Union[Engine, str] = DEFAULT_ENGINE,
     ) -> dict:
         """Run the job; returns the result summary (also in `_manifest.json`).
 
-        ``engine``: ``auto`` | ``dask`` | ``raft`` (see `kmeans_partition.runner.engine`).
+        ``engine``: ``auto`` (default) | ``dask`` | ``raft`` (see `kmeans_partition.runner.engine`).
         """
+        engine = parse_engine(engine)
         progress = progress or Progress()
         if self.spec.verbose:
             logging.getLogger("kmeans_partition").setLevel(logging.DEBUG)
@@ -112,7 +116,7 @@ def check_output_before_work(spec: JobSpec) -> list[str]:
 class _Run:
     """One execution of a spec on a client; each method is one stage of the data flow."""
 
-    def __init__(self, spec: JobSpec, client: Client, progress: Progress, engine: str = "dask"):
+    def __init__(self, spec: JobSpec, client: Client, progress: Progress, engine: Engine = DEFAULT_ENGINE):
         self.spec = spec
         self.client = client
         self.progress = progress
@@ -160,7 +164,7 @@ class _Run:
             input_files=files,
             n_duplicate_ids=sum(self.client.gather(duplicates)),
             n_reseeded=fitted.n_reseeded,
-            engine=self.engine,
+            engine=self.engine.value,
             timings=self.timings,
         )
         write_manifest(self.out, spec, result)
@@ -214,7 +218,7 @@ class _Run:
         rows = [s.n_rows for s in stats]
         engine = choose_engine(self.engine, self.client)
         self.engine = engine
-        if engine == "raft":
+        if engine == Engine.raft:
             self.progress.stage("fitting", max_iter=spec.max_iter)
             return fit_raft(self.client, parts, rows, dim, RaftParams.from_spec(spec))
         model = DaskKMeans(
