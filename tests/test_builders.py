@@ -216,6 +216,14 @@ def test_every_child_is_labelled_and_owned():
     assert B.build_children(NAME, NS, UID, _spec(GPU)) == children  # deterministic
 
 
+@pytest.mark.parametrize("cluster", [GPU, CPU])
+def test_child_refs_name_exactly_the_built_children(cluster):
+    built = {(c["apiVersion"], c["kind"], c["metadata"]["name"]) for c in B.build_children(NAME, NS, UID, _spec(cluster))}
+    refs = B.child_refs(NAME)
+    assert len(refs) == len(set(refs)) and set(refs) == built
+    assert [kind for _, kind, _ in refs][:2] == ["Job", "DaskCluster"]  # pods (and GPUs) go first
+
+
 @pytest.mark.parametrize("name", ["a" * 253, "3d.embeddings.v2", "x" * 60])
 def test_child_names_are_valid_dns_labels(name):
     for child in (L.dask_cluster_name(name), L.scheduler_service_name(name), L.job_name(name), L.config_map_name(name)):

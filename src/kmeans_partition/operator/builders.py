@@ -265,6 +265,20 @@ def build_job(
     }
 
 
+def child_refs(name: str) -> list[tuple[str, str, str]]:
+    """(apiVersion, kind, name) of every child `build_children` makes, in deletion order (pods first).
+
+    For deleting children without their spec; a test keeps it equal to `build_children`."""
+    return [
+        ("batch/v1", "Job", L.job_name(name)),
+        (f"{DASK_GROUP}/{DASK_VERSION}", "DaskCluster", L.dask_cluster_name(name)),
+        ("v1", "ConfigMap", L.config_map_name(name)),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding", L.runner_account_name(name)),
+        ("rbac.authorization.k8s.io/v1", "Role", L.runner_account_name(name)),
+        ("v1", "ServiceAccount", L.runner_account_name(name)),
+    ]
+
+
 def build_children(
     name: str, namespace: str, uid: str, spec: KMeansPartitionSpec, default_image: Optional[str] = None
 ) -> list[dict[str, Any]]:

@@ -331,13 +331,7 @@ def delete_children(name: str, namespace: str, uid: str, api: Api) -> list[str]:
     Kubernetes' garbage collector does this through ownerReferences; doing it here
     frees GPUs at once and works where no GC runs."""
     deleted = []
-    kinds = [("batch/v1", "Job", L.job_name(name)),
-             (f"{B.DASK_GROUP}/{B.DASK_VERSION}", "DaskCluster", L.dask_cluster_name(name)),
-             ("v1", "ConfigMap", L.config_map_name(name)),
-             ("rbac.authorization.k8s.io/v1", "RoleBinding", L.runner_account_name(name)),
-             ("rbac.authorization.k8s.io/v1", "Role", L.runner_account_name(name)),
-             ("v1", "ServiceAccount", L.runner_account_name(name))]
-    for api_version, kind, child in kinds:
+    for api_version, kind, child in B.child_refs(name):
         try:
             existing = api.get(api_version, kind, namespace, child)
             if existing is not None and _owned_by(existing, uid) and api.delete(api_version, kind, namespace, child):
