@@ -1,4 +1,4 @@
-"""`kmeans-partition`: run the job, generate a sample, or run the operator."""
+"""`kmeans-partition`: run the job, report on its output, generate a sample, or run the operator."""
 
 from __future__ import annotations
 
@@ -54,6 +54,10 @@ def _add_run(sub) -> None:
                      help="k-means engine (default: the manifest's, else auto: raft with cuML and GPUs, else dask)")
     run.add_argument("--scheduler", help="Dask scheduler address (else $DASK_SCHEDULER_ADDRESS, else local)")
     run.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=None)
+    run.add_argument("--write-second-centroid", action=argparse.BooleanOptionalAction, default=None,
+                     help="also write second_centroid and margin columns (rows near a partition border)")
+    run.add_argument("--report", action=argparse.BooleanOptionalAction, default=None,
+                     help="write report.html next to the manifest (default on; --no-report skips it)")
     run.add_argument("--quiet", action="store_true", help="no progress bars or summary")
 
 
@@ -69,6 +73,14 @@ def _add_sample(sub) -> None:
     sample.add_argument("--seed", type=int, default=0)
 
 
+def _add_report(sub) -> None:
+    report = sub.add_parser("report", help="summarise a finished output: sizes, convergence, boundary rows")
+    report.add_argument("output", metavar="OUTPUT", help="output directory/URI of a finished run")
+    report.add_argument("--html", metavar="FILE", help="also write the HTML page (plots) to FILE")
+    report.add_argument("--open", action="store_true", help="open the HTML page in a browser")
+    report.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+
+
 def _add_operator(sub) -> None:
     op = sub.add_parser("operator", help="run the KMeansPartition Kubernetes operator (kopf)")
     scope = op.add_mutually_exclusive_group()
@@ -81,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kmeans-partition", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
+    _add_report(sub)
     _add_sample(sub)
     _add_operator(sub)
     return parser
@@ -120,15 +133,23 @@ def job_fields(args: argparse.Namespace, manifest: Optional[KMeansPartitionSpec]
         fields["input_path"] = args.input if len(args.input) > 1 else args.input[0]
     if args.metadata_fields is not None:
         fields["metadata_fields"] = [f for f in args.metadata_fields.split(",") if f]
-    for flag in ("overwrite", "verbose"):
+    for flag in ("overwrite", "verbose", "write_second_centroid", "report"):
         if getattr(args, flag) is not None:
             fields[flag] = getattr(args, flag)
-    for item in args.storage_option:
+    for key, value in parse_storage_options(args.storage_option).items():
+        fields.setdefault("storage_options", {})[key] = value
+    return fields
+
+
+def parse_storage_options(items: list[str]) -> dict[str, Any]:
+    """`--storage-option KEY=VALUE` flags as a dict."""
+    options: dict[str, Any] = {}
+    for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise SpecError("storage_options", f"--storage-option needs KEY=VALUE, got {item!r}")
-        fields.setdefault("storage_options", {})[key] = parse_storage_value(raw)
-    return fields
+        options[key] = parse_storage_value(raw)
+    return options
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -159,6 +180,26 @@ def _status_sink():
     from .runner.k8s_status import status_sink_from_env
 
     return status_sink_from_env()
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from .runner.report import run_report
+
+    html_path = args.html
+    if args.open and not html_path:
+        import tempfile
+
+        html_path = tempfile.NamedTemporaryFile(prefix="kmeans-partition-", suffix=".html", delete=False).name
+    lines, _ = run_report(args.output, parse_storage_options(args.storage_option), html_path)
+    print("\n".join(lines))
+    if html_path:
+        print(f"  html: {html_path}")
+    if args.open:
+        import pathlib
+        import webbrowser
+
+        webbrowser.open(pathlib.Path(html_path).resolve().as_uri())
+    return 0
 
 
 def command_sample(args: argparse.Namespace) -> int:
@@ -198,7 +239,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         logging.basicConfig(
             level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
         )
-    commands = {"run": command_run, "sample": command_sample, "operator": command_operator}
+    commands = {"run": command_run, "report": command_report, "sample": command_sample, "operator": command_operator}
     try:
         return commands[args.command](args)
     except (SpecError, ValueError, FileNotFoundError) as err:

@@ -158,6 +158,15 @@ def status_schema() -> dict[str, Any]:
                         "type": "object",
                         "properties": {"min": integer(), "median": number(), "max": integer()},
                     },
+                    "imbalance": {
+                        **number(),
+                        "description": "k x sum(size^2) / rows^2: pairwise cost relative to equal clusters.",
+                    },
+                    "largestShare": {**number(), "description": "Share of rows in the largest cluster."},
+                    "boundaryShare": {
+                        **number(), "description": "Share of rows whose margin to the next centroid < boundaryMargin.",
+                    },
+                    "boundaryMargin": {**number(), "description": "Cosine-distance margin boundaryShare counts below."},
                 },
             },
             "startTime": {"type": "string", "format": "date-time"},

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 from kmeans_partition.k8s_http import load_api_client, raw_request
 from kmeans_partition.runner.progress import ProgressSink, ProgressSnapshot
+from kmeans_partition.runner.summary import headline
 from kmeans_partition.spec import API_GROUP, API_VERSION, PLURAL
 
 log = logging.getLogger("kmeans_partition")
@@ -31,7 +32,12 @@ Patcher = Callable[[dict[str, Any]], None]
 
 
 def result_status(result: dict[str, Any]) -> dict[str, Any]:
-    """The runner's summary dict -> `status.result` (camelCase, clusterSizes min/median/max)."""
+    """The runner's summary dict -> `status.result` (camelCase, clusterSizes min/median/max).
+
+    Also the report's headline (`runner.summary.headline`): imbalance (pairwise cost relative to
+    equal clusters), largestShare, and boundaryShare: the share of rows whose margin is below
+    boundaryMargin.
+    """
     sizes = [int(size) for size in result.get("rows_per_centroid") or []]
     out = {
         "nRows": result.get("n_rows"),
@@ -43,6 +49,11 @@ def result_status(result: dict[str, Any]) -> dict[str, Any]:
     }
     if sizes:
         out["clusterSizes"] = {"min": min(sizes), "median": float(statistics.median(sizes)), "max": max(sizes)}
+    numbers = headline(result)
+    for key, name in (("imbalance", "imbalance"), ("largest_share", "largestShare"),
+                      ("boundary_share", "boundaryShare"), ("boundary_margin", "boundaryMargin")):
+        if key in numbers:
+            out[name] = round(float(numbers[key]), 6)
     return {key: value for key, value in out.items() if value is not None}
 
 

@@ -19,8 +19,9 @@ from . import kmeans as km
 from .cluster import dask_client
 from .engine import choose_engine, fit_raft
 from .fit import DaskKMeans, fit
-from .manifest import RunResult, write_centroids, write_manifest
+from .manifest import RunResult, manifest_data, write_centroids, write_manifest
 from .output import (
+    REPORT,
     TMP_PREFIX,
     check_not_inside_inputs,
     check_writable,
@@ -30,7 +31,11 @@ from .output import (
 from .partition import count_duplicates, hash_buckets, load_partition, partition_stats, unify_column_types
 from .progress import Progress
 from ..spec import JobSpec, SpecError, parse_job_spec
-from .write import COSINE_COLUMN, L2_COLUMN, merge_centroids, plan_merge_groups, write_fragment
+from .summary import AssignSummary
+from .write import (
+    COSINE_COLUMN, L2_COLUMN, MARGIN_COLUMN, SECOND_CENTROID_COLUMN, merge_centroids, plan_merge_groups,
+    write_fragment,
+)
 
 
 class KMeansStage:
@@ -56,6 +61,8 @@ class KMeansStage:
         storage_options: Optional[dict] = None,
         overwrite: bool = False,
         scheduler_address: Optional[str] = None,
+        write_second_centroid: bool = False,
+        report: bool = True,
     ):
         fields = dict(locals())
         fields.pop("self")
@@ -81,7 +88,7 @@ class KMeansStage:
 
 
 def check_field_names(spec: JobSpec) -> None:
-    """Output columns must be distinct: id, embedding, metadata and the two distances."""
+    """Output columns must be distinct: id, embedding, metadata, the distances (and margin columns)."""
     seen = {spec.id_field: "id_field"}
     if spec.embedding_field in seen:
         raise SpecError("embedding_field", f"{spec.embedding_field!r} is also the id_field")
@@ -89,7 +96,8 @@ def check_field_names(spec: JobSpec) -> None:
     for name in spec.metadata_fields or []:
         if name in seen:
             raise SpecError("metadata_fields", f"{name!r} is already the {seen[name]}")
-    for name in (L2_COLUMN, COSINE_COLUMN):
+    extra = (SECOND_CENTROID_COLUMN, MARGIN_COLUMN) if spec.write_second_centroid else ()
+    for name in (L2_COLUMN, COSINE_COLUMN, *extra):
         if name in seen or name in (spec.metadata_fields or []):
             raise SpecError("metadata_fields", f"{name!r} is an output column of this job")
 
@@ -135,7 +143,7 @@ class _Run:
         fitted = self.fit(parts, stats, dim, tol_abs)
         self.timings.update(fitted.timings)
         clear_previous(self.out, replace)
-        counts, inertia, files_written = self.write(parts, fitted.centroids, column_schema)
+        counts, inertia, files_written, summary = self.write(parts, fitted.centroids, column_schema)
         write_centroids(self.out, fitted.centroids)
         self.timings["total"] = time.perf_counter() - started
         result = RunResult(
@@ -155,7 +163,12 @@ class _Run:
             n_reseeded=fitted.n_reseeded,
             engine=self.engine,
             timings=self.timings,
+            iterations=fitted.history,
+            tol_abs=tol_abs if self.engine == "dask" else None,  # cuML's tol means something else
+            summary=summary.to_dict(),
         )
+        if spec.report:
+            result.report_path = self.write_report(manifest_data(spec, result))
         write_manifest(self.out, spec, result)
         self.progress.result(result.to_dict())
         return result.to_dict()
@@ -242,7 +255,8 @@ class _Run:
             fragment_futures = [
                 self.client.submit(
                     write_fragment, p, c_future, spec.max_samples_per_batch, tmp_url,
-                    spec.storage_options, spec.id_field, spec.embedding_field, column_schema, pure=False,
+                    spec.storage_options, spec.id_field, spec.embedding_field, column_schema,
+                    second_centroid=spec.write_second_centroid, pure=False,
                 )
                 for p in parts
             ]
@@ -273,7 +287,20 @@ class _Run:
         self.timings["write"] = time.perf_counter() - started
         files = [{"centroid": c, "path": p, "rows": r} for c, p, r in sorted(written)]
         inertia = float(sum(f.inertia for f in fragments))
-        return counts, inertia, files
+        return counts, inertia, files, AssignSummary.merge([f.summary for f in fragments])
+
+    def write_report(self, manifest: dict) -> Optional[str]:
+        """report.html beside the manifest (before it: the manifest stays last); None if it failed."""
+        from .report_html import write_html_report
+
+        started = time.perf_counter()
+        try:
+            url = write_html_report(manifest, self.out.url(REPORT), self.spec.storage_options)
+        except Exception as err:  # a report is a convenience: never fail the job over it
+            logging.getLogger("kmeans_partition").warning("could not write %s: %s", REPORT, err)
+            url = None
+        self.timings["report"] = time.perf_counter() - started
+        return url
 
 
 def check_shapes(stats, spec: JobSpec) -> None:
