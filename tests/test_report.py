@@ -210,3 +210,41 @@ def test_run_flags_for_second_centroid_and_report():
     fields = job_fields(build_parser().parse_args(base + ["--write-second-centroid", "--no-report"]))
     assert fields["write_second_centroid"] is True and fields["report"] is False
     assert "report" not in job_fields(build_parser().parse_args(base))  # the spec's default (True) applies
+
+
+def test_open_writes_a_page_and_opens_it(local_run, monkeypatch, capsys):
+    opened = []
+    monkeypatch.setattr("webbrowser.open", opened.append)
+    assert main(["report", str(local_run[0]), "--open"]) == 0
+    assert len(opened) == 1 and opened[0].startswith("file:///") and opened[0].endswith(".html")
+    page = opened[0][len("file://"):]
+    check_page(open(page, encoding="utf-8").read())
+    assert f"html: {page}" in capsys.readouterr().out
+
+
+def test_run_summary_on_the_terminal_names_imbalance_and_boundary_share(local_run):
+    from kmeans_partition.runner.progress import TerminalSink
+
+    _, result = local_run
+    stream = io.StringIO()
+    TerminalSink(stream=stream).on_result({**result, "output_path": "out"})
+    sizes = np.array(result["rows_per_centroid"], dtype=float)
+    imbalance = len(sizes) * (sizes ** 2).sum() / sizes.sum() ** 2
+    share = result["summary"]["boundary_rows"][1] / sizes.sum()
+    assert f"pairwise cost {imbalance:.2f}x that of equal clusters; {share:.2%} of rows within margin 0.01" \
+        in stream.getvalue()
+    assert f"report: {result['report_path']}" in stream.getvalue()
+
+
+def test_bench_report_runs_on_a_tiny_output(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_report.py"
+    spec = importlib.util.spec_from_file_location("bench_report", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    seconds = bench.main(["--rows", "5000", "--k", "40", "--dim", "8", "--out", str(tmp_path)])
+    assert seconds > 0 and "report on 5,000 rows, k=40" in capsys.readouterr().out
+    assert not list((tmp_path / "out").glob("centroid=*"))
+    check_page((tmp_path / "out" / "page.html").read_text())
