@@ -248,3 +248,24 @@ def test_bench_report_runs_on_a_tiny_output(tmp_path, capsys):
     assert seconds > 0 and "report on 5,000 rows, k=40" in capsys.readouterr().out
     assert not list((tmp_path / "out").glob("centroid=*"))
     check_page((tmp_path / "out" / "page.html").read_text())
+
+
+def test_one_centroid_has_no_margins_and_still_renders(tmp_path):
+    import pyarrow as pa
+
+    from kmeans_partition.runner.partition import Partition, partition_stats
+    from kmeans_partition.runner.report_html import render_html
+    from kmeans_partition.runner.write import write_fragment
+
+    x = blobs(50, 4, 2, seed=1)
+    part = Partition.from_normalised(0, "mem://0", 0, pa.array([f"doc-{i}" for i in range(50)]), x)
+    (tmp_path / "tmp").mkdir()
+    fragment = write_fragment(part, x[:1], 16, str(tmp_path / "tmp"), {}, "id", "embedding",
+                              partition_stats(part).column_schema, second_centroid=True)
+    table = pq.read_table(fragment.path)
+    assert table.column("second_centroid").null_count == table.column("margin").null_count == 50
+    summary = fragment.summary.to_dict()
+    assert summary["rows_with_margin"] == 0 and summary["boundary_rows"] == [0, 0, 0]
+    manifest = {"rows_per_centroid": [50], "n_rows": 50, "n_clusters": 1, "summary": summary,
+                "iterations": [], "engine": "dask", "converged": True, "n_iter": 1}
+    check_page(render_html(manifest))

@@ -50,11 +50,18 @@ def _hist_bars(ax, hist: dict[str, Any], color: str) -> None:
     ax.set_ylabel("rows")
 
 
-def _log_x_if_wide(ax, values: np.ndarray) -> None:
-    """Log scale when the values span more than a factor of ten."""
+def _is_wide(values: np.ndarray) -> bool:
     positive = values[values > 0]
-    if len(positive) and positive.max() > 10 * positive.min():
+    return bool(len(positive)) and positive.max() > 10 * positive.min()
+
+
+def _log_x_if_wide(ax, values: np.ndarray) -> None:
+    """Log scale (major labels only) when the values span more than a factor of ten."""
+    from matplotlib.ticker import NullFormatter
+
+    if _is_wide(values):
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def sizes_plot(manifest: dict[str, Any]) -> str:
@@ -62,10 +69,11 @@ def sizes_plot(manifest: dict[str, Any]) -> str:
     fig, (left, right) = _figure()
     nonzero = sizes[sizes > 0]
     if len(nonzero):
-        edges = np.geomspace(nonzero.min() / 1.1, nonzero.max() * 1.1, 41)
+        low, high = nonzero.min() / 1.1, nonzero.max() * 1.1
+        edges = np.geomspace(low, high, 41) if _is_wide(nonzero) else np.linspace(low, high, 41)
         left.stairs(np.histogram(nonzero, bins=edges)[0], edges, fill=True, color="#4c72b0")
-        left.set_xscale("log")
-    left.set_xlabel("rows in cluster (log scale)")
+        _log_x_if_wide(left, nonzero)
+    left.set_xlabel("rows in cluster")
     left.set_ylabel("clusters")
     left.set_title(f"cluster sizes ({int((sizes == 0).sum())} empty)")
     top = np.argsort(-sizes, kind="stable")[:TOP_CLUSTERS]
@@ -125,6 +133,7 @@ def margin_plot(manifest: dict[str, Any]) -> str:
     _hist_bars(left, hist, "#c44e52")
     for threshold in summary["thresholds"]:
         left.axvline(threshold, color="#333", linestyle="--", linewidth=1)
+    left.set_xlim(0, _margin_view(hist, max(summary["thresholds"])))
     left.set_xlabel("margin: cosine distance to 2nd centroid minus to own")
     left.set_title("boundary margin (dashed: thresholds)")
     left.text(0.98, 0.95, f"{hist['above']:,} rows above {hist['edges'][-1]:g}\n{hist['below']:,} below 0",
@@ -143,11 +152,20 @@ def margin_plot(manifest: dict[str, Any]) -> str:
     return _png(fig)
 
 
+def _margin_view(hist: dict[str, Any], largest_threshold: float) -> float:
+    """Upper x limit: where 99% of the plotted margins lie, but at least 4x the largest threshold."""
+    edges, counts = np.asarray(hist["edges"]), np.asarray(hist["counts"])
+    if counts.sum() == 0:
+        return float(edges[-1])
+    at = int(np.searchsorted(np.cumsum(counts), 0.99 * counts.sum())) + 1
+    return float(min(edges[-1], max(edges[min(at, len(edges) - 1)], 4 * largest_threshold)))
+
+
 def _numbers_table(manifest: dict[str, Any]) -> str:
     from .report import summary_lines
 
     rows = []
-    for line in summary_lines(manifest, manifest.get("output_path") or "")[1:]:
+    for line in summary_lines(manifest, "")[1:]:  # the first line (the title) is the page's heading
         name, _, value = line.strip().partition(": ")
         rows.append(f"<tr><th>{html.escape(name)}</th><td>{html.escape(value)}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
@@ -155,7 +173,8 @@ def _numbers_table(manifest: dict[str, Any]) -> str:
 
 def render_html(manifest: dict[str, Any], title: Optional[str] = None) -> str:
     """The page (manifest must carry a ``summary``)."""
-    title = title or f"kmeans-partition report: {manifest.get('centroids_path', '').rsplit('/', 1)[0]}"
+    where = (manifest.get("centroids_path") or "").rsplit("/", 1)[0]  # the manifest omits output_path
+    title = title or f"kmeans-partition report: {where}"
     plots = [
         ("Cluster sizes", sizes_plot(manifest),
          "The pairwise stage costs the sum of squared cluster sizes: one giant cluster dominates it."),
