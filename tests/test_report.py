@@ -269,3 +269,20 @@ def test_one_centroid_has_no_margins_and_still_renders(tmp_path):
     manifest = {"rows_per_centroid": [50], "n_rows": 50, "n_clusters": 1, "summary": summary,
                 "iterations": [], "engine": "dask", "converged": True, "n_iter": 1}
     check_page(render_html(manifest))
+
+
+def test_merge_in_order_adds_partitions_in_index_order_whatever_the_arrival():
+    from kmeans_partition.runner.summary import MergeInOrder
+
+    rng = np.random.default_rng(1)
+    parts = [AssignSummary.from_rows(rng.integers(0, 3, 40), rng.random(40), rng.random(40) * 0.03, 3)
+             for _ in range(4)]
+    merging = MergeInOrder(4)
+    for i in (2, 0, 3, 1):
+        merging.add(i, parts[i])
+    expected = AssignSummary.merge([AssignSummary.merge([AssignSummary.merge(parts[:2]), parts[2]]), parts[3]])
+    assert merging.result().to_dict() == expected.to_dict() and not merging.waiting
+    with pytest.raises(ValueError, match="1 of 2"):
+        incomplete = MergeInOrder(2)
+        incomplete.add(0, parts[0])
+        incomplete.result()

@@ -31,7 +31,7 @@ from .output import (
 from .partition import count_duplicates, hash_buckets, load_partition, partition_stats, unify_column_types
 from .progress import Progress
 from ..spec import JobSpec, SpecError, parse_job_spec
-from .summary import AssignSummary
+from .summary import MergeInOrder
 from .write import (
     COSINE_COLUMN, L2_COLUMN, MARGIN_COLUMN, SECOND_CENTROID_COLUMN, merge_centroids, plan_merge_groups,
     write_fragment,
@@ -260,9 +260,14 @@ class _Run:
                 )
                 for p in parts
             ]
-            for _ in as_completed(fragment_futures):
+            index = {f.key: i for i, f in enumerate(fragment_futures)}
+            fragments = [None] * len(fragment_futures)
+            summary = MergeInOrder(len(fragment_futures))
+            for future, fragment in as_completed(fragment_futures, with_results=True):
+                fragments[index[future.key]] = fragment
+                summary.add(index[future.key], fragment.summary)
+                fragment.summary = None  # k-sized arrays: keep only the running total
                 self.progress.partition_assigned()
-            fragments = self.client.gather(fragment_futures)
             self.timings["assign"] = time.perf_counter() - started
             counts = np.sum([f.counts for f in fragments], axis=0)
             groups = plan_merge_groups(counts)
@@ -287,7 +292,7 @@ class _Run:
         self.timings["write"] = time.perf_counter() - started
         files = [{"centroid": c, "path": p, "rows": r} for c, p, r in sorted(written)]
         inertia = float(sum(f.inertia for f in fragments))
-        return counts, inertia, files, AssignSummary.merge([f.summary for f in fragments])
+        return counts, inertia, files, summary.result()
 
     def write_report(self, manifest: dict) -> Optional[str]:
         """report.html beside the manifest (before it: the manifest stays last); None if it failed."""

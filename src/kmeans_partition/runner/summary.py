@@ -181,6 +181,32 @@ class AssignSummary:
         }
 
 
+class MergeInOrder:
+    """Adds partition summaries in partition order as they arrive in any order.
+
+    Holds only the running total and the partitions that arrived early, so the client never
+    keeps every partition's per-cluster arrays; the order makes the float sums reproducible.
+    """
+
+    def __init__(self, n_parts: int):
+        self.n_parts = n_parts
+        self.total: Optional[AssignSummary] = None
+        self.waiting: dict[int, AssignSummary] = {}
+        self.next = 0
+
+    def add(self, index: int, summary: AssignSummary) -> None:
+        self.waiting[index] = summary
+        while self.next in self.waiting:
+            part = self.waiting.pop(self.next)
+            self.total = part if self.total is None else AssignSummary.merge([self.total, part])
+            self.next += 1
+
+    def result(self) -> AssignSummary:
+        if self.next != self.n_parts or self.total is None:
+            raise ValueError(f"{self.next} of {self.n_parts} partition summaries added")
+        return self.total
+
+
 def headline(result: dict[str, Any]) -> dict[str, Any]:
     """Imbalance, largest cluster's share and boundary share of a run's summary dict or manifest.
 
