@@ -72,14 +72,14 @@ def test_each_flag_lands_in_its_field_with_the_model_type():
             "--input-filetype", "jsonl", "--max-iter", "9", "--tol", "0.5", "--random-state", "7",
             "--init", "random", "--oversampling-factor", "3", "--max-samples-per-batch", "64",
             "--storage-option", "anon=true", "--storage-option", "endpoint_url=http://127.0.0.1:9",
-            "--overwrite", "--scheduler", "tcp://127.0.0.1:1"]
+            "--overwrite", "--scheduler", "tcp://127.0.0.1:1", "--write-second-centroid", "--no-report"]
     spec = parse_job_spec(job_fields(build_parser().parse_args(argv)))
     assert spec.model_dump() == {
         "n_clusters": 5, "id_field": "doc", "embedding_field": "vec", "input_path": ["a", "b"], "output_path": "o",
         "metadata_fields": ["x", "y"], "verbose": True, "embedding_dim": 8, "input_filetype": "jsonl",
         "max_iter": 9, "tol": 0.5, "random_state": 7, "init": "random", "oversampling_factor": 3.0,
         "max_samples_per_batch": 64, "storage_options": {"anon": True, "endpoint_url": "http://127.0.0.1:9"},
-        "overwrite": True, "scheduler_address": "tcp://127.0.0.1:1",
+        "overwrite": True, "scheduler_address": "tcp://127.0.0.1:1", "write_second_centroid": True, "report": False,
     }
     assert set(spec.model_dump()) == set(JobSpec.model_fields)  # the argv above covers every field
 

@@ -86,7 +86,14 @@ def test_result_status_maps_the_summary():
         "nRows": 1000, "nIter": 12, "inertia": 3.5, "converged": True,
         "manifest": "s3://b/out/_manifest.json", "centroids": "s3://b/out/_centroids.parquet",
         "clusterSizes": {"min": 100, "median": 250.0, "max": 400},
+        "imbalance": 4 * (100**2 + 400**2 + 2 * 250**2) / 1000**2, "largestShare": 0.4,
     }
+
+
+def test_result_status_carries_the_boundary_share():
+    summary = {"rows": 1000, "thresholds": [0.005, 0.01, 0.02], "boundary_rows": [3, 17, 40]}
+    status = result_status({**SUMMARY, "summary": summary})
+    assert status["boundaryShare"] == 17 / 1000 and status["boundaryMargin"] == 0.01
 
 
 def test_no_env_means_no_sink():

@@ -29,6 +29,7 @@ SUMMARY = {
     "n_rows": 1000, "n_clusters": 4, "n_iter": 12, "inertia": 3.5, "converged": True,
     "manifest_path": "s3://b/out/_manifest.json", "centroids_path": "s3://b/out/_centroids.parquet",
     "rows_per_centroid": [100, 400, 250, 250], "output_path": "s3://b/out/",
+    "summary": {"rows": 1000, "thresholds": [0.005, 0.01, 0.02], "boundary_rows": [3, 7, 20]},
 }
 
 
@@ -177,7 +178,8 @@ def test_every_key_the_runner_writes_is_in_the_crd():
     progress_keys = {key for patch in sent for key in patch.get("progress", {})}
     assert progress_keys == {"stage", "iteration", "maxIter", "inertia", "centroidShift", "rowsRead", "rowsWritten"}
     result_keys = {key for patch in sent for key in patch.get("result", {})}
-    assert result_keys == {"nRows", "nIter", "inertia", "converged", "manifest", "centroids", "clusterSizes"}
+    assert result_keys == {"nRows", "nIter", "inertia", "converged", "manifest", "centroids", "clusterSizes",
+                           "imbalance", "largestShare", "boundaryShare", "boundaryMargin"}
     schema = status_schema()
     for patch in sent:
         assert undeclared(patch, schema) == [], patch

@@ -1,4 +1,4 @@
-"""`kmeans-partition`: run the job, generate a sample, run the operator, or render its children."""
+"""`kmeans-partition`: run the job, report on its output, generate a sample, run the operator, or render its children."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Optional
 import yaml
 
 from . import settings
-from .cli_flags import add_job_flags, apply_job_flags
+from .cli_flags import add_job_flags, apply_job_flags, parse_storage_options
 from .operator.builders import DEFAULT_IMAGE
 from .spec import API_GROUP, API_VERSION, DEFAULT_ENGINE, KIND, KMeansPartitionSpec, SpecError, parse_resource_spec
 
@@ -37,6 +37,14 @@ def _add_sample(sub) -> None:
     sample.add_argument("--duplicates", type=float, default=0.05, metavar="FRACTION")
     sample.add_argument("--files", type=int, default=4)
     sample.add_argument("--seed", type=int, default=0)
+
+
+def _add_report(sub) -> None:
+    report = sub.add_parser("report", help="summarise a finished output: sizes, convergence, boundary rows")
+    report.add_argument("output", metavar="OUTPUT", help="output directory/URI of a finished run")
+    report.add_argument("--html", metavar="FILE", help="also write the HTML page (plots) to FILE")
+    report.add_argument("--open", action="store_true", help="open the HTML page in a browser")
+    report.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
 
 
 def _add_operator(sub) -> None:
@@ -66,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kmeans-partition", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
+    _add_report(sub)
     _add_sample(sub)
     _add_operator(sub)
     _add_render(sub)
@@ -127,6 +136,26 @@ def _status_sink():
     return status_sink_from_env()
 
 
+def command_report(args: argparse.Namespace) -> int:
+    from .runner.report import run_report
+
+    html_path = args.html
+    if args.open and not html_path:
+        import tempfile
+
+        html_path = tempfile.NamedTemporaryFile(prefix="kmeans-partition-", suffix=".html", delete=False).name
+    lines, _ = run_report(args.output, parse_storage_options(args.storage_option), html_path)
+    print("\n".join(lines))
+    if html_path:
+        print(f"  html: {html_path}")
+    if args.open:
+        import pathlib
+        import webbrowser
+
+        webbrowser.open(pathlib.Path(html_path).resolve().as_uri())
+    return 0
+
+
 def command_sample(args: argparse.Namespace) -> int:
     from .runner.sample import write_sample
 
@@ -173,7 +202,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         logging.basicConfig(
             level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
         )
-    commands = {"run": command_run, "sample": command_sample, "operator": command_operator, "render": command_render}
+    commands = {
+        "run": command_run, "report": command_report, "sample": command_sample,
+        "operator": command_operator, "render": command_render,
+    }
     try:
         return commands[args.command](args)
     except (SpecError, ValueError, FileNotFoundError) as err:

@@ -43,15 +43,20 @@ def parse_storage_value(raw: str) -> Any:
     return value if isinstance(value, (bool, int, float, type(None), str)) else raw
 
 
-def _merge_storage_options(fields: Fields, name: str, items: list[str]) -> None:
-    """Each KEY=VALUE is added to (or replaces one key of) the manifest's options."""
-    options = dict(fields.get(name) or {})
+def parse_storage_options(items: list[str], name: str = "storage_options") -> dict[str, Any]:
+    """`--storage-option KEY=VALUE` flags as a dict (values parsed by `parse_storage_value`)."""
+    options: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise SpecError(name, f"--storage-option needs KEY=VALUE, got {item!r}")
         options[key] = parse_storage_value(raw)
-    fields[name] = options
+    return options
+
+
+def _merge_storage_options(fields: Fields, name: str, items: list[str]) -> None:
+    """Each KEY=VALUE is added to (or replaces one key of) the manifest's options."""
+    fields[name] = {**(fields.get(name) or {}), **parse_storage_options(items, name)}
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,14 @@ class JobSpec(_Model):
         default=None,
         description="Dask scheduler address; else env DASK_SCHEDULER_ADDRESS; else a LocalCluster.",
     )
+    write_second_centroid: bool = Field(
+        default=False,
+        description="Also write second_centroid (the next-nearest centroid) and margin (its cosine distance "
+        "minus the assigned centroid's) per row, so a later stage can compare boundary rows across partitions.",
+    )
+    report: bool = Field(
+        default=True, description="Write report.html (cluster sizes, convergence, margins) next to the manifest."
+    )
 
     @field_validator("input_path")
     @classmethod

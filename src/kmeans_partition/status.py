@@ -70,6 +70,16 @@ class ResultStatus(_Model):
     manifest: Optional[str] = Field(default=None, description="Path of the run's manifest.")
     centroids: Optional[str] = Field(default=None, description="Path of the centroids file.")
     cluster_sizes: Optional[ClusterSizes] = None
+    imbalance: Optional[float] = Field(
+        default=None, description="Pairwise cost (sum of squared cluster sizes) relative to equal clusters."
+    )
+    largest_share: Optional[float] = Field(default=None, description="Share of rows in the largest cluster.")
+    boundary_share: Optional[float] = Field(
+        default=None, description="Share of rows whose margin to the next centroid < boundaryMargin."
+    )
+    boundary_margin: Optional[float] = Field(
+        default=None, description="Cosine-distance margin boundaryShare counts below."
+    )
 
 
 class OperatorStatus(_Model):

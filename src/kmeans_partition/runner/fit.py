@@ -33,6 +33,7 @@ class FitResult:
     inertia_history: list[float] = field(default_factory=list)
     n_reseeded: int = 0
     rows_computed: int = 0  # rows given the full distance computation, summed over iterations
+    history: list[dict] = field(default_factory=list)  # per iteration, see `DaskKMeans.lloyd`
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -189,6 +190,7 @@ class DaskKMeans:
         drift = None
         result = FitResult(centroids=centroids.astype(np.float32), n_iter=0, converged=False)
         for iteration in range(1, max_iter + 1):
+            started = time.perf_counter()
             c_f = self._scatter(result.centroids)
             steps = self._map(_lloyd_step, self.parts, steps, centroids=c_f, drift=drift, batch=self.batch)
             update = self._reduce(steps, result.centroids)
@@ -198,6 +200,13 @@ class DaskKMeans:
             result.n_reseeded += update.n_reseeded
             result.rows_computed += update.n_recomputed
             result.inertia_history.append(update.inertia)
+            result.history.append({
+                "iteration": iteration,
+                "inertia": float(update.inertia),
+                "centroid_shift": float(update.shift_sq),  # summed squared shift, compared with tol
+                "rows_computed": int(update.n_recomputed),
+                "seconds": time.perf_counter() - started,
+            })
             self.progress.iteration(
                 iteration, update.inertia, update.shift_sq, update.n_recomputed / max(int(self.rows.sum()), 1)
             )

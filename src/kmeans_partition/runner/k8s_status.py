@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 from kmeans_partition import settings
 from kmeans_partition.k8s_http import load_api_client, raw_request
 from kmeans_partition.runner.progress import ProgressSink, ProgressSnapshot
+from kmeans_partition.runner.summary import headline
 from kmeans_partition.spec import API_GROUP, API_VERSION, PLURAL
 from kmeans_partition.status import ClusterSizes, ProgressStatus, ResultStatus, RunnerStatus, wire
 
@@ -33,11 +34,18 @@ Patcher = Callable[[dict[str, Any]], None]
 
 
 def result_model(result: dict[str, Any]) -> ResultStatus:
-    """The runner's summary dict (`RunResult.to_dict()`) -> `status.result`."""
+    """The runner's summary dict (`RunResult.to_dict()`) -> `status.result`.
+
+    Also the report's headline (`runner.summary.headline`): imbalance (pairwise cost relative to
+    equal clusters), largestShare, and boundaryShare: the share of rows whose margin is below
+    boundaryMargin.
+    """
     sizes = [int(size) for size in result.get("rows_per_centroid") or []]
     cluster_sizes = None
     if sizes:
         cluster_sizes = ClusterSizes(min=min(sizes), median=float(statistics.median(sizes)), max=max(sizes))
+    numbers = {key: round(float(value), 6) for key, value in headline(result).items()
+               if key in ("imbalance", "largest_share", "boundary_share", "boundary_margin")}
     return ResultStatus(
         n_rows=result.get("n_rows"),
         n_iter=result.get("n_iter"),
@@ -46,6 +54,7 @@ def result_model(result: dict[str, Any]) -> ResultStatus:
         manifest=result.get("manifest_path"),
         centroids=result.get("centroids_path"),
         cluster_sizes=cluster_sizes,
+        **numbers,
     )
 
 

@@ -8,7 +8,7 @@ import json
 import platform
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -38,6 +38,10 @@ class RunResult:
     n_reseeded: int
     engine: str = "dask"
     timings: dict[str, float] = field(default_factory=dict)
+    iterations: list[dict[str, Any]] = field(default_factory=list)  # inertia, shift, rows computed, seconds
+    tol_abs: Optional[float] = None  # the centroid_shift at or below which Lloyd stops
+    summary: Optional[dict[str, Any]] = None  # sizes, distances, margins (`runner.summary.AssignSummary`)
+    report_path: Optional[str] = None  # report.html, when written
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,13 +85,19 @@ def write_centroids(out: OutputLocation, centroids: np.ndarray) -> None:
         handle.write(buffer.getvalue())
 
 
-def write_manifest(out: OutputLocation, spec: JobSpec, result: RunResult) -> None:
-    data = {
+def manifest_data(spec: JobSpec, result: RunResult) -> dict[str, Any]:
+    """What `_manifest.json` holds."""
+    return {
         "format": "kmeans-partition/v1",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(),
         "spec": {**spec.model_dump(mode="json"), "storage_options": redact(spec.storage_options)},
         "versions": versions(),
         **{key: value for key, value in result.to_dict().items() if key not in ("output_path",)},
     }
+
+
+def write_manifest(out: OutputLocation, spec: JobSpec, result: RunResult, data: Optional[dict] = None) -> None:
+    """Write `_manifest.json` (``data``: `manifest_data` already built for this result)."""
+    data = data if data is not None else manifest_data(spec, result)
     with out.fs.open(out.path(MANIFEST), "w") as handle:
         json.dump(data, handle, indent=2)

@@ -1,7 +1,7 @@
 """The output location: where it is, whether it may be written, what `overwrite` replaces.
 
 An output directory written by this tool holds only ``centroid=N/`` folders,
-``kmeans_centroids.npy``, ``_manifest.json`` and, while writing, ``_tmp-*``
+``kmeans_centroids.npy``, ``_manifest.json``, ``report.html`` and, while writing, ``_tmp-*``
 folders. ``overwrite=True`` replaces exactly those; a directory holding
 anything else is refused even with ``overwrite`` so that a wrong path can
 never delete unrelated data.
@@ -18,8 +18,9 @@ from fsspec.core import url_to_fs
 
 MANIFEST = "_manifest.json"
 CENTROIDS = "kmeans_centroids.npy"
+REPORT = "report.html"
 TMP_PREFIX = "_tmp-"
-_OWNED = re.compile(r"^(centroid=\d+|_tmp-[\w.-]+|_manifest\.json|kmeans_centroids\.npy)$")
+_OWNED = re.compile(r"^(centroid=\d+|_tmp-[\w.-]+|_manifest\.json|kmeans_centroids\.npy|report\.html)$")
 
 
 class OutputError(ValueError):

@@ -181,9 +181,26 @@ class TerminalSink:
             f"done: {result['n_rows']} rows -> {result['n_clusters']} centroids in {result['output_path']}",
             f"  iterations {result['n_iter']} (converged: {result['converged']}), inertia {result['inertia']:.6g}",
             f"  rows per centroid: min {min(sizes)}, max {max(sizes)}, empty {sum(1 for s in sizes if s == 0)}",
+            *_report_lines(result),
             "  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in result.get("timings", {}).items()),
         ]
         print("\n".join(lines), file=self._stream)
 
     def close(self) -> None:
         self._close_bar()
+
+
+def _report_lines(result: dict[str, Any]) -> list[str]:
+    """Imbalance, boundary share and where report.html is (`kmeans-partition report` has the rest)."""
+    from .summary import headline
+
+    numbers = headline(result)
+    lines = []
+    if "boundary_share" in numbers:
+        lines.append(
+            f"  pairwise cost {numbers['imbalance']:.2f}x that of equal clusters; {numbers['boundary_share']:.2%} "
+            f"of rows within margin {numbers['boundary_margin']:g} of another centroid"
+        )
+    if result.get("report_path"):
+        lines.append(f"  report: {result['report_path']}")
+    return lines

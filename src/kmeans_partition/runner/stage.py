@@ -20,8 +20,9 @@ from .cluster import dask_client
 from .engine import RaftParams, choose_engine, fit_raft, parse_engine
 from .errors import InputError
 from .fit import DaskKMeans, fit
-from .manifest import RunResult, write_centroids, write_manifest
+from .manifest import RunResult, manifest_data, write_centroids, write_manifest
 from .output import (
+    REPORT,
     TMP_PREFIX,
     check_not_inside_inputs,
     check_writable,
@@ -32,9 +33,12 @@ from .partition import count_duplicates, hash_buckets, load_partition, partition
 from .progress import Progress
 from .read import discover_files, plan_partitions
 from ..spec import DEFAULT_ENGINE, Engine, JobSpec, SpecError, parse_job_spec
+from .summary import MergeInOrder
 from .write import (
     COSINE_COLUMN,
     L2_COLUMN,
+    MARGIN_COLUMN,
+    SECOND_CENTROID_COLUMN,
     FragmentParams,
     merge_centroids,
     plan_merge_groups,
@@ -65,6 +69,8 @@ class KMeansStage:
         storage_options: Optional[dict] = None,
         overwrite: bool = False,
         scheduler_address: Optional[str] = None,
+        write_second_centroid: bool = False,
+        report: bool = True,
     ):
         fields = dict(locals())
         fields.pop("self")
@@ -94,7 +100,7 @@ class KMeansStage:
 
 
 def check_field_names(spec: JobSpec) -> None:
-    """Output columns must be distinct: id, embedding, metadata and the two distances."""
+    """Output columns must be distinct: id, embedding, metadata, the distances (and margin columns)."""
     seen = {spec.id_field: "id_field"}
     if spec.embedding_field in seen:
         raise SpecError("embedding_field", f"{spec.embedding_field!r} is also the id_field")
@@ -102,7 +108,8 @@ def check_field_names(spec: JobSpec) -> None:
     for name in spec.metadata_fields or []:
         if name in seen:
             raise SpecError("metadata_fields", f"{name!r} is already the {seen[name]}")
-    for name in (L2_COLUMN, COSINE_COLUMN):
+    extra = (SECOND_CENTROID_COLUMN, MARGIN_COLUMN) if spec.write_second_centroid else ()
+    for name in (L2_COLUMN, COSINE_COLUMN, *extra):
         if name in seen or name in (spec.metadata_fields or []):
             raise SpecError("metadata_fields", f"{name!r} is an output column of this job")
 
@@ -146,7 +153,7 @@ class _Run:
         fitted = self.fit(parts, stats, dim, tol_abs)
         self.timings.update(fitted.timings)
         clear_previous(self.out, replace)
-        counts, inertia, files_written = self.write(parts, fitted.centroids, column_schema)
+        counts, inertia, files_written, summary = self.write(parts, fitted.centroids, column_schema)
         write_centroids(self.out, fitted.centroids)
         self.timings["total"] = time.perf_counter() - started
         result = RunResult(
@@ -166,7 +173,12 @@ class _Run:
             n_reseeded=fitted.n_reseeded,
             engine=self.engine.value,
             timings=self.timings,
+            iterations=fitted.history,
+            tol_abs=tol_abs if self.engine == "dask" else None,  # cuML's tol means something else
+            summary=summary.to_dict(),
         )
+        if spec.report:
+            result.report_path = self.write_report(manifest_data(spec, result))
         write_manifest(self.out, spec, result)
         self.progress.result(result.to_dict())
         return result.to_dict()
@@ -250,14 +262,20 @@ class _Run:
             id_field=spec.id_field,
             embedding_field=spec.embedding_field,
             column_schema=column_schema,
+            second_centroid=spec.write_second_centroid,
         )
         try:
             fragment_futures = [
                 self.client.submit(write_fragment, p, c_future, params, pure=False) for p in parts
             ]
-            for _ in as_completed(fragment_futures):
+            index = {f.key: i for i, f in enumerate(fragment_futures)}
+            fragments = [None] * len(fragment_futures)
+            summary = MergeInOrder(len(fragment_futures))
+            for future, fragment in as_completed(fragment_futures, with_results=True):
+                fragments[index[future.key]] = fragment
+                summary.add(index[future.key], fragment.summary)
+                fragment.summary = None  # k-sized arrays: keep only the running total
                 self.progress.partition_assigned()
-            fragments = self.client.gather(fragment_futures)
             self.timings["assign"] = time.perf_counter() - started
             counts = np.sum([f.counts for f in fragments], axis=0)
             groups = plan_merge_groups(counts)
@@ -282,7 +300,20 @@ class _Run:
         self.timings["write"] = time.perf_counter() - started
         files = [{"centroid": c, "path": p, "rows": r} for c, p, r in sorted(written)]
         inertia = float(sum(f.inertia for f in fragments))
-        return counts, inertia, files
+        return counts, inertia, files, summary.result()
+
+    def write_report(self, manifest: dict) -> Optional[str]:
+        """report.html beside the manifest (before it: the manifest stays last); None if it failed."""
+        from .report_html import write_html_report
+
+        started = time.perf_counter()
+        try:
+            url = write_html_report(manifest, self.out.url(REPORT), self.spec.storage_options)
+        except Exception as err:  # a report is a convenience: never fail the job over it
+            logging.getLogger("kmeans_partition").warning("could not write %s: %s", REPORT, err)
+            url = None
+        self.timings["report"] = time.perf_counter() - started
+        return url
 
 
 def check_shapes(stats, spec: JobSpec) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +27,7 @@ from fsspec.core import url_to_fs
 from . import kmeans as km
 from .output import is_local
 from .partition import ID_COLUMN, Partition
+from .summary import AssignSummary, cosine_margins, nearest_with_second
 
 #: A centroid's rows are split into several files past this many rows.
 ROWS_PER_FILE = 1_000_000
@@ -33,6 +35,9 @@ ROWS_PER_FILE = 1_000_000
 ROWS_PER_MERGE_TASK = 2_000_000
 L2_COLUMN = "l2_dist_to_cent"
 COSINE_COLUMN = "cosine_dist_to_cent"
+#: Optional columns (``write_second_centroid``): the neighbouring partition and the margin to it.
+SECOND_CENTROID_COLUMN = "second_centroid"
+MARGIN_COLUMN = "margin"
 
 
 @dataclass
@@ -41,6 +46,7 @@ class Fragment:
     present: np.ndarray  # sorted centroid ids, one row group each
     counts: np.ndarray  # (k,) rows per centroid
     inertia: float
+    summary: Optional[AssignSummary] = None  # sizes, distances and margins (runner/summary.py)
 
 
 def arrow_filesystem(url: str, storage_options: dict) -> tuple[pafs.FileSystem, str]:
@@ -113,16 +119,20 @@ class FragmentParams:
     id_field: str
     embedding_field: str
     column_schema: pa.Schema  # id (as "id") and metadata types unified across partitions
+    second_centroid: bool = False  # also write `SECOND_CENTROID_COLUMN` and `MARGIN_COLUMN`
 
 
 def write_fragment(part: Partition, centroids: np.ndarray, params: FragmentParams) -> Fragment:
-    """Phase 1: assign, compute distances, write rows sorted by centroid (runs on a worker)."""
+    """Phase 1: assign, compute distances and margins, write rows sorted by centroid (runs on a worker)."""
     k = centroids.shape[0]
     batch = params.batch
-    labels, dist_sq = km.nearest(part.xa, part.x_sq, km.augment_centroids(centroids), batch)
+    labels, dist_sq, second = nearest_with_second(part.xa, part.x_sq, km.augment_centroids(centroids), batch)
     l2, cosine = distances_to_assigned(part.x, centroids, labels, batch)
+    margin = cosine_margins(part.x, centroids, labels, second, batch)
     order = np.argsort(labels, kind="stable")
     table = output_table(part, order, l2, cosine, params.id_field, params.embedding_field, params.column_schema)
+    if params.second_centroid:
+        table = with_second_centroid(table, second, margin, order)
     counts = np.bincount(labels, minlength=k).astype(np.int64)
     present = np.flatnonzero(counts)
     fs, tmp = arrow_filesystem(params.tmp_url, params.storage_options)
@@ -133,7 +143,19 @@ def write_fragment(part: Partition, centroids: np.ndarray, params: FragmentParam
         for i in range(len(present)):
             piece = table.slice(int(bounds[i]), int(bounds[i + 1] - bounds[i]))
             writer.write_table(piece, row_group_size=max(len(piece), 1))
-    return Fragment(path, present, counts, float(dist_sq.sum(dtype=np.float64)))
+    summary = AssignSummary.from_rows(labels, cosine, margin, k)
+    return Fragment(path, present, counts, float(dist_sq.sum(dtype=np.float64)), summary)
+
+
+def with_second_centroid(table: pa.Table, second, margin: np.ndarray, order: np.ndarray) -> pa.Table:
+    """Append the second centroid (int32) and margin (float32) columns; nulls when k == 1."""
+    if second is None:
+        return table.append_column(SECOND_CENTROID_COLUMN, pa.nulls(len(order), pa.int32())).append_column(
+            MARGIN_COLUMN, pa.nulls(len(order), pa.float32())
+        )
+    return table.append_column(SECOND_CENTROID_COLUMN, pa.array(second[order])).append_column(
+        MARGIN_COLUMN, pa.array(margin[order])
+    )
 
 
 def plan_merge_groups(counts: np.ndarray, max_rows: int = ROWS_PER_MERGE_TASK) -> list[list[int]]:

@@ -1,0 +1,227 @@
+"""What the assign stage records about every row, summarised so partitions merge by addition.
+
+Per row (``x`` unit-norm, centroids ``c_j`` of any length):
+
+* cosine distance to centroid j: ``1 - x.c_j / ||c_j||`` (as ``cosine_dist_to_cent``);
+* second centroid: the centroid nearest after the assigned one, by the squared L2
+  distance the assignment uses (ties to the lowest index);
+* margin: cosine distance to the second centroid minus cosine distance to the assigned
+  one. It is >= 0 when the two centroids have the same length and can be slightly
+  negative otherwise (a row that L2 and cosine place on different sides of the border);
+  either way a small margin means a row on the border between two partitions. No margin
+  (NaN) when there is one centroid.
+
+`AssignSummary` holds per-cluster sizes, cosine-distance sums and maxima, per-cluster
+counts of rows with a margin below each of `MARGIN_THRESHOLDS`, and histograms over fixed
+bin edges: the sum of the partitions' summaries is the summary of the whole output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from . import kmeans as km
+
+#: A row with a margin below a threshold counts as a boundary row at that threshold.
+MARGIN_THRESHOLDS = (0.005, 0.01, 0.02)
+#: The threshold `boundary_share` and the resource's status report.
+HEADLINE_THRESHOLD = 0.01
+#: Fixed bin edges, so histograms of partitions add up.
+MARGIN_EDGES = np.linspace(0.0, 0.2, 201)
+DISTANCE_EDGES = np.linspace(0.0, 1.0, 201)
+
+
+def nearest_with_second(
+    xa: np.ndarray, x_sq: np.ndarray, ca: np.ndarray, batch: int
+) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """`kmeans.nearest` plus each row's second-nearest centroid (int32; None when k == 1).
+
+    Same distance block and tie rule as `kmeans.nearest`, so the labels are the same.
+    """
+    n, k = xa.shape[0], ca.shape[0]
+    labels = np.empty(n, dtype=np.int32)
+    second = np.empty(n, dtype=np.int32) if k > 1 else None
+    dist_sq = np.empty(n, dtype=np.float32)
+    block = km.scratch(min(batch, n) * k).reshape(min(batch, n), k)
+    ca_t = ca.T
+    for start in range(0, n, batch):
+        stop = min(start + batch, n)
+        scores = block[: stop - start]
+        np.matmul(xa[start:stop], ca_t, out=scores)
+        lab = scores.argmin(axis=1)
+        rows = np.arange(stop - start)
+        labels[start:stop] = lab
+        dist_sq[start:stop] = scores[rows, lab] + x_sq[start:stop]
+        if second is not None:
+            scores[rows, lab] = np.inf
+            second[start:stop] = scores.argmin(axis=1)
+    np.maximum(dist_sq, 0.0, out=dist_sq)
+    return labels, dist_sq, second
+
+
+def second_nearest(
+    x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, batch: int = 32768
+) -> Optional[np.ndarray]:
+    """Second centroid of rows whose centroid is already known (`labels`); None when k == 1."""
+    c64 = np.asarray(centroids, dtype=np.float64)
+    if len(c64) < 2:
+        return None
+    c_sq = np.einsum("ij,ij->i", c64, c64)
+    second = np.empty(len(labels), dtype=np.int32)
+    for start in range(0, len(labels), batch):
+        stop = min(start + batch, len(labels))
+        scores = c_sq[None, :] - 2.0 * (x[start:stop].astype(np.float64) @ c64.T)
+        scores[np.arange(stop - start), labels[start:stop]] = np.inf
+        second[start:stop] = scores.argmin(axis=1)
+    return second
+
+
+def cosine_margins(
+    x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, second: Optional[np.ndarray], batch: int
+) -> np.ndarray:
+    """Margins (float32, computed in float64); all NaN when `second` is None."""
+    margin = np.full(len(labels), np.nan, dtype=np.float32)
+    if second is None:
+        return margin
+    c64 = np.asarray(centroids, dtype=np.float64)
+    c_unit = c64 / np.maximum(np.linalg.norm(c64, axis=1, keepdims=True), np.finfo(np.float64).tiny)
+    for start in range(0, len(labels), batch):
+        stop = min(start + batch, len(labels))
+        xb = x[start:stop].astype(np.float64)
+        own = np.einsum("ij,ij->i", xb, c_unit[labels[start:stop]])
+        other = np.einsum("ij,ij->i", xb, c_unit[second[start:stop]])
+        margin[start:stop] = own - other  # (1 - other) - (1 - own)
+    return margin
+
+
+def _histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Counts (len(edges) + 1): [below edges[0], each bin [e_i, e_i+1), at or above edges[-1]]."""
+    values = values[~np.isnan(values)]
+    return np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1).astype(np.int64)
+
+
+def _round(values: np.ndarray, digits: int = 6) -> list:
+    return [None if not np.isfinite(v) else float(f"{v:.{digits}g}") for v in np.asarray(values, dtype=np.float64)]
+
+
+def _histogram_dict(counts: np.ndarray, edges: np.ndarray) -> dict[str, Any]:
+    return {
+        "edges": _round(edges),
+        "counts": [int(c) for c in counts[1:-1]],
+        "below": int(counts[0]),
+        "above": int(counts[-1]),
+    }
+
+
+@dataclass
+class AssignSummary:
+    """Per-cluster numbers of the assign stage; `merge` adds partitions."""
+
+    sizes: np.ndarray  # (k,) int64
+    cosine_sum: np.ndarray  # (k,) float64
+    cosine_max: np.ndarray  # (k,) float64, -inf for an empty cluster
+    below: np.ndarray  # (len(MARGIN_THRESHOLDS), k) int64: rows with margin < threshold
+    distance_hist: np.ndarray  # (len(DISTANCE_EDGES) + 1,) int64, see `_histogram`
+    margin_hist: np.ndarray  # (len(MARGIN_EDGES) + 1,) int64
+    rows_with_margin: int
+
+    @classmethod
+    def from_rows(cls, labels: np.ndarray, cosine: np.ndarray, margin: np.ndarray, k: int) -> "AssignSummary":
+        labels = np.asarray(labels, dtype=np.int64)
+        cosine64 = np.asarray(cosine, dtype=np.float64)
+        cosine_max = np.full(k, -np.inf)
+        np.maximum.at(cosine_max, labels, cosine64)
+        has_margin = ~np.isnan(margin)
+        below = np.stack([
+            np.bincount(labels[has_margin & (margin < t)], minlength=k) for t in MARGIN_THRESHOLDS
+        ]).astype(np.int64)
+        return cls(
+            sizes=np.bincount(labels, minlength=k).astype(np.int64),
+            cosine_sum=np.bincount(labels, weights=cosine64, minlength=k),
+            cosine_max=cosine_max,
+            below=below,
+            distance_hist=_histogram(cosine64, DISTANCE_EDGES),
+            margin_hist=_histogram(np.asarray(margin, dtype=np.float64), MARGIN_EDGES),
+            rows_with_margin=int(has_margin.sum()),
+        )
+
+    @classmethod
+    def merge(cls, parts: list["AssignSummary"]) -> "AssignSummary":
+        if not parts:
+            raise ValueError("no partition summaries to merge")
+        return cls(
+            sizes=np.sum([p.sizes for p in parts], axis=0),
+            cosine_sum=np.sum([p.cosine_sum for p in parts], axis=0),
+            cosine_max=np.max([p.cosine_max for p in parts], axis=0),
+            below=np.sum([p.below for p in parts], axis=0),
+            distance_hist=np.sum([p.distance_hist for p in parts], axis=0),
+            margin_hist=np.sum([p.margin_hist for p in parts], axis=0),
+            rows_with_margin=sum(p.rows_with_margin for p in parts),
+        )
+
+    def to_dict(self, sampled_rows: Optional[int] = None) -> dict[str, Any]:
+        """The manifest's ``summary`` (means and maxima None for empty clusters)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(self.sizes > 0, self.cosine_sum / np.maximum(self.sizes, 1), np.nan)
+        return {
+            "rows": int(self.sizes.sum()),
+            "sampled_rows": sampled_rows,
+            "rows_with_margin": self.rows_with_margin,
+            "thresholds": list(MARGIN_THRESHOLDS),
+            "boundary_rows": [int(v) for v in self.below.sum(axis=1)],
+            "boundary_rows_per_cluster": [[int(v) for v in row] for row in self.below],
+            "cosine_dist_mean_per_cluster": _round(mean),
+            "cosine_dist_max_per_cluster": _round(self.cosine_max),
+            "cosine_dist_mean": float(self.cosine_sum.sum() / max(int(self.sizes.sum()), 1)),
+            "cosine_dist_hist": _histogram_dict(self.distance_hist, DISTANCE_EDGES),
+            "margin_hist": _histogram_dict(self.margin_hist, MARGIN_EDGES),
+        }
+
+
+class MergeInOrder:
+    """Adds partition summaries in partition order as they arrive in any order.
+
+    Holds only the running total and the partitions that arrived early, so the client never
+    keeps every partition's per-cluster arrays; the order makes the float sums reproducible.
+    """
+
+    def __init__(self, n_parts: int):
+        self.n_parts = n_parts
+        self.total: Optional[AssignSummary] = None
+        self.waiting: dict[int, AssignSummary] = {}
+        self.next = 0
+
+    def add(self, index: int, summary: AssignSummary) -> None:
+        self.waiting[index] = summary
+        while self.next in self.waiting:
+            part = self.waiting.pop(self.next)
+            self.total = part if self.total is None else AssignSummary.merge([self.total, part])
+            self.next += 1
+
+    def result(self) -> AssignSummary:
+        if self.next != self.n_parts or self.total is None:
+            raise ValueError(f"{self.next} of {self.n_parts} partition summaries added")
+        return self.total
+
+
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """Imbalance, largest cluster's share and boundary share of a run's summary dict or manifest.
+
+    imbalance = k x sum(size^2) / n^2: the pairwise stage's cost relative to equal clusters.
+    """
+    sizes = np.asarray(result.get("rows_per_centroid") or [], dtype=np.float64)
+    out: dict[str, Any] = {}
+    n = sizes.sum()
+    if n > 0:
+        out["imbalance"] = float(len(sizes) * np.square(sizes).sum() / n**2)
+        out["largest_share"] = float(sizes.max() / n)
+    summary = result.get("summary") or {}
+    rows = summary.get("rows") or 0
+    if rows and HEADLINE_THRESHOLD in summary.get("thresholds", []):
+        at = summary["thresholds"].index(HEADLINE_THRESHOLD)
+        out["boundary_share"] = summary["boundary_rows"][at] / rows
+        out["boundary_margin"] = HEADLINE_THRESHOLD
+    return out
