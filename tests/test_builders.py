@@ -157,9 +157,11 @@ def test_job_runs_the_runner_against_the_cluster():
     assert runner["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert runner["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
     assert runner["resources"] == {"limits": {"memory": "1Gi"}}
-    assert runner["volumeMounts"] == [{"name": "spec", "mountPath": "/etc/kmeans-partition", "readOnly": True}]
-    (volume,) = pod["volumes"]
-    assert volume["configMap"]["name"] == L.config_map_name(NAME)
+    assert runner["volumeMounts"] == [{"name": "spec", "mountPath": "/etc/kmeans-partition", "readOnly": True},
+                                      {"name": "tmp", "mountPath": "/tmp"}]
+    spec_volume, tmp_volume = pod["volumes"]
+    assert spec_volume["configMap"]["name"] == L.config_map_name(NAME)
+    assert tmp_volume == {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}
 
 
 def test_job_omits_unset_limits():

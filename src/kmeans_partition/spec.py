@@ -190,6 +190,11 @@ class ClusterSpec(_Model):
     affinity: Optional[dict[str, Any]] = None
     priority_class_name: Optional[str] = None
     env: list[EnvVar] = Field(default_factory=list, description="Extra env for every pod.")
+    local_directory_size: Quantity = Field(
+        default="10Gi",
+        description="Size limit of each worker's Dask local directory (spill-to-disk; an emptyDir, "
+        "the root filesystem is read-only).",
+    )
 
 
 class SecretRef(_Model):

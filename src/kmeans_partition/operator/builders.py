@@ -20,6 +20,7 @@ import yaml
 
 from kmeans_partition import settings as S
 from kmeans_partition.operator import labels as L
+from kmeans_partition.operator import security as SEC
 from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, PLURAL, RESOURCE_FORBIDDEN_FIELDS, KMeansPartitionSpec
 
 DASK_GROUP = "kubernetes.dask.org"
@@ -79,10 +80,17 @@ def _image(spec: KMeansPartitionSpec, default_image: str) -> str:
     return spec.cluster.image or default_image
 
 
-def _pod_spec(spec: KMeansPartitionSpec, containers: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    """A PodSpec with the cluster-wide placement settings applied."""
+def _pod_spec(
+    spec: KMeansPartitionSpec, containers: list[dict[str, Any]], volumes: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    """A restricted PodSpec (security.py) with the cluster-wide placement settings applied."""
     cluster = spec.cluster
-    pod: dict[str, Any] = {"containers": containers, **extra}
+    pod: dict[str, Any] = {
+        "securityContext": SEC.pod_security_context(),
+        "containers": containers,
+        "volumes": volumes,
+        **extra,
+    }
     if cluster.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": secret} for secret in cluster.image_pull_secrets]
     if cluster.node_selector:
@@ -99,17 +107,25 @@ def _pod_spec(spec: KMeansPartitionSpec, containers: list[dict[str, Any]], **ext
 def _container(name: str, spec: KMeansPartitionSpec, default_image: str, **fields: Any) -> dict[str, Any]:
     container = {"name": name, "image": _image(spec, default_image), "imagePullPolicy": spec.cluster.image_pull_policy}
     container.update({key: value for key, value in fields.items() if value not in (None, [], {})})
+    container["securityContext"] = SEC.container_security_context()
     return container
 
 
 def worker_command(spec: KMeansPartitionSpec) -> list[str]:
     """`dask worker` for CPU workers, `dask-cuda-worker` (one worker process per GPU) otherwise.
-    The scheduler address comes from DASK_SCHEDULER_ADDRESS, set by the dask-kubernetes operator."""
+    The scheduler address comes from DASK_SCHEDULER_ADDRESS, set by the dask-kubernetes operator;
+    spilled data goes to the local-directory emptyDir (the root filesystem is read-only)."""
     name = ["--name", "$(DASK_WORKER_NAME)"]
     dashboard = ["--dashboard-address", str(WORKER_DASHBOARD_PORT)]
+    local = ["--local-directory", SEC.DASK_LOCAL_DIR]
     if spec.cluster.gpus_per_worker:
-        return ["dask-cuda-worker", *name, *dashboard]
-    return ["dask", "worker", *name, "--nthreads", str(spec.cluster.threads_per_worker), *dashboard]
+        return ["dask-cuda-worker", *name, *dashboard, *local]
+    return ["dask", "worker", *name, "--nthreads", str(spec.cluster.threads_per_worker), *dashboard, *local]
+
+
+def _dask_pod_spec(spec: KMeansPartitionSpec, container: dict[str, Any], volumes: list[dict]) -> dict[str, Any]:
+    """Scheduler and worker pods never talk to the Kubernetes API: no service-account token."""
+    return _pod_spec(spec, [container], volumes, automountServiceAccountToken=False)
 
 
 def build_dask_cluster(
@@ -118,6 +134,8 @@ def build_dask_cluster(
     """The DaskCluster: a scheduler (never a GPU) + Service, and `workers` worker replicas."""
     cluster_name = L.dask_cluster_name(name)
     cluster = spec.cluster
+    scheduler_volumes, scheduler_mounts = SEC.scratch_volumes()
+    worker_volumes, worker_mounts = SEC.scratch_volumes(cluster.local_directory_size)
     scheduler = _container(
         "scheduler",
         spec,
@@ -134,6 +152,7 @@ def build_dask_cluster(
         },
         env=_env(spec),
         resources=_resources(cluster.resources.scheduler),
+        volumeMounts=scheduler_mounts,
     )
     worker = _container(
         "worker",
@@ -144,6 +163,7 @@ def build_dask_cluster(
         env=_env(spec),
         envFrom=_env_from(spec),
         resources=_resources(cluster.resources.worker, gpus=cluster.gpus_per_worker),
+        volumeMounts=worker_mounts,
     )
     service = {
         "type": "ClusterIP",
@@ -158,8 +178,8 @@ def build_dask_cluster(
         "kind": "DaskCluster",
         "metadata": L.child_metadata(name, namespace, uid, cluster_name, L.COMPONENT_DASK),
         "spec": {
-            "worker": {"replicas": cluster.workers, "spec": _pod_spec(spec, [worker])},
-            "scheduler": {"spec": _pod_spec(spec, [scheduler]), "service": service},
+            "worker": {"replicas": cluster.workers, "spec": _dask_pod_spec(spec, worker, worker_volumes)},
+            "scheduler": {"spec": _dask_pod_spec(spec, scheduler, scheduler_volumes), "service": service},
         },
     }
 
@@ -220,6 +240,7 @@ def build_job(
 ) -> dict[str, Any]:
     """The runner Job: `kmeans-partition run -f <spec.yaml>` against the DaskCluster's scheduler."""
     labels = L.child_labels(name, L.COMPONENT_RUNNER)
+    scratch, scratch_mounts = SEC.scratch_volumes()
     runner = _container(
         "runner",
         spec,
@@ -235,16 +256,16 @@ def build_job(
         ),
         envFrom=_env_from(spec),
         resources=_resources(spec.cluster.resources.runner),
-        volumeMounts=[{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True}],
+        volumeMounts=[{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True}, *scratch_mounts],
         terminationMessagePath=TERMINATION_LOG,
         terminationMessagePolicy="FallbackToLogsOnError",
     )
     pod = _pod_spec(
         spec,
         [runner],
+        [{"name": "spec", "configMap": {"name": L.config_map_name(name)}}, *scratch],
         restartPolicy="Never",
         serviceAccountName=L.runner_account_name(name),
-        volumes=[{"name": "spec", "configMap": {"name": L.config_map_name(name)}}],
     )
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.backoff_limit,
