@@ -177,6 +177,12 @@ class ClusterSpec(_Model):
     """The Dask cluster the operator creates for one job."""
 
     workers: int = Field(default=2, ge=1, description="Dask worker replicas.")
+    ready_timeout_seconds: int = Field(
+        default=900,
+        ge=1,
+        description="Seconds the DaskCluster may take to become ready (scheduler pod Ready) before the "
+        "resource fails and the DaskCluster is deleted.",
+    )
     gpus_per_worker: int = Field(
         default=0, ge=0, description="0: CPU `dask worker`; >=1: `dask-cuda-worker` with nvidia.com/gpu limits."
     )
