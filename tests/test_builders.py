@@ -204,7 +204,7 @@ def test_runner_role_only_patches_its_own_status():
 def test_every_child_is_labelled_and_owned():
     children = B.build_children(NAME, NS, UID, _spec(GPU))
     kinds = [child["kind"] for child in children]
-    assert kinds == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "DaskCluster", "Job"]
+    assert kinds == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "DaskCluster", "Job"]
     for child in children:
         meta = child["metadata"]
         assert meta["namespace"] == NS

@@ -7,14 +7,16 @@ reconciler only has to create it. Nothing here talks to the API server.
 Children: a DaskCluster (kubernetes.dask.org/v1, run by the dask-kubernetes
 operator, which creates the scheduler pod + ``<cluster>-scheduler`` Service and the
 worker pods, injecting ``DASK_SCHEDULER_ADDRESS`` and ``DASK_WORKER_NAME`` into
-workers), a ConfigMap holding the manifest, the runner's ServiceAccount/Role/
-RoleBinding, and the runner Job.
+workers), the NetworkPolicy that admits to the Dask pods only the cluster itself, the
+runner and the dask-kubernetes operator, a ConfigMap holding the manifest, the runner's
+ServiceAccount/Role/RoleBinding, and the runner Job. Pod hardening: security.py.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
 
 import yaml
 
@@ -34,9 +36,8 @@ WORKER_DASHBOARD_PORT = 8788
 SPEC_DIR = "/etc/kmeans-partition"
 SPEC_FILE = "spec.yaml"
 TERMINATION_LOG = "/dev/termination-log"
-# Labels the dask-kubernetes operator puts on the scheduler pod (and its Service selects on).
-DASK_CLUSTER_NAME_LABEL = "dask.org/cluster-name"
-DASK_COMPONENT_LABEL = "dask.org/component"
+DASK_CLUSTER_NAME_LABEL = L.DASK_CLUSTER_NAME_LABEL
+DASK_COMPONENT_LABEL = L.DASK_COMPONENT_LABEL
 # How long the runner keeps trying to reach the scheduler (seconds; read by the runner).
 RUNNER_CONNECT_TIMEOUT_SECONDS = 600
 
@@ -283,14 +284,58 @@ def build_job(
     }
 
 
+@dataclass(frozen=True)
+class DaskOperatorPeer:
+    """Where the dask-kubernetes operator's pods run (operator settings KMP_DASK_OPERATOR_*)."""
+
+    pod_labels: Mapping[str, str] = field(default_factory=lambda: dict(S.DASK_OPERATOR_POD_LABELS.default))
+    namespace: Optional[str] = None  # None: any namespace
+
+
+def build_network_policy(
+    name: str, namespace: str, uid: str, dask_operator: Optional[DaskOperatorPeer] = None
+) -> dict[str, Any]:
+    """Ingress to the DaskCluster's pods (scheduler, workers, dashboards) only from that cluster's
+    own pods, this resource's runner pod (any port), and the dask-kubernetes operator (scheduler
+    and dashboard ports). Egress is left open: workers read and write object storage."""
+    peer = dask_operator or DaskOperatorPeer()
+    cluster_pods = {"matchLabels": {DASK_CLUSTER_NAME_LABEL: L.dask_cluster_name(name)}}
+    runner_pod = {"matchLabels": {**L.selector_labels(name), L.COMPONENT_LABEL: L.COMPONENT_RUNNER}}
+    operator_namespaces = {"matchLabels": {"kubernetes.io/metadata.name": peer.namespace}} if peer.namespace else {}
+    operator_ports = [SCHEDULER_PORT, DASHBOARD_PORT, WORKER_DASHBOARD_PORT]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": L.child_metadata(name, namespace, uid, L.network_policy_name(name), L.COMPONENT_NETWORK),
+        "spec": {
+            "podSelector": cluster_pods,
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"podSelector": copy.deepcopy(cluster_pods)}, {"podSelector": runner_pod}]},
+                {
+                    "from": [{"namespaceSelector": operator_namespaces,
+                              "podSelector": {"matchLabels": dict(peer.pod_labels)}}],
+                    "ports": [{"protocol": "TCP", "port": port} for port in operator_ports],
+                },
+            ],
+        },
+    }
+
+
 def build_children(
-    name: str, namespace: str, uid: str, spec: KMeansPartitionSpec, default_image: Optional[str] = None
+    name: str,
+    namespace: str,
+    uid: str,
+    spec: KMeansPartitionSpec,
+    default_image: Optional[str] = None,
+    dask_operator: Optional[DaskOperatorPeer] = None,
 ) -> list[dict[str, Any]]:
-    """Every child in creation order (config and RBAC before the pods that use them)."""
+    """Every child in creation order (config, RBAC and the NetworkPolicy before the pods)."""
     image = default_image or DEFAULT_IMAGE
     return [
         build_config_map(name, namespace, uid, spec),
         *build_runner_rbac(name, namespace, uid),
+        build_network_policy(name, namespace, uid, dask_operator),
         build_dask_cluster(name, namespace, uid, spec, image),
         build_job(name, namespace, uid, spec, image),
     ]

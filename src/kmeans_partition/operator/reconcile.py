@@ -2,7 +2,7 @@
 
 Each pass: parse the spec (invalid -> ``Failed/InvalidSpec``, nothing created);
 unless the resource already ended, create the missing children under their
-deterministic names (ConfigMap, runner RBAC, DaskCluster; the Job only once the
+deterministic names (ConfigMap, runner RBAC, NetworkPolicy, DaskCluster; the Job only once the
 DaskCluster reports Running *and* its scheduler pod is Ready, and never twice; a
 child the API server rejects -> ``Failed/ChildRejected``); read the DaskCluster
 and Job; derive the conditions; once the job ended delete the DaskCluster per ``cleanupPolicy``; merge-
@@ -159,6 +159,7 @@ def reconcile(
     *,
     default_image: Optional[str] = None,
     now: Callable[[], str] = C.utc_now,
+    dask_operator: Optional[B.DaskOperatorPeer] = None,
 ) -> Outcome:
     """One level-based pass over resource `body`; applies children and the status patch."""
     run = _Pass(body, api, now, default_image)
@@ -170,7 +171,7 @@ def reconcile(
         if not C.is_true(run.conditions, C.FAILED):
             run.set(C.FAILED, True, "InvalidSpec", str(err))
         return _finish(run)
-    children = B.build_children(run.name, run.namespace, run.uid, spec, default_image)
+    children = B.build_children(run.name, run.namespace, run.uid, spec, default_image, dask_operator)
     by_kind = {child["kind"]: child for child in children}
     dask_manifest, job_manifest = by_kind["DaskCluster"], by_kind["Job"]
     if run.ended:
@@ -198,7 +199,7 @@ def _reject(run: _Pass) -> bool:
 
 def _reconcile_dask(run: _Pass, children: list[dict], dask_manifest: dict) -> Optional[dict]:
     for child in children:
-        if child["kind"] in ("ConfigMap", "ServiceAccount", "Role", "RoleBinding"):
+        if child["kind"] in ("ConfigMap", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy"):
             _ensure(run.api, child, run.uid, run.outcome)
             if run.outcome.rejected:
                 return None
@@ -355,6 +356,7 @@ def delete_children(name: str, namespace: str, uid: str, api: Api) -> list[str]:
     deleted = []
     kinds = [("batch/v1", "Job", L.job_name(name)),
              (f"{B.DASK_GROUP}/{B.DASK_VERSION}", "DaskCluster", L.dask_cluster_name(name)),
+             ("networking.k8s.io/v1", "NetworkPolicy", L.network_policy_name(name)),
              ("v1", "ConfigMap", L.config_map_name(name)),
              ("rbac.authorization.k8s.io/v1", "RoleBinding", L.runner_account_name(name)),
              ("rbac.authorization.k8s.io/v1", "Role", L.runner_account_name(name)),
