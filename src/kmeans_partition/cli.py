@@ -104,7 +104,7 @@ def load_manifest(path: str) -> KMeansPartitionSpec:
     api_version = str(doc.get("apiVersion", ""))
     if api_version != f"{API_GROUP}/{API_VERSION}":
         raise SpecError("apiVersion", f"{path}: expected {API_GROUP}/{API_VERSION}, got {api_version!r}")
-    return parse_resource_spec(doc.get("spec") or {})
+    return parse_resource_spec(doc.get("spec") or {}, allow_local_paths=True)
 
 
 def job_fields(args: argparse.Namespace, manifest: Optional[KMeansPartitionSpec] = None) -> dict[str, Any]:
