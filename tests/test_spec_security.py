@@ -115,3 +115,28 @@ def test_redaction_is_recursive_and_covers_urls():
         "list": [{"secret": "***"}, "https://***@host/p"],
         "anon": False,
     }
+
+
+def test_the_manifest_shows_no_credentials(tmp_path):
+    """A CLI run may pass credentials in storage_options; `_manifest.json` never shows them."""
+    import json
+
+    from kmeans_partition.runner.manifest import RunResult, write_manifest
+    from kmeans_partition.runner.output import open_output
+
+    spec = parse_job_spec({"n_clusters": 2, "id_field": "id", "embedding_field": "e", "input_path": "in",
+                           "output_path": str(tmp_path / "out"),
+                           "storage_options": {"secret": "hunter2", "client_kwargs": {
+                               "endpoint_url": "http://alice:hunter2@minio:9000",
+                               "headers": {"Authorization": "Bearer hunter2"}}}})
+    (tmp_path / "out").mkdir()
+    out = open_output(spec.output_path, {})
+    result = RunResult(output_path=spec.output_path, manifest_path="m", centroids_path="c", n_rows=1, n_clusters=2,
+                       embedding_dim=2, n_iter=1, inertia=0.0, converged=True, rows_per_centroid=[1, 0], files=[],
+                       input_files=["in/a.parquet"], n_duplicate_ids=0, n_reseeded=0)
+    write_manifest(out, spec, result)
+    text = (tmp_path / "out" / "_manifest.json").read_text()
+    assert "hunter2" not in text
+    options = json.loads(text)["spec"]["storage_options"]
+    assert options["client_kwargs"]["endpoint_url"] == "http://***@minio:9000"
+    assert options["secret"] == options["client_kwargs"]["headers"]["Authorization"] == "***"
