@@ -157,9 +157,11 @@ def test_job_runs_the_runner_against_the_cluster():
     assert runner["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert runner["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
     assert runner["resources"] == {"limits": {"memory": "1Gi"}}
-    assert runner["volumeMounts"] == [{"name": "spec", "mountPath": "/etc/kmeans-partition", "readOnly": True}]
-    (volume,) = pod["volumes"]
-    assert volume["configMap"]["name"] == L.config_map_name(NAME)
+    assert runner["volumeMounts"] == [{"name": "spec", "mountPath": "/etc/kmeans-partition", "readOnly": True},
+                                      {"name": "tmp", "mountPath": "/tmp"}]
+    spec_volume, tmp_volume = pod["volumes"]
+    assert spec_volume["configMap"]["name"] == L.config_map_name(NAME)
+    assert tmp_volume == {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}
 
 
 def test_job_omits_unset_limits():
@@ -202,7 +204,7 @@ def test_runner_role_only_patches_its_own_status():
 def test_every_child_is_labelled_and_owned():
     children = B.build_children(NAME, NS, UID, _spec(GPU))
     kinds = [child["kind"] for child in children]
-    assert kinds == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "DaskCluster", "Job"]
+    assert kinds == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "DaskCluster", "Job"]
     for child in children:
         meta = child["metadata"]
         assert meta["namespace"] == NS

@@ -31,7 +31,8 @@ MODES = {
 # What the operator does in a watched namespace (api group, resource, verb), from its code:
 # kopf lists/watches the resource and patches its metadata, reconcile GETs it and merge-
 # patches status (also the runner Role's only verb, which the operator must hold to grant);
-# kopf watches Jobs and DaskClusters (on.event); children are get/create/delete by name;
+# kopf watches Jobs and DaskClusters (on.event); children (NetworkPolicy included) are
+# get/create/delete by name;
 # pods are listed by label; kopf posts core/v1 Events.
 OPERATOR_NEEDS = {
     *[(GROUP, "kmeanspartitions", verb) for verb in ("get", "list", "watch", "patch")],
@@ -42,7 +43,8 @@ OPERATOR_NEEDS = {
     *[(group, resource, verb)
       for group, resource in [("", "configmaps"), ("", "serviceaccounts"),
                               ("rbac.authorization.k8s.io", "roles"),
-                              ("rbac.authorization.k8s.io", "rolebindings")]
+                              ("rbac.authorization.k8s.io", "rolebindings"),
+                              ("networking.k8s.io", "networkpolicies")]
       for verb in ("get", "create", "delete")],
     ("", "pods", "list"),
     ("", "events", "create"),

@@ -201,6 +201,16 @@ def test_cel_rules_accept_the_good_spec():
         ({"outputPath": "s3://bucket/in/deep/out/"}, "outputPath must differ"),
         ({"outputPath": "s3://bucket"}, "outputPath must differ"),  # an input inside the output
         ({"inputPath": ["s3://other/", "s3://bucket/out/part/"]}, "outputPath must differ"),
+        ({"outputPath": "s3://bkt/out*"}, "glob characters"),
+        ({"outputPath": "s3://bkt/run[1]"}, "glob characters"),
+        ({"outputPath": "s3://bkt/{a,b}"}, "glob characters"),
+        ({"outputPath": "s3://bkt/out?"}, "glob characters"),
+        ({"outputPath": "/data/out"}, "remote URIs"),
+        ({"outputPath": "file:///data/out"}, "remote URIs"),
+        ({"inputPath": ["s3://bucket/in/", "local:///data/in"]}, "remote URIs"),
+        ({"inputPath": ["memory://in"]}, "remote URIs"),
+        ({"outputPath": "s3://user:pass@bucket/out"}, "credentials"),
+        ({"inputPath": ["https://user:token@host/in/data.parquet"]}, "credentials"),
     ],
 )
 def test_cel_rules_reject(change, expect):
@@ -213,7 +223,8 @@ def test_cel_rules_reject(change, expect):
 @pytest.mark.parametrize("input_path, output_path", [
     (["s3://bucket/in"], "s3://bucket/input-clusters/"),  # a shared prefix, not a shared directory
     (["s3://bucket/in/"], "s3://bucket/out"),
-    (["/data/a", "/data/b/"], "/data/ab"),
+    (["gs://data/a", "gs://data/b/"], "gs://data/ab"),
+    (["simplecache::s3://bucket/in/"], "abfs://container@account.dfs.core.windows.net/out"),  # no password
 ])
 def test_cel_allows_sibling_paths(input_path, output_path):
     spec = {**GOOD["spec"], "inputPath": input_path, "outputPath": output_path}

@@ -100,6 +100,10 @@ def test_resource_succeeds_with_partitions_in_the_bucket(kube, s3_server, tmp_pa
     runner = kubelet.pods[f"{status['job']}-0"]
     assert runner.env["DASK_SCHEDULER_ADDRESS"] == f"tcp://127.0.0.1:{scheduler.argv[scheduler.argv.index('--port') + 1]}"
     assert "Receive client connection" in kubelet.log(scheduler.name)  # the runner used the cluster
+    worker = kubelet.pods[f"{status['daskCluster']}-default-worker-0"]
+    local_directory = Path(worker.argv[worker.argv.index("--local-directory") + 1])
+    assert local_directory == kubelet.workdir / worker.name / "dask-local"  # the pod's emptyDir
+    assert [p.name for p in local_directory.iterdir()] == ["dask-scratch-space"]  # the worker wrote there
     job = kube.get("batch/v1", "jobs", "default", status["job"])
     assert job["status"]["succeeded"] == 1  # kept for its logs (TTL)
 

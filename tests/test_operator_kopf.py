@@ -26,6 +26,7 @@ SPEC = {
 CHILDREN = [("v1", "configmaps", "docs-spec"), ("v1", "serviceaccounts", "docs-runner"),
             ("rbac.authorization.k8s.io/v1", "roles", "docs-runner"),
             ("rbac.authorization.k8s.io/v1", "rolebindings", "docs-runner"),
+            ("networking.k8s.io/v1", "networkpolicies", DASK),
             ("kubernetes.dask.org/v1", "daskclusters", DASK)]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import itertools
 
 import pytest
@@ -21,11 +22,18 @@ SPEC = {
     "cluster": {"workers": 2},
 }
 DASK, JOB = L.dask_cluster_name(NAME), L.job_name(NAME)
+START = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
 
 
 def clock():
+    """A new timestamp one second later at each call."""
     counter = itertools.count()
-    return lambda: f"2030-01-01T00:00:{next(counter):02d}Z"
+    return lambda: at(next(counter))
+
+
+def at(seconds: float) -> str:
+    """The RFC 3339 timestamp `seconds` after 2030-01-01T00:00:00Z."""
+    return (START + datetime.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @pytest.fixture
@@ -71,7 +79,7 @@ def test_children_created_once_with_owner_references(api):
     first = step(api)
     assert sorted(first.created) == sorted(
         ["ConfigMap/docs-spec", "ServiceAccount/docs-runner", "Role/docs-runner", "RoleBinding/docs-runner",
-         f"DaskCluster/{DASK}"]
+         f"NetworkPolicy/{DASK}", f"DaskCluster/{DASK}"]
     )
     assert not any(ref.startswith("Job/") for ref in first.created), "Job must wait for the DaskCluster"
     second = step(api)
@@ -252,7 +260,7 @@ def test_delete_children_removes_only_owned_children(api):
     step(api)
     api.objects[("ConfigMap", "other", "docs-spec")] = {"metadata": {"name": "docs-spec", "ownerReferences": []}}
     deleted = delete_children(NAME, "default", "kmp-uid", api)
-    assert len(deleted) == 6
+    assert len(deleted) == 7 and f"NetworkPolicy/{DASK}" in deleted
     # the ConfigMap in namespace "other" stays; the scheduler pod is the dask operator's to remove
     assert [k for k in api.kinds() if not k.startswith("Pod/")] == ["ConfigMap/docs-spec"]
     assert delete_children(NAME, "default", "kmp-uid", api) == []
@@ -335,3 +343,47 @@ def test_job_gone_after_the_runner_wrote_its_result_is_success(api):
     assert cond["Succeeded"]["status"] == "True" and cond["Succeeded"]["reason"] == "JobGoneAfterResult"
     assert "Failed" not in cond and cond["Running"]["status"] == "False"
     assert api.resource(NAME)["status"]["phase"] == "Succeeded" and out.created == []
+
+
+def test_dask_cluster_not_ready_in_time_fails_and_is_deleted_whatever_the_cleanup_policy():
+    api = FakeApi()
+    api.add_resource(NAME, {**SPEC, "cluster": {"workers": 2, "readyTimeoutSeconds": 600}, "cleanupPolicy": "Never"})
+    step(api, now=lambda: at(0))
+    assert api.resource(NAME)["status"]["daskClusterWaitStart"] == at(0)
+    api.set_status("DaskCluster", DASK, {"phase": "Pending"})  # e.g. pods refused by admission
+    out = step(api, now=lambda: at(599))
+    assert "Failed" not in conditions(api) and out.deleted == []
+    out = step(api, now=lambda: at(600))
+    failed = conditions(api)["Failed"]
+    assert failed["reason"] == "DaskClusterNotReady"
+    assert "(600 s)" in failed["message"] and "DaskClusterStarting: DaskCluster phase: Pending" in failed["message"]
+    assert out.deleted == [f"DaskCluster/{DASK}"] and f"DaskCluster/{DASK}" not in api.kinds()
+    assert conditions(api)["DaskClusterReady"]["reason"] == "Deleted"
+    assert api.resource(NAME)["status"]["phase"] == "Failed"
+    assert any(e.type == "Warning" and e.reason == "DaskClusterNotReady" for e in out.events)
+    out = step(api, now=lambda: at(700))  # ended: nothing is created again, no Job ever
+    assert out.created == [] and not any(k.startswith("Job/") for k in api.kinds())
+    assert api.resource(NAME)["status"]["daskClusterWaitStart"] == at(0)
+
+
+def test_ready_deadline_no_longer_applies_once_the_job_exists(api):
+    step(api, now=lambda: at(0))
+    dask_running(api)
+    step(api, now=lambda: at(60))
+    assert f"Job/{JOB}" in api.kinds()
+    scheduler_pod(api, ready=False)  # the scheduler restarts later, long after the deadline
+    job_active(api)
+    step(api, now=lambda: at(10_000))
+    assert "Failed" not in conditions(api) and f"DaskCluster/{DASK}" in api.kinds()
+
+
+def test_missing_dask_operator_fails_at_the_deadline_with_its_reason():
+    api = FakeApi(unserved_kinds=("DaskCluster",))
+    api.add_resource(NAME, SPEC)  # default readyTimeoutSeconds: 900
+    step(api, now=lambda: at(0))
+    step(api, now=lambda: at(899))
+    assert "Failed" not in conditions(api)
+    out = step(api, now=lambda: at(900))
+    failed = conditions(api)["Failed"]
+    assert failed["reason"] == "DaskClusterNotReady" and "DaskOperatorMissing" in failed["message"]
+    assert out.deleted == []

@@ -19,10 +19,10 @@ from kmeans_partition.operator.render import PLACEHOLDER_UID
 from kmeans_partition.spec import API_GROUP, API_VERSION, PLURAL
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-KINDS = ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "DaskCluster", "Job"]
+KINDS = ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "DaskCluster", "Job"]
 SERVER_SET = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields")
 PLURALS = {"ConfigMap": "configmaps", "ServiceAccount": "serviceaccounts", "Role": "roles",
-           "RoleBinding": "rolebindings", "DaskCluster": "daskclusters", "Job": "jobs"}
+           "RoleBinding": "rolebindings", "NetworkPolicy": "networkpolicies", "DaskCluster": "daskclusters", "Job": "jobs"}
 
 
 def render(capsys, *args: str) -> list[dict]:

@@ -95,7 +95,7 @@ def read_manifest(path: str) -> dict[str, Any]:
 
 def load_manifest(path: str) -> KMeansPartitionSpec:
     """The validated spec of a KMeansPartition manifest."""
-    return parse_resource_spec(read_manifest(path).get("spec") or {})
+    return parse_resource_spec(read_manifest(path).get("spec") or {}, allow_local_paths=True)
 
 
 def job_fields(args: argparse.Namespace, manifest: Optional[KMeansPartitionSpec] = None) -> dict[str, Any]:

@@ -49,6 +49,17 @@ def _seconds(raw: str) -> float:
     return float(raw)
 
 
+def _labels(raw: str) -> dict[str, str]:
+    """``key=value[,key=value...]`` -> a label dict (a NetworkPolicy pod selector)."""
+    labels = {}
+    for item in raw.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep or not key.strip():
+            raise ValueError(item)
+        labels[key.strip()] = value.strip()
+    return labels
+
+
 DEFAULT_IMAGE: Setting[str] = Setting(
     "KMP_DEFAULT_IMAGE", "kmeans-partition:0.1.0", "operator",
     "Image of the Dask and runner pods when a resource leaves `cluster.image` empty (the chart sets it).", str,
@@ -80,9 +91,20 @@ SCHEDULER_ADDRESS: Setting[Optional[str]] = Setting(
     "the dask-kubernetes operator sets it on workers); unset: a LocalCluster.", str,
 )
 
+DASK_OPERATOR_POD_LABELS: Setting[dict[str, str]] = Setting(
+    "KMP_DASK_OPERATOR_POD_LABELS", {"app.kubernetes.io/name": "dask-kubernetes-operator"}, "operator",
+    "Labels of the dask-kubernetes operator's pods, which each resource's NetworkPolicy lets reach its "
+    "Dask cluster (the dask-kubernetes-operator chart's default).",
+    _labels, "key=value[,key=value...]",
+)
+DASK_OPERATOR_NAMESPACE: Setting[Optional[str]] = Setting(
+    "KMP_DASK_OPERATOR_NAMESPACE", None, "operator",
+    "Namespace of the dask-kubernetes operator, for that NetworkPolicy rule; unset: any namespace.", str,
+)
+
 SETTINGS: tuple[Setting[Any], ...] = (
     DEFAULT_IMAGE, RECONCILE_INTERVAL, RESOURCE_NAME, RESOURCE_NAMESPACE, TERMINATION_MESSAGE_PATH,
-    CONNECT_TIMEOUT, SCHEDULER_ADDRESS,
+    CONNECT_TIMEOUT, SCHEDULER_ADDRESS, DASK_OPERATOR_POD_LABELS, DASK_OPERATOR_NAMESPACE,
 )
 
 
@@ -114,9 +136,19 @@ def scheduler_address(environ: Environ = None) -> Optional[str]:
     return SCHEDULER_ADDRESS.get(environ)
 
 
+def dask_operator_pod_labels(environ: Environ = None) -> dict[str, str]:
+    return DASK_OPERATOR_POD_LABELS.get(environ)
+
+
+def dask_operator_namespace(environ: Environ = None) -> Optional[str]:
+    return DASK_OPERATOR_NAMESPACE.get(environ)
+
+
 def _shown(default: Any) -> str:
     if default is None:
         return "unset"
+    if isinstance(default, dict):
+        return "`" + ",".join(f"{key}={value}" for key, value in default.items()) + "`"
     return f"`{default:g}`" if isinstance(default, float) else f"`{default}`"
 
 

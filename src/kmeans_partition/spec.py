@@ -12,8 +12,12 @@ Python attribute names are snake_case; manifests use camelCase aliases
 A KMeansPartition resource may not set ``schedulerAddress`` (the operator's
 DaskCluster is the scheduler; the runner would prefer a spec address over it) nor
 ``storageOptions`` (credentials come only from ``storage.secretRef``, non-secret
-options from ``storage.options``, whose keys may not look like secrets). Resource
-quantities follow the Kubernetes quantity syntax (``8Gi``, ``500m``, ``4``).
+options from ``storage.options``, an allowlist per protocol: ``credentials.py``). Its
+paths must be remote URIs (each pod has its own filesystem); `parse_resource_spec`
+takes ``allow_local_paths`` for the local CLI. No path may carry credentials
+(``user:pass@``, signed query strings), and ``outputPath`` no glob characters (it is
+deleted from by ``overwrite``). Resource quantities follow the Kubernetes quantity
+syntax (``8Gi``, ``500m``, ``4``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WithJsonSchema, field_validator
 from pydantic.alias_generators import to_camel
 
+from kmeans_partition.credentials import option_problems, protocol_of, url_credentials
+
 API_GROUP = "kmeanspartition.dev"
 API_VERSION = "v1alpha1"
 KIND = "KMeansPartition"
@@ -35,13 +41,10 @@ SHORT_NAME = "kmp"
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
-# storage.options keys that hold credentials (compared lower-case; also inside client_kwargs).
-SECRET_OPTION_KEYS = frozenset({
-    "key", "secret", "token", "password", "passwd", "aws_access_key_id", "aws_secret_access_key",
-    "aws_session_token", "session_token", "access_token", "refresh_token", "client_secret",
-    "account_key", "sas_token", "connection_string", "credentials",
-})
-NESTED_OPTION_KEYS = ("client_kwargs", "config_kwargs")
+GLOB_CHARACTERS = "*?[]{}"
+# A remote URI (fsspec chains such as simplecache::s3://... included), and the local ones.
+REMOTE_URI_PATTERN = r"^([a-zA-Z][a-zA-Z0-9+.-]*::)*[a-zA-Z][a-zA-Z0-9+.-]*://"
+LOCAL_URI_PATTERN = r"^([a-zA-Z][a-zA-Z0-9+.-]*::)*(file|local|memory)://"
 # JobSpec fields a KMeansPartition resource may not set (see module docstring).
 RESOURCE_FORBIDDEN_FIELDS = {
     "scheduler_address": "the operator's DaskCluster is the scheduler; remove schedulerAddress",
@@ -122,6 +125,18 @@ class JobSpec(_Model):
         paths = [value] if isinstance(value, str) else value
         if not paths or any(not p for p in paths):
             raise ValueError("must name at least one non-empty path")
+        for path in paths:
+            _refuse_url_credentials(path)
+        return value
+
+    @field_validator("output_path")
+    @classmethod
+    def _output_exact_and_without_credentials(cls, value: str) -> str:
+        found = sorted({char for char in value if char in GLOB_CHARACTERS})
+        if found:
+            raise ValueError(f"glob characters ({' '.join(found)}) are not allowed: the output must be one "
+                             "exact location (overwrite deletes from it)")
+        _refuse_url_credentials(value)
         return value
 
     @field_validator("metadata_fields")
@@ -133,7 +148,21 @@ class JobSpec(_Model):
 
     @property
     def input_paths(self) -> list[str]:
-        return [self.input_path] if isinstance(self.input_path, str) else list(self.input_path)
+        return self._as_list(self.input_path)
+
+    @staticmethod
+    def _as_list(value: Union[str, list[str], None]) -> list[str]:
+        return [value] if isinstance(value, str) else list(value or [])
+
+
+def _refuse_url_credentials(path: str) -> None:
+    found = url_credentials(path)
+    if found:
+        raise ValueError(f"the path holds {found}; put credentials in the storage Secret, not in a path")
+
+
+def _remote(path: str) -> bool:
+    return bool(re.match(REMOTE_URI_PATTERN, path)) and not re.match(LOCAL_URI_PATTERN, path)
 
 
 class Engine(str, Enum):
@@ -191,6 +220,12 @@ class ClusterSpec(_Model):
     """The Dask cluster the operator creates for one job."""
 
     workers: int = Field(default=2, ge=1, description="Dask worker replicas.")
+    ready_timeout_seconds: int = Field(
+        default=900,
+        ge=1,
+        description="Seconds the DaskCluster may take to become ready (scheduler pod Ready) before the "
+        "resource fails and the DaskCluster is deleted.",
+    )
     gpus_per_worker: int = Field(
         default=0, ge=0, description="0: CPU `dask worker`; >=1: `dask-cuda-worker` with nvidia.com/gpu limits."
     )
@@ -204,6 +239,11 @@ class ClusterSpec(_Model):
     affinity: Optional[dict[str, Any]] = None
     priority_class_name: Optional[str] = None
     env: list[EnvVar] = Field(default_factory=list, description="Extra env for every pod.")
+    local_directory_size: Quantity = Field(
+        default="10Gi",
+        description="Size limit of each worker's Dask local directory (spill-to-disk; an emptyDir, "
+        "the root filesystem is read-only).",
+    )
 
 
 class SecretRef(_Model):
@@ -218,30 +258,18 @@ class StorageSpec(_Model):
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
-        description="Non-secret fsspec options, e.g. endpoint_url, client_kwargs.region_name. "
-        "Credential keys (key, secret, token, password, ...) are rejected: use secretRef.",
+        description="Non-secret fsspec options of the paths' protocols, e.g. endpoint_url, "
+        "client_kwargs.region_name (an allowlist; credentials, in keys or URLs, are refused: use secretRef).",
     )
 
     @field_validator("options")
     @classmethod
-    def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
-        found = secret_option_keys(value)
-        if found:
-            raise ValueError(
-                f"credential keys not allowed here: {', '.join(found)}; put credentials in the Secret "
-                "named by storage.secretRef (as env vars, e.g. AWS_SECRET_ACCESS_KEY)"
-            )
+    def _only_known_non_secret_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Keys of any protocol's allowlist; `KMeansPartitionSpec` narrows it to the paths' protocols."""
+        problems = option_problems(value, [])
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
-
-
-def secret_option_keys(options: dict[str, Any]) -> list[str]:
-    """Keys of `options` (and of its client_kwargs/config_kwargs) that look like credentials."""
-    found = [key for key in options if str(key).lower() in SECRET_OPTION_KEYS]
-    for nested in NESTED_OPTION_KEYS:
-        inner = options.get(nested)
-        if isinstance(inner, dict):
-            found += [f"{nested}.{key}" for key in inner if str(key).lower() in SECRET_OPTION_KEYS]
-    return found
 
 
 class KMeansPartitionSpec(JobSpec):
@@ -266,6 +294,28 @@ class KMeansPartitionSpec(JobSpec):
             raise ValueError(f"not allowed in a KMeansPartition: {RESOURCE_FORBIDDEN_FIELDS[info.field_name]}")
         return value
 
+    @field_validator("input_path", "output_path")
+    @classmethod
+    def _remote_paths(cls, value: Union[str, list[str]], info: ValidationInfo) -> Union[str, list[str]]:
+        """Each pod has its own filesystem: a local output would vanish with the runner pod."""
+        if (info.context or {}).get("allow_local_paths"):
+            return value
+        for path in [value] if isinstance(value, str) else value:
+            if not _remote(path):
+                raise ValueError(f"{path!r} is not a remote URI (e.g. s3://bucket/path); a resource's pods "
+                                 "do not share a filesystem (local paths work only with the local CLI)")
+        return value
+
+    @field_validator("storage")
+    @classmethod
+    def _allowed_storage_options(cls, value: StorageSpec, info: ValidationInfo) -> StorageSpec:
+        """storage.options: only the non-secret options of the paths' protocols (credentials.py)."""
+        paths = [info.data.get("output_path") or "", *JobSpec._as_list(info.data.get("input_path"))]
+        problems = option_problems(value.options, {protocol_of(path) for path in paths})
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
     def job_spec(self) -> JobSpec:
         """The runner's view: job fields only, storage options merged in."""
         data = {name: getattr(self, name) for name in JobSpec.model_fields}
@@ -282,9 +332,9 @@ def format_validation_error(err: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def _validate(model: type[_Model], data: dict[str, Any]) -> Any:
+def _validate(model: type[_Model], data: dict[str, Any], context: Optional[dict[str, Any]] = None) -> Any:
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "spec"
@@ -296,6 +346,8 @@ def parse_job_spec(data: dict[str, Any]) -> JobSpec:
     return _validate(JobSpec, data)
 
 
-def parse_resource_spec(data: dict[str, Any]) -> KMeansPartitionSpec:
-    """Validate the `spec` of a KMeansPartition manifest, raising `SpecError`."""
-    return _validate(KMeansPartitionSpec, data)
+def parse_resource_spec(data: dict[str, Any], *, allow_local_paths: bool = False) -> KMeansPartitionSpec:
+    """Validate the `spec` of a KMeansPartition manifest, raising `SpecError`.
+
+    ``allow_local_paths``: for the local CLI (``run -f``), which runs every process on one machine."""
+    return _validate(KMeansPartitionSpec, data, {"allow_local_paths": allow_local_paths})

@@ -95,6 +95,11 @@ class OperatorStatus(_Model):
     start_time: Optional[Timestamp] = None
     completion_time: Optional[Timestamp] = None
     dask_cluster: Optional[str] = Field(default=None, description="Name of the DaskCluster child.")
+    dask_cluster_wait_start: Optional[Timestamp] = Field(
+        default=None,
+        description="When the operator began waiting for the DaskCluster to become ready "
+        "(cluster.readyTimeoutSeconds counts from here).",
+    )
     job: Optional[str] = Field(default=None, description="Name of the runner Job child.")
     waiting_for: Optional[list[str]] = Field(
         default=None, description="Children whose names are held by objects of another owner."

@@ -24,7 +24,10 @@ How a pod spec maps onto this machine (everything else is taken as written):
 - network: pods share the loopback: the scheduler gets `--host 127.0.0.1 --port <free>`,
   workers `--host 127.0.0.1`, every `--dashboard-address` becomes `127.0.0.1:0`.
 - volumes: a ConfigMap volume becomes `<workdir>/<pod>/<volume>/` with one file per key;
-  its `mountPath` prefix is rewritten in args, command and env values.
+  its `mountPath` prefix is rewritten in args, command and env values. An emptyDir
+  becomes an empty `<workdir>/<pod>/<volume>/`; an arg or env value that *is* its
+  `mountPath` is rewritten (only whole values: an emptyDir on `/tmp` must not rewrite
+  every path under this machine's /tmp, which stays usable as it is).
 - termination message: `terminationMessagePath` -> `<workdir>/<pod>/termination-log`
   (env values naming that path are rewritten too); read when the process exits.
 - logs: each process's stdout+stderr go to `<workdir>/<pod>.log` (`FakeKubelet.log(pod)`).
@@ -296,13 +299,19 @@ class FakeKubelet:
             text = text.replace(old, replacements[old])
         return text
 
-    def _mount_volumes(self, pod_dir: Path, pod_spec: dict, container: dict) -> dict[str, str]:
+    def _mount_volumes(self, pod_dir: Path, pod_spec: dict, container: dict) -> tuple[dict[str, str], dict[str, str]]:
+        """(ConfigMap mount prefixes, emptyDir mount paths) -> local directories."""
         volumes = {v["name"]: v for v in pod_spec.get("volumes") or []}
-        mounts = {}
+        mounts, empty_dirs = {}, {}
         for mount in container.get("volumeMounts") or []:
             volume = volumes[mount["name"]]
+            if "emptyDir" in volume:
+                target = pod_dir / mount["name"]
+                target.mkdir(parents=True, exist_ok=True)
+                empty_dirs[mount["mountPath"].rstrip("/")] = str(target)
+                continue
             if "configMap" not in volume:
-                raise NotImplementedError(f"volume {mount['name']}: only configMap volumes are emulated")
+                raise NotImplementedError(f"volume {mount['name']}: only configMap and emptyDir volumes are emulated")
             config_map = self.kube.get("v1", "configmaps", self.namespace, volume["configMap"]["name"])
             if config_map is None:
                 raise RuntimeError(f"configmap {volume['configMap']['name']} not found for pod {pod_dir.name}")
@@ -311,7 +320,7 @@ class FakeKubelet:
             for key, value in (config_map.get("data") or {}).items():
                 (target / key).write_text(value)
             mounts[mount["mountPath"].rstrip("/")] = str(target)
-        return mounts
+        return mounts, empty_dirs
 
     def _container_env(self, container: dict) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -333,15 +342,16 @@ class FakeKubelet:
                          extra_env: dict[str, str], flags: dict[str, str]) -> Pod:
         pod_dir = self.workdir / pod_name
         pod_dir.mkdir(parents=True, exist_ok=True)
-        replacements = {**self._service_addresses(), **self._mount_volumes(pod_dir, pod_spec, container)}
+        config_mounts, empty_dirs = self._mount_volumes(pod_dir, pod_spec, container)
+        replacements = {**self._service_addresses(), **config_mounts}
         termination_path = None
         if container.get("terminationMessagePath"):
             termination_path = pod_dir / "termination-log"
             replacements[container["terminationMessagePath"]] = str(termination_path)
         env = {**self._container_env(container), **extra_env, "KUBECONFIG": self.kube.kubeconfig}
-        env = {key: self._rewrite(value, replacements) for key, value in env.items()}
+        env = {key: empty_dirs.get(value, self._rewrite(value, replacements)) for key, value in env.items()}
         argv = [expand_vars(a, env) for a in (container.get("command") or []) + (container.get("args") or [])]
-        argv = [self._rewrite(arg, replacements) for arg in argv]
+        argv = [empty_dirs.get(arg, self._rewrite(arg, replacements)) for arg in argv]
         if not argv:
             raise NotImplementedError(f"pod {pod_name}: a container without command relies on the image entrypoint")
         for flag, value in flags.items():

@@ -28,6 +28,7 @@ BUILTIN_RESOURCES = {
     ("v1", "serviceaccounts"): ("ServiceAccount", True, False),
     ("v1", "events"): ("Event", True, False),
     ("batch/v1", "jobs"): ("Job", True, True),
+    ("networking.k8s.io/v1", "networkpolicies"): ("NetworkPolicy", True, False),
     ("rbac.authorization.k8s.io/v1", "roles"): ("Role", True, False),
     ("rbac.authorization.k8s.io/v1", "rolebindings"): ("RoleBinding", True, False),
     ("rbac.authorization.k8s.io/v1", "clusterroles"): ("ClusterRole", False, False),

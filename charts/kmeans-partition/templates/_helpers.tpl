@@ -103,6 +103,10 @@ the ClusterRole (cluster-wide mode); none of them names a cluster-scoped resourc
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["get", "create", "delete"]
+# The NetworkPolicy guarding each resource's Dask pods, created/read/deleted by name.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "delete"]
 # Pods, by label: the runner's termination message and the scheduler's readiness.
 - apiGroups: [""]
   resources: ["pods"]

@@ -7,19 +7,22 @@ reconciler only has to create it. Nothing here talks to the API server.
 Children: a DaskCluster (kubernetes.dask.org/v1, run by the dask-kubernetes
 operator, which creates the scheduler pod + ``<cluster>-scheduler`` Service and the
 worker pods, injecting ``DASK_SCHEDULER_ADDRESS`` and ``DASK_WORKER_NAME`` into
-workers), a ConfigMap holding the manifest, the runner's ServiceAccount/Role/
-RoleBinding, and the runner Job.
+workers), the NetworkPolicy that admits to the Dask pods only the cluster itself, the
+runner and the dask-kubernetes operator, a ConfigMap holding the manifest, the runner's
+ServiceAccount/Role/RoleBinding, and the runner Job. Pod hardening: security.py.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
 
 import yaml
 
 from kmeans_partition import settings as S
 from kmeans_partition.operator import labels as L
+from kmeans_partition.operator import security as SEC
 from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, PLURAL, RESOURCE_FORBIDDEN_FIELDS, KMeansPartitionSpec
 
 DASK_GROUP = "kubernetes.dask.org"
@@ -33,9 +36,8 @@ WORKER_DASHBOARD_PORT = 8788
 SPEC_DIR = "/etc/kmeans-partition"
 SPEC_FILE = "spec.yaml"
 TERMINATION_LOG = "/dev/termination-log"
-# Labels the dask-kubernetes operator puts on the scheduler pod (and its Service selects on).
-DASK_CLUSTER_NAME_LABEL = "dask.org/cluster-name"
-DASK_COMPONENT_LABEL = "dask.org/component"
+DASK_CLUSTER_NAME_LABEL = L.DASK_CLUSTER_NAME_LABEL
+DASK_COMPONENT_LABEL = L.DASK_COMPONENT_LABEL
 # How long the runner keeps trying to reach the scheduler (seconds; read by the runner).
 RUNNER_CONNECT_TIMEOUT_SECONDS = 600
 
@@ -79,10 +81,17 @@ def _image(spec: KMeansPartitionSpec, default_image: str) -> str:
     return spec.cluster.image or default_image
 
 
-def _pod_spec(spec: KMeansPartitionSpec, containers: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    """A PodSpec with the cluster-wide placement settings applied."""
+def _pod_spec(
+    spec: KMeansPartitionSpec, containers: list[dict[str, Any]], volumes: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    """A restricted PodSpec (security.py) with the cluster-wide placement settings applied."""
     cluster = spec.cluster
-    pod: dict[str, Any] = {"containers": containers, **extra}
+    pod: dict[str, Any] = {
+        "securityContext": SEC.pod_security_context(),
+        "containers": containers,
+        "volumes": volumes,
+        **extra,
+    }
     if cluster.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": secret} for secret in cluster.image_pull_secrets]
     if cluster.node_selector:
@@ -99,17 +108,25 @@ def _pod_spec(spec: KMeansPartitionSpec, containers: list[dict[str, Any]], **ext
 def _container(name: str, spec: KMeansPartitionSpec, default_image: str, **fields: Any) -> dict[str, Any]:
     container = {"name": name, "image": _image(spec, default_image), "imagePullPolicy": spec.cluster.image_pull_policy}
     container.update({key: value for key, value in fields.items() if value not in (None, [], {})})
+    container["securityContext"] = SEC.container_security_context()
     return container
 
 
 def worker_command(spec: KMeansPartitionSpec) -> list[str]:
     """`dask worker` for CPU workers, `dask-cuda-worker` (one worker process per GPU) otherwise.
-    The scheduler address comes from DASK_SCHEDULER_ADDRESS, set by the dask-kubernetes operator."""
+    The scheduler address comes from DASK_SCHEDULER_ADDRESS, set by the dask-kubernetes operator;
+    spilled data goes to the local-directory emptyDir (the root filesystem is read-only)."""
     name = ["--name", "$(DASK_WORKER_NAME)"]
     dashboard = ["--dashboard-address", str(WORKER_DASHBOARD_PORT)]
+    local = ["--local-directory", SEC.DASK_LOCAL_DIR]
     if spec.cluster.gpus_per_worker:
-        return ["dask-cuda-worker", *name, *dashboard]
-    return ["dask", "worker", *name, "--nthreads", str(spec.cluster.threads_per_worker), *dashboard]
+        return ["dask-cuda-worker", *name, *dashboard, *local]
+    return ["dask", "worker", *name, "--nthreads", str(spec.cluster.threads_per_worker), *dashboard, *local]
+
+
+def _dask_pod_spec(spec: KMeansPartitionSpec, container: dict[str, Any], volumes: list[dict]) -> dict[str, Any]:
+    """Scheduler and worker pods never talk to the Kubernetes API: no service-account token."""
+    return _pod_spec(spec, [container], volumes, automountServiceAccountToken=False)
 
 
 def build_dask_cluster(
@@ -118,6 +135,8 @@ def build_dask_cluster(
     """The DaskCluster: a scheduler (never a GPU) + Service, and `workers` worker replicas."""
     cluster_name = L.dask_cluster_name(name)
     cluster = spec.cluster
+    scheduler_volumes, scheduler_mounts = SEC.scratch_volumes()
+    worker_volumes, worker_mounts = SEC.scratch_volumes(cluster.local_directory_size)
     scheduler = _container(
         "scheduler",
         spec,
@@ -134,6 +153,7 @@ def build_dask_cluster(
         },
         env=_env(spec),
         resources=_resources(cluster.resources.scheduler),
+        volumeMounts=scheduler_mounts,
     )
     worker = _container(
         "worker",
@@ -144,6 +164,7 @@ def build_dask_cluster(
         env=_env(spec),
         envFrom=_env_from(spec),
         resources=_resources(cluster.resources.worker, gpus=cluster.gpus_per_worker),
+        volumeMounts=worker_mounts,
     )
     service = {
         "type": "ClusterIP",
@@ -158,8 +179,8 @@ def build_dask_cluster(
         "kind": "DaskCluster",
         "metadata": L.child_metadata(name, namespace, uid, cluster_name, L.COMPONENT_DASK),
         "spec": {
-            "worker": {"replicas": cluster.workers, "spec": _pod_spec(spec, [worker])},
-            "scheduler": {"spec": _pod_spec(spec, [scheduler]), "service": service},
+            "worker": {"replicas": cluster.workers, "spec": _dask_pod_spec(spec, worker, worker_volumes)},
+            "scheduler": {"spec": _dask_pod_spec(spec, scheduler, scheduler_volumes), "service": service},
         },
     }
 
@@ -223,6 +244,7 @@ def build_job(
 ) -> dict[str, Any]:
     """The runner Job: `kmeans-partition run -f <spec.yaml>` against the DaskCluster's scheduler."""
     labels = L.child_labels(name, L.COMPONENT_RUNNER)
+    scratch, scratch_mounts = SEC.scratch_volumes()
     runner = _container(
         "runner",
         spec,
@@ -238,16 +260,16 @@ def build_job(
         ),
         envFrom=_env_from(spec),
         resources=_resources(spec.cluster.resources.runner),
-        volumeMounts=[{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True}],
+        volumeMounts=[{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True}, *scratch_mounts],
         terminationMessagePath=TERMINATION_LOG,
         terminationMessagePolicy="FallbackToLogsOnError",
     )
     pod = _pod_spec(
         spec,
         [runner],
+        [{"name": "spec", "configMap": {"name": L.config_map_name(name)}}, *scratch],
         restartPolicy="Never",
         serviceAccountName=L.runner_account_name(name),
-        volumes=[{"name": "spec", "configMap": {"name": L.config_map_name(name)}}],
     )
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.backoff_limit,
@@ -265,6 +287,44 @@ def build_job(
     }
 
 
+@dataclass(frozen=True)
+class DaskOperatorPeer:
+    """Where the dask-kubernetes operator's pods run (operator settings KMP_DASK_OPERATOR_*)."""
+
+    pod_labels: Mapping[str, str] = field(default_factory=lambda: dict(S.DASK_OPERATOR_POD_LABELS.default))
+    namespace: Optional[str] = None  # None: any namespace
+
+
+def build_network_policy(
+    name: str, namespace: str, uid: str, dask_operator: Optional[DaskOperatorPeer] = None
+) -> dict[str, Any]:
+    """Ingress to the DaskCluster's pods (scheduler, workers, dashboards) only from that cluster's
+    own pods, this resource's runner pod (any port), and the dask-kubernetes operator (scheduler
+    and dashboard ports). Egress is left open: workers read and write object storage."""
+    peer = dask_operator or DaskOperatorPeer()
+    cluster_pods = {"matchLabels": {DASK_CLUSTER_NAME_LABEL: L.dask_cluster_name(name)}}
+    runner_pod = {"matchLabels": {**L.selector_labels(name), L.COMPONENT_LABEL: L.COMPONENT_RUNNER}}
+    operator_namespaces = {"matchLabels": {"kubernetes.io/metadata.name": peer.namespace}} if peer.namespace else {}
+    operator_ports = [SCHEDULER_PORT, DASHBOARD_PORT, WORKER_DASHBOARD_PORT]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": L.child_metadata(name, namespace, uid, L.network_policy_name(name), L.COMPONENT_NETWORK),
+        "spec": {
+            "podSelector": cluster_pods,
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"podSelector": copy.deepcopy(cluster_pods)}, {"podSelector": runner_pod}]},
+                {
+                    "from": [{"namespaceSelector": operator_namespaces,
+                              "podSelector": {"matchLabels": dict(peer.pod_labels)}}],
+                    "ports": [{"protocol": "TCP", "port": port} for port in operator_ports],
+                },
+            ],
+        },
+    }
+
+
 def child_refs(name: str) -> list[tuple[str, str, str]]:
     """(apiVersion, kind, name) of every child `build_children` makes, in deletion order (pods first).
 
@@ -272,6 +332,7 @@ def child_refs(name: str) -> list[tuple[str, str, str]]:
     return [
         ("batch/v1", "Job", L.job_name(name)),
         (f"{DASK_GROUP}/{DASK_VERSION}", "DaskCluster", L.dask_cluster_name(name)),
+        ("networking.k8s.io/v1", "NetworkPolicy", L.network_policy_name(name)),
         ("v1", "ConfigMap", L.config_map_name(name)),
         ("rbac.authorization.k8s.io/v1", "RoleBinding", L.runner_account_name(name)),
         ("rbac.authorization.k8s.io/v1", "Role", L.runner_account_name(name)),
@@ -280,9 +341,14 @@ def child_refs(name: str) -> list[tuple[str, str, str]]:
 
 
 def build_children(
-    name: str, namespace: str, uid: str, spec: KMeansPartitionSpec, default_image: Optional[str] = None
+    name: str,
+    namespace: str,
+    uid: str,
+    spec: KMeansPartitionSpec,
+    default_image: Optional[str] = None,
+    dask_operator: Optional[DaskOperatorPeer] = None,
 ) -> list[dict[str, Any]]:
-    """Every child in creation order (config and RBAC before the pods that use them).
+    """Every child in creation order (config, RBAC and the NetworkPolicy before the pods that use them).
 
     The one list both the reconcile (creates them) and ``kmeans-partition render`` (prints them) use:
     a child added here is created before the DaskCluster, and rendered."""
@@ -290,6 +356,7 @@ def build_children(
     return [
         build_config_map(name, namespace, uid, spec),
         *build_runner_rbac(name, namespace, uid),
+        build_network_policy(name, namespace, uid, dask_operator),
         build_dask_cluster(name, namespace, uid, spec, image),
         build_job(name, namespace, uid, spec, image),
     ]

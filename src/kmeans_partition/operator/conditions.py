@@ -20,6 +20,14 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def seconds_between(start: str, end: str) -> float:
+    """Seconds from RFC 3339 timestamp `start` to `end` (as `utc_now` writes them)."""
+    def parse(text: str) -> datetime:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    return (parse(end) - parse(start)).total_seconds()
+
+
 def find(conditions: Iterable[dict[str, Any]], type_: str) -> Optional[dict[str, Any]]:
     return next((c for c in conditions or [] if c.get("type") == type_), None)
 

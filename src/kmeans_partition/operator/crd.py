@@ -27,8 +27,10 @@ Resource quantities (``int-or-string``) carry the Kubernetes quantity ``pattern`
 CRD-only bounds (``maxLength``/``maxItems`` on paths) keep the CEL rules' estimated
 cost under the API server's budget. CEL rules on ``spec``: immutable after creation,
 ``engine: raft`` needs ``cluster.gpusPerWorker >= 1``, ``outputPath`` neither equal
-to, inside, nor containing any ``inputPath`` (prefix tests on '/' boundaries; globs are
-left to the runner's own check).
+to, inside, nor containing any ``inputPath`` (prefix tests on '/' boundaries; globs in
+inputs are left to the runner's own check), no glob character in ``outputPath``,
+remote URIs only, no ``user:pass@`` in a path. ``storage.options`` is free-form here
+(the allowlist of non-secret keys is the model's, so a violation ends ``InvalidSpec``).
 
 The status schema is generated the same way from `KMeansPartitionStatus`
 (``kmeans_partition.status``), without defaults (status is written, never defaulted)
@@ -48,7 +50,10 @@ from typing import Any, Optional
 
 import yaml
 
-from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, PLURAL, SHORT_NAME, Engine, KMeansPartitionSpec
+from kmeans_partition.spec import (
+    API_GROUP, API_VERSION, GLOB_CHARACTERS, KIND, LOCAL_URI_PATTERN, PLURAL, REMOTE_URI_PATTERN, SHORT_NAME,
+    Engine, KMeansPartitionSpec,
+)
 from kmeans_partition.status import KMeansPartitionStatus
 
 CRD_NAME = f"{PLURAL}.{API_GROUP}"
@@ -64,6 +69,18 @@ def _slashed(path: str) -> str:
     """CEL: `path` with exactly one trailing '/' added when it has none."""
     return f"({path}.endsWith('/') ? {path} : {path} + '/')"
 
+
+def _remote(path: str) -> str:
+    """CEL: `path` is a remote URI (not file://, local://, memory://, nor a plain path)."""
+    return f"({path}.matches('{REMOTE_URI_PATTERN}') && !{path}.matches('{LOCAL_URI_PATTERN}'))"
+
+
+def _password_in(path: str) -> str:
+    """CEL: `path` carries ``user:pass@`` in its authority."""
+    return f"{path}.matches('^[^/?#]*://[^/?#@]*:[^/?#@]*@')"
+
+
+_GLOB_LIST = "[" + ", ".join(f"'{char}'" for char in GLOB_CHARACTERS) + "]"
 
 SPEC_RULES = [
     {
@@ -86,11 +103,27 @@ SPEC_RULES = [
         "message": "outputPath must differ from every inputPath and neither may contain the other",
         "fieldPath": ".outputPath",
     },
+    {
+        "rule": f"!{_GLOB_LIST}.exists(c, self.outputPath.contains(c))",
+        "message": "outputPath may not contain glob characters (* ? [ ] { }): overwrite deletes from one exact location",
+        "fieldPath": ".outputPath",
+    },
+    {
+        "rule": f"{_remote('self.outputPath')} && self.inputPath.all(p, {_remote('p')})",
+        "message": "outputPath and every inputPath must be remote URIs (e.g. s3://bucket/path): the pods share no "
+        "filesystem",
+        "fieldPath": ".outputPath",
+    },
+    {
+        "rule": f"!{_password_in('self.outputPath')} && !self.inputPath.exists(p, {_password_in('p')})",
+        "message": "paths may not carry credentials (user:pass@): use storage.secretRef",
+        "fieldPath": ".outputPath",
+    },
 ]
 
 INPUT_PATH_SCHEMA = {
     "type": "array",
-    "description": "Files, directories or globs to read; any fsspec URI (s3://, gs://, file://, local). "
+    "description": "Files, directories or globs to read; remote fsspec URIs (s3://, gs://, abfs://, ...). "
     "Always a list in the resource (one item for a single path).",
     "minItems": 1,
     "maxItems": MAX_INPUT_PATHS,

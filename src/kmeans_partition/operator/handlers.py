@@ -53,6 +53,11 @@ def _lock(namespace: str, name: str) -> threading.Lock:
         return _resource_locks.setdefault((namespace, name), threading.Lock())
 
 
+def dask_operator() -> B.DaskOperatorPeer:
+    """The dask-kubernetes operator's pods, from the operator settings."""
+    return B.DaskOperatorPeer(settings.dask_operator_pod_labels(), settings.dask_operator_namespace())
+
+
 def reconcile_resource(namespace: str, name: str) -> None:
     """One pass for resource namespace/name, posting its Events; API failures retry later."""
     client = api()
@@ -61,7 +66,7 @@ def reconcile_resource(namespace: str, name: str) -> None:
             body = client.get(RESOURCE_API_VERSION, KIND, namespace, name)
             if body is None:
                 return
-            outcome = reconcile(body, client, default_image=settings.default_image())
+            outcome = reconcile(body, client, default_image=settings.default_image(), dask_operator=dask_operator())
         except ApiError as err:
             raise kopf.TemporaryError(f"API error while reconciling {namespace}/{name}: {err}", delay=RETRY_DELAY)
     for event in outcome.events:

@@ -24,6 +24,7 @@ PLURALS = {
     "Role": "roles",
     "RoleBinding": "rolebindings",
     "DaskCluster": "daskclusters",
+    "NetworkPolicy": "networkpolicies",
     "Job": "jobs",
     "Pod": "pods",
     "Event": "events",

@@ -27,6 +27,12 @@ COMPONENT_DASK = "dask-cluster"
 COMPONENT_RUNNER = "runner"
 COMPONENT_CONFIG = "config"
 COMPONENT_RBAC = "runner-rbac"
+COMPONENT_NETWORK = "network-policy"
+
+# Labels the dask-kubernetes operator puts on every pod of a DaskCluster (and its
+# scheduler Service selects on): the cluster's name and scheduler/worker.
+DASK_CLUSTER_NAME_LABEL = "dask.org/cluster-name"
+DASK_COMPONENT_LABEL = "dask.org/component"
 
 # Service names are DNS-1035 labels (<= 63); the dask operator adds "-scheduler".
 _MAX_LABEL = 63
@@ -67,6 +73,11 @@ def dask_cluster_name(name: str) -> str:
 def scheduler_service_name(name: str) -> str:
     """The Service the dask-kubernetes operator creates for the DaskCluster's scheduler."""
     return f"{dask_cluster_name(name)}{_SCHEDULER_SUFFIX}"
+
+
+def network_policy_name(name: str) -> str:
+    """The NetworkPolicy guarding the DaskCluster's pods (named after the DaskCluster)."""
+    return dask_cluster_name(name)
 
 
 def job_name(name: str) -> str:

@@ -2,7 +2,7 @@
 
 Each pass: parse the spec (invalid -> ``Failed/InvalidSpec``, nothing created);
 unless the resource already ended, create the missing children under their
-deterministic names (ConfigMap, runner RBAC, DaskCluster; the Job only once the
+deterministic names (ConfigMap, runner RBAC, NetworkPolicy, DaskCluster; the Job only once the
 DaskCluster reports Running *and* its scheduler pod is Ready, and never twice; a
 child the API server rejects -> ``Failed/ChildRejected``); read the DaskCluster
 and Job; derive the conditions; once the job ended delete the DaskCluster per ``cleanupPolicy``; merge-
@@ -159,6 +159,7 @@ def reconcile(
     *,
     default_image: Optional[str] = None,
     now: Callable[[], str] = C.utc_now,
+    dask_operator: Optional[B.DaskOperatorPeer] = None,
 ) -> Outcome:
     """One level-based pass over resource `body`; applies children and the status patch."""
     run = _Pass(body, api, now, default_image)
@@ -170,7 +171,7 @@ def reconcile(
         if not C.is_true(run.conditions, C.FAILED):
             run.set(C.FAILED, True, "InvalidSpec", str(err))
         return _finish(run)
-    children = B.build_children(run.name, run.namespace, run.uid, spec, default_image)
+    children = B.build_children(run.name, run.namespace, run.uid, spec, default_image, dask_operator)
     by_kind = {child["kind"]: child for child in children}
     dask_manifest, job_manifest = by_kind["DaskCluster"], by_kind["Job"]
     if run.ended:
@@ -178,6 +179,8 @@ def reconcile(
         _cleanup(run, spec, dask)
         return _finish(run)
     dask = _reconcile_dask(run, children, dask_manifest)
+    if _ready_deadline_passed(run, spec, dask, dask_manifest["metadata"]["name"]):
+        return _finish(run)
     job = None if run.outcome.rejected else _reconcile_job(run, job_manifest, dask)
     _reject(run)
     _observe_job(run, job)
@@ -221,6 +224,26 @@ def _reconcile_dask(run: _Pass, children: list[dict], dask_manifest: dict) -> Op
     else:
         run.set(C.DASK_CLUSTER_READY, False, "DaskClusterStarting", f"DaskCluster phase: {phase or 'not reported yet'}")
     return dask
+
+
+def _ready_deadline_passed(run: _Pass, spec, dask: Optional[dict], dask_name: str) -> bool:
+    """Before the Job exists: fail, and delete the DaskCluster (whatever the cleanupPolicy: it holds
+    nodes and never ran anything), once it has not become ready for cluster.readyTimeoutSeconds."""
+    if run.old.get("job") or run.outcome.rejected or C.is_true(run.conditions, C.DASK_CLUSTER_READY):
+        return False
+    started = run.status.setdefault("daskClusterWaitStart", run.now())
+    timeout = spec.cluster.ready_timeout_seconds
+    if C.seconds_between(started, run.now()) < timeout:
+        return False
+    last = C.find(run.conditions, C.DASK_CLUSTER_READY) or {}
+    run.set(C.FAILED, True, "DaskClusterNotReady",
+            f"DaskCluster {dask_name} did not become ready within cluster.readyTimeoutSeconds ({timeout} s); "
+            f"last: {last.get('reason', 'unknown')}: {last.get('message', '')}")
+    if dask is not None and _owned_by(dask, run.uid):
+        if run.api.delete(f"{B.DASK_GROUP}/{B.DASK_VERSION}", "DaskCluster", run.namespace, dask_name):
+            run.outcome.deleted.append(_ref(dask))
+        run.set(C.DASK_CLUSTER_READY, False, "Deleted", "DaskCluster deleted: it did not become ready in time")
+    return True
 
 
 def _reconcile_job(run: _Pass, job_manifest: dict, dask: Optional[dict]) -> Optional[dict]:

@@ -6,16 +6,14 @@ import datetime as dt
 import io
 import json
 import platform
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 
 from .output import CENTROIDS, MANIFEST, OutputLocation
+from ..credentials import redact
 from ..spec import JobSpec
-
-_SECRET_KEY = re.compile(r"(secret|key|token|password|credential|session)", re.IGNORECASE)
 
 
 @dataclass
@@ -45,16 +43,6 @@ class RunResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def redact(options: Any) -> Any:
-    """Storage options with secret-looking values replaced (nested dicts too)."""
-    if isinstance(options, dict):
-        return {
-            key: ("***" if _SECRET_KEY.search(str(key)) and not isinstance(value, dict) else redact(value))
-            for key, value in options.items()
-        }
-    return options
 
 
 def versions() -> dict[str, str]:
@@ -90,7 +78,7 @@ def manifest_data(spec: JobSpec, result: RunResult) -> dict[str, Any]:
     return {
         "format": "kmeans-partition/v1",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "spec": {**spec.model_dump(mode="json"), "storage_options": redact(spec.storage_options)},
+        "spec": redact(spec.model_dump(mode="json")),  # keys that look secret, URL credentials: at any depth
         "versions": versions(),
         **{key: value for key, value in result.to_dict().items() if key not in ("output_path",)},
     }

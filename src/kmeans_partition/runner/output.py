@@ -1,10 +1,12 @@
 """The output location: where it is, whether it may be written, what `overwrite` replaces.
 
-An output directory written by this tool holds only ``centroid=N/`` folders,
-``kmeans_centroids.npy``, ``_manifest.json``, ``report.html`` and, while writing, ``_tmp-*``
-folders. ``overwrite=True`` replaces exactly those; a directory holding
-anything else is refused even with ``overwrite`` so that a wrong path can
-never delete unrelated data.
+An output directory written by this tool holds only ``centroid=N/part-NNNNN.parquet``
+files, ``kmeans_centroids.npy``, ``_manifest.json``, ``report.html`` and, while writing, ``_tmp-*/``
+folders. ``overwrite=True`` deletes exactly the files of such a listing, by their full
+names (never a pattern, never a recursive delete); a directory holding anything else,
+at any depth (``centroid=1/notes.txt``), is refused even with ``overwrite`` so that a
+wrong path can never delete unrelated data. Glob characters are refused in the output
+path: fsspec would expand them (``s3://bkt/out*`` matches ``out-prod``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ MANIFEST = "_manifest.json"
 CENTROIDS = "kmeans_centroids.npy"
 REPORT = "report.html"
 TMP_PREFIX = "_tmp-"
+GLOB_CHARACTERS = "*?[]{}"
+# Top-level names this tool writes, and (relative to the output root) the files.
 _OWNED = re.compile(r"^(centroid=\d+|_tmp-[\w.-]+|_manifest\.json|kmeans_centroids\.npy|report\.html)$")
+_OWNED_DIR = re.compile(r"^(centroid=\d+|_tmp-[\w.-]+(/.+)?)$")
+_OWNED_FILE = re.compile(r"^(centroid=\d+/part-\d{5}\.parquet|_tmp-[\w.-]+/.+|_manifest\.json|kmeans_centroids\.npy|report\.html)$")
 
 
 class OutputError(ValueError):
@@ -64,7 +70,18 @@ def _glob_base(path: str) -> str:
     return path if match is None else posixpath.dirname(path[: match.start()])
 
 
+def check_no_glob(uri: str) -> None:
+    """Refuse glob characters in an output path (fsspec treats them as patterns)."""
+    found = sorted({char for char in uri if char in GLOB_CHARACTERS})
+    if found:
+        raise OutputError(
+            f"output_path: {uri!r} contains glob characters ({' '.join(found)}); "
+            "the output must be one exact location"
+        )
+
+
 def open_output(uri: str, storage_options: dict) -> OutputLocation:
+    check_no_glob(uri)
     fs, root = url_to_fs(uri, **storage_options)
     return OutputLocation(fs=fs, root=_canonical(fs, root), uri=uri)
 
@@ -92,10 +109,44 @@ def existing_entries(out: OutputLocation) -> list[str]:
     return sorted(posixpath.basename(p.rstrip("/")) for p in out.fs.ls(out.root, detail=False))
 
 
-def check_writable(out: OutputLocation, overwrite: bool) -> list[str]:
-    """Before any work: refuse a non-empty output unless `overwrite` and it is ours.
+def _relative(out: OutputLocation, path: str) -> str:
+    root = out.root.rstrip("/") + "/"
+    stripped = out.fs._strip_protocol(path)
+    if not stripped.startswith(root):
+        raise OutputError(f"output_path: listing {out.uri!r} returned {path!r}, which is outside it")
+    return stripped[len(root):] + ("/" if path.endswith("/") else "")
 
-    Returns the entries `overwrite` will replace.
+
+def owned_listing(out: OutputLocation) -> tuple[list[str], list[str]]:
+    """(files this tool wrote, anything else), as paths relative to the output root.
+
+    Directory markers of object stores (``centroid=1/``) are skipped when the folder is one
+    of ours; empty local folders of ours are listed as ``name/`` so they can be removed."""
+    owned, foreign = [], []
+    for name in existing_entries(out):
+        if not _OWNED.match(name):
+            foreign.append(name)
+        elif out.fs.isdir(out.path(name)) and not out.fs.find(out.path(name)):
+            owned.append(f"{name}/")
+    foreign_tops = set(foreign)
+    for path in out.fs.find(out.root):
+        relative = _relative(out, path)
+        if relative.split("/", 1)[0].rstrip("/") in foreign_tops:
+            continue  # already reported by its top-level name
+        if relative.endswith("/"):
+            if not _OWNED_DIR.match(relative.rstrip("/")):
+                foreign.append(relative)
+        elif _OWNED_FILE.match(relative):
+            owned.append(relative)
+        else:
+            foreign.append(relative)
+    return sorted(owned), sorted(foreign)
+
+
+def check_writable(out: OutputLocation, overwrite: bool) -> list[str]:
+    """Before any work: refuse a non-empty output unless `overwrite` and all of it is ours.
+
+    Returns the exact files (relative paths; ``name/`` for an empty folder) `overwrite` will delete.
     """
     entries = existing_entries(out)
     if not entries:
@@ -105,19 +156,48 @@ def check_writable(out: OutputLocation, overwrite: bool) -> list[str]:
             f"output_path: {out.uri!r} is not empty ({len(entries)} entries, e.g. {entries[0]!r}); "
             "choose an empty location or pass overwrite=True (--overwrite) to replace a previous output"
         )
-    foreign = [name for name in entries if not _OWNED.match(name)]
+    owned, foreign = owned_listing(out)
     if foreign:
         raise OutputError(
             f"output_path: {out.uri!r} holds entries this tool did not write ({', '.join(foreign[:5])}); "
             "refusing to overwrite it"
         )
-    return entries
+    return owned
 
 
-def clear_previous(out: OutputLocation, entries: list[str]) -> None:
-    """Delete a previous output: its manifest first, so it never looks complete half-deleted."""
-    if MANIFEST in entries:
-        out.fs.rm(out.path(MANIFEST))
-    for name in entries:
-        if name != MANIFEST:
-            out.fs.rm(out.path(name), recursive=True)
+def _has_magic(path: str) -> bool:
+    return any(char in GLOB_CHARACTERS for char in path)
+
+
+def clear_previous(out: OutputLocation, owned: list[str]) -> None:
+    """Delete a previous output by the exact names `check_writable` listed: its manifest first,
+    so it never looks complete half-deleted, then the other files in one non-recursive call.
+    A file written since the listing is left alone (and a local folder holding one stays)."""
+    files = [out.path(name) for name in owned if not name.endswith("/")]
+    bad = [path for path in files if _has_magic(path)]
+    if bad:
+        raise OutputError(f"output_path: refusing to delete {bad[0]!r}: a glob character would make it a pattern")
+    manifest = out.path(MANIFEST)
+    if manifest in files:
+        out.fs.rm([manifest])
+    rest = [path for path in files if path != manifest]
+    if rest:
+        out.fs.rm(rest)
+    if is_local(out.fs):
+        _remove_empty_folders(out, owned)
+
+
+def _remove_empty_folders(out: OutputLocation, owned: list[str]) -> None:
+    """Local filesystems keep folders: remove ours, deepest first, when nothing is left in them."""
+    import os
+
+    folders = set()
+    for name in owned:
+        parts = name.rstrip("/").split("/")
+        stop = len(parts) if name.endswith("/") else len(parts) - 1
+        folders.update("/".join(parts[:depth]) for depth in range(1, stop + 1))
+    for folder in sorted(folders, key=lambda f: f.count("/"), reverse=True):
+        try:
+            os.rmdir(out.path(folder))
+        except OSError:  # not empty (written since the listing) or already gone
+            pass
