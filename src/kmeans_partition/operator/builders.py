@@ -20,6 +20,8 @@ import yaml
 
 from kmeans_partition import settings as S
 from kmeans_partition.operator import labels as L
+from kmeans_partition.operator import workers as W
+from kmeans_partition.operator.workers import worker_processes
 from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, PLURAL, RESOURCE_FORBIDDEN_FIELDS, KMeansPartitionSpec
 
 DASK_GROUP = "kubernetes.dask.org"
@@ -29,7 +31,7 @@ DEFAULT_IMAGE = S.DEFAULT_IMAGE.default
 GPU_RESOURCE = "nvidia.com/gpu"
 SCHEDULER_PORT = 8786
 DASHBOARD_PORT = 8787
-WORKER_DASHBOARD_PORT = 8788
+WORKER_DASHBOARD_PORT = W.WORKER_DASHBOARD_PORT
 SPEC_DIR = "/etc/kmeans-partition"
 SPEC_FILE = "spec.yaml"
 TERMINATION_LOG = "/dev/termination-log"
@@ -103,13 +105,9 @@ def _container(name: str, spec: KMeansPartitionSpec, default_image: str, **field
 
 
 def worker_command(spec: KMeansPartitionSpec) -> list[str]:
-    """`dask worker` for CPU workers, `dask-cuda-worker` (one worker process per GPU) otherwise.
-    The scheduler address comes from DASK_SCHEDULER_ADDRESS, set by the dask-kubernetes operator."""
-    name = ["--name", "$(DASK_WORKER_NAME)"]
-    dashboard = ["--dashboard-address", str(WORKER_DASHBOARD_PORT)]
-    if spec.cluster.gpus_per_worker:
-        return ["dask-cuda-worker", *name, *dashboard]
-    return ["dask", "worker", *name, "--nthreads", str(spec.cluster.threads_per_worker), *dashboard]
+    """`dask worker` for CPU workers, `dask-cuda-worker` (one worker process per GPU) otherwise
+    (flags, env and volumes: `kmeans_partition.operator.workers`)."""
+    return worker_processes(spec).command
 
 
 def build_dask_cluster(
@@ -135,16 +133,19 @@ def build_dask_cluster(
         env=_env(spec),
         resources=_resources(cluster.resources.scheduler),
     )
+    processes = worker_processes(spec)
     worker = _container(
         "worker",
         spec,
         default_image,
-        command=worker_command(spec),
+        command=processes.command,
         ports=[{"name": "http-dashboard", "containerPort": WORKER_DASHBOARD_PORT, "protocol": "TCP"}],
-        env=_env(spec),
+        env=_env(spec, *processes.env),
         envFrom=_env_from(spec),
         resources=_resources(cluster.resources.worker, gpus=cluster.gpus_per_worker),
+        volumeMounts=processes.volume_mounts,
     )
+    worker_pod = _pod_spec(spec, [worker], **({"volumes": processes.volumes} if processes.volumes else {}))
     service = {
         "type": "ClusterIP",
         "selector": scheduler_pod_labels(cluster_name),
@@ -158,7 +159,7 @@ def build_dask_cluster(
         "kind": "DaskCluster",
         "metadata": L.child_metadata(name, namespace, uid, cluster_name, L.COMPONENT_DASK),
         "spec": {
-            "worker": {"replicas": cluster.workers, "spec": _pod_spec(spec, [worker])},
+            "worker": {"replicas": cluster.workers, "spec": worker_pod},
             "scheduler": {"spec": _pod_spec(spec, [scheduler]), "service": service},
         },
     }
