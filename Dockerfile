@@ -41,10 +41,13 @@ ENTRYPOINT ["kmeans-partition"]
 CMD ["--help"]
 
 # ---------------------------------------------------------------- GPU image
-# CUDA runtime base; cuML (engine: raft), CuPy and dask-cuda come as pip wheels
-# (the `gpu` extra plus cuml-cu12), so no conda environment is mixed in.
-# The pinned cuML release pins dask/distributed (rapids-dask-dependency); the rest is
-# pinned by docker/constraints-gpu.txt (the CPU constraints file would clash with RAPIDS).
+# CUDA runtime base; cuML (engine: raft), CuPy, RMM and dask-cuda come as pip wheels
+# (the `gpu` extra plus cuml-cu12), so no conda environment is mixed in. cuML's `dask`
+# extra brings raft-dask-cu12 and dask-cudf-cu12, which `cuml.dask.cluster` imports
+# (without them `engine: raft` cannot import). The pinned cuML release pins
+# dask/distributed (rapids-dask-dependency); the rest is pinned at the same RAPIDS
+# release by docker/constraints-gpu.txt (the CPU constraints file would clash with RAPIDS).
+# scripts/check-gpu-resolve.sh resolves this install with pip (no Docker needed).
 FROM ${CUDA_IMAGE} AS gpu
 ARG PIP_VERSION
 ARG CUML_VERSION
@@ -58,7 +61,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY docker/constraints-gpu.txt ./docker/constraints-gpu.txt
 COPY src ./src
-RUN /opt/venv/bin/pip install --constraint docker/constraints-gpu.txt ".[s3,gcs,operator,gpu]" "cuml-cu12==${CUML_VERSION}" \
+RUN /opt/venv/bin/pip install --constraint docker/constraints-gpu.txt ".[s3,gcs,operator,gpu]" "cuml-cu12[dask]==${CUML_VERSION}" \
  && rm -rf /src
 RUN groupadd --gid ${APP_UID} app \
  && useradd --uid ${APP_UID} --gid ${APP_UID} --no-create-home --home-dir /tmp --shell /usr/sbin/nologin app

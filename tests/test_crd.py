@@ -82,7 +82,8 @@ def test_names_scope_and_version():
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
     assert columns["Status"]["jsonPath"] == ".status.phase"
     assert columns["Workers"]["jsonPath"] == ".spec.cluster.workers"
-    assert [n for n, c in columns.items() if c.get("priority") == 1] == ["Output", "Job"]
+    assert [n for n, c in columns.items() if c.get("priority") == 1] == ["Output", "Job", "Engine"]
+    assert columns["Engine"]["jsonPath"] == ".status.result.engine.chosen"
     assert list(columns)[:5] == ["Status", "Iteration", "Inertia", "Workers", "Age"]
 
 

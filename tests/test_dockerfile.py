@@ -76,7 +76,7 @@ def test_tool_versions_are_pinned():
     assert re.fullmatch(r"\d+\.\d+\.\d+", args["PIP_VERSION"])
     assert re.fullmatch(r"\d+\.\d+\.\d+", args["CUML_VERSION"])
     gpu_runs = " ".join(DOCKERFILE.stage("gpu").all("RUN"))
-    assert "cuml-cu12==${CUML_VERSION}" in gpu_runs
+    assert "cuml-cu12[dask]==${CUML_VERSION}" in gpu_runs
 
 
 def _normalised(name: str) -> str:
@@ -128,3 +128,30 @@ def test_copied_sources_exist_and_pass_dockerignore():
                 source = substitute(source, DOCKERFILE.global_args)
                 assert (REPO_ROOT / source).exists(), f"COPY {source}: missing"
                 assert source in allowed, f"COPY {source}: excluded by .dockerignore"
+
+
+# What `cuml.dask.cluster` imports comes with cuml-cu12's `dask` extra (checked in cuml-cu12 26.10.0's
+# metadata: raft-dask-cu12, dask-cudf-cu12 and rapids-dask-dependency, each ==26.10.*).
+RAPIDS_RELEASE_PACKAGES = ("cuml-cu12", "raft-dask-cu12", "dask-cudf-cu12", "cudf-cu12", "pylibraft-cu12", "rmm-cu12",
+                           "dask-cuda", "rapids-dask-dependency")
+
+
+def _release(version: str) -> str:
+    """RAPIDS release (YY.MM) of a version: '26.10.2' -> '26.10'."""
+    return ".".join(version.split(".")[:2])
+
+
+def test_gpu_install_brings_raft_dask_and_dask_cudf_at_the_cuml_release():
+    runs = " ".join(DOCKERFILE.stage("gpu").all("RUN"))
+    assert re.search(r"\"cuml-cu12\[[a-z,]*\bdask\b[a-z,]*\]==\$\{CUML_VERSION\}\"", runs), runs
+    pins = _read_pins("constraints-gpu.txt")
+    release = _release(DOCKERFILE.global_args["CUML_VERSION"])
+    for name in RAPIDS_RELEASE_PACKAGES:
+        assert name in pins, f"{name} not pinned in docker/constraints-gpu.txt"
+        assert _release(pins[name]) == release, f"{name}=={pins[name]} is not RAPIDS {release}"
+
+
+def test_the_resolve_check_uses_the_dockerfile_install():
+    script = (REPO_ROOT / "scripts" / "check-gpu-resolve.sh").read_text()
+    assert "docker/constraints-gpu.txt" in script and "cuml-cu12[dask]==" in script
+    assert all(name in script for name in ("raft-dask-cu12", "dask-cudf-cu12"))

@@ -72,7 +72,8 @@ def test_each_flag_lands_in_its_field_with_the_model_type():
             "--input-filetype", "jsonl", "--max-iter", "9", "--tol", "0.5", "--random-state", "7",
             "--init", "random", "--oversampling-factor", "3", "--max-samples-per-batch", "64",
             "--storage-option", "anon=true", "--storage-option", "endpoint_url=http://127.0.0.1:9",
-            "--overwrite", "--scheduler", "tcp://127.0.0.1:1", "--write-second-centroid", "--no-report"]
+            "--overwrite", "--scheduler", "tcp://127.0.0.1:1", "--write-second-centroid", "--no-report",
+            "--distance-precision", "tf32"]
     spec = parse_job_spec(job_fields(build_parser().parse_args(argv)))
     assert spec.model_dump() == {
         "n_clusters": 5, "id_field": "doc", "embedding_field": "vec", "input_path": ["a", "b"], "output_path": "o",
@@ -80,6 +81,7 @@ def test_each_flag_lands_in_its_field_with_the_model_type():
         "max_iter": 9, "tol": 0.5, "random_state": 7, "init": "random", "oversampling_factor": 3.0,
         "max_samples_per_batch": 64, "storage_options": {"anon": True, "endpoint_url": "http://127.0.0.1:9"},
         "overwrite": True, "scheduler_address": "tcp://127.0.0.1:1", "write_second_centroid": True, "report": False,
+        "distance_precision": "tf32",
     }
     assert set(spec.model_dump()) == set(JobSpec.model_fields)  # the argv above covers every field
 
@@ -138,12 +140,13 @@ def test_one_engine_default_for_python_cli_and_resource(monkeypatch, tmp_path):
 
 
 class FakeClient:
-    """`client.run(fn)` answers with a fixed value per worker."""
+    """`client.run(probe_worker)` answers with a probe per worker holding the given GPU identity."""
 
-    def __init__(self, answers):
-        self.answers = answers
+    def __init__(self, identities):
+        self.answers = {w: engine_module.WorkerProbe("node", gpu, None, False) for w, gpu in identities.items()}
 
     def run(self, fn):
+        assert fn is engine_module.probe_worker
         return dict(self.answers)
 
 
@@ -162,4 +165,4 @@ def test_auto_wants_a_gpu_of_its_own_per_worker(identities, usable):
 def test_the_default_engine_is_dask_on_cpu_workers(dask_client):
     if engine_module._gpu_count():
         pytest.skip("this machine has a GPU")
-    assert engine_module.choose_engine(DEFAULT_ENGINE, dask_client) is Engine.dask
+    assert engine_module.choose_engine(DEFAULT_ENGINE, dask_client).chosen is Engine.dask

@@ -70,6 +70,13 @@ class _Model(BaseModel):
     )
 
 
+#: ``distance_precision`` values; ``tf32`` only changes anything on GPU workers (see README "GPU").
+DistancePrecision = Literal["float32", "tf32"]
+#: Env var through which CuPy allows TF32 for float32 GEMMs (read by CuPy, default 0); the operator sets
+#: it on GPU workers from ``distance_precision``, so ``cluster.env`` may not set it.
+CUPY_TF32_ENV = "CUPY_TF32"
+
+
 class JobSpec(_Model):
     """What the runner needs to read, fit, assign and write one k-means partition job."""
 
@@ -117,6 +124,13 @@ class JobSpec(_Model):
     )
     report: bool = Field(
         default=True, description="Write report.html (cluster sizes, convergence, margins) next to the manifest."
+    )
+    distance_precision: DistancePrecision = Field(
+        default="float32",
+        description="float32: distances computed in float32 everywhere. tf32: GPU workers may use TF32 tensor "
+        "cores for the float32 distance GEMMs (CuPy's CUPY_TF32=1, set by the operator on GPU workers only): "
+        "faster, but with a 10-bit mantissa rows near a tie between two centroids can get the other label. "
+        "No effect on CPU workers.",
     )
 
     @field_validator("input_path")
@@ -216,6 +230,51 @@ class EnvVar(_Model):
     value: Optional[str] = None
 
 
+# Device memory for dask-cuda flags: bytes as an integer or a quantity with a binary/decimal unit ("40Gi",
+# "512Mi", "40G"), or a fraction of the GPU's memory ("0.8", "1.0": a decimal point and at most 1, as
+# dask-cuda tells a fraction from a byte count).
+DEVICE_MEMORY_PATTERN = r"^([0-9]+|[0-9]+(\.[0-9]+)?([KMGTP]i|[kMGTP])|0?\.[0-9]+|1\.0*)$"
+
+
+def _check_device_memory(value: str) -> str:
+    if not re.fullmatch(DEVICE_MEMORY_PATTERN, value):
+        raise ValueError(
+            f"{value!r} is neither a byte quantity (e.g. '40Gi', '512Mi', '40G') nor a fraction of the GPU's "
+            "memory written with a decimal point (e.g. '0.8')"
+        )
+    return value
+
+
+DeviceMemory = Annotated[
+    str, AfterValidator(_check_device_memory), WithJsonSchema({"type": "string", "pattern": DEVICE_MEMORY_PATTERN})
+]
+
+
+class GpuWorkerSpec(_Model):
+    """Device memory settings of the dask-cuda worker processes (one per GPU); unused on CPU workers."""
+
+    rmm_async: bool = Field(
+        default=True,
+        description="Use RMM's asynchronous allocator (cudaMallocAsync, `--rmm-async`); false: an RMM pool of "
+        "rmmPoolSize (no RMM pool without it). CuPy allocates through RMM either way.",
+    )
+    rmm_pool_size: Optional[DeviceMemory] = Field(
+        default=None,
+        description="With rmmAsync: the initial size of the async pool; otherwise the RMM pool size "
+        "(`--rmm-pool-size`). A byte quantity ('40Gi') or a fraction of the GPU's memory ('0.9').",
+    )
+    device_memory_limit: DeviceMemory = Field(
+        default="0.8",
+        description="Device memory per GPU above which the worker spills Dask-held data to host memory "
+        "(`--device-memory-limit`): a byte quantity or a fraction of the GPU's memory; '0' never spills.",
+    )
+    shm_size: Quantity = Field(
+        default="1Gi",
+        description="Size of the memory-backed /dev/shm given to pods with more than one GPU (NCCL between "
+        "the pod's GPU processes); it counts toward the pod's memory.",
+    )
+
+
 class ClusterSpec(_Model):
     """The Dask cluster the operator creates for one job."""
 
@@ -229,7 +288,12 @@ class ClusterSpec(_Model):
     gpus_per_worker: int = Field(
         default=0, ge=0, description="0: CPU `dask worker`; >=1: `dask-cuda-worker` with nvidia.com/gpu limits."
     )
-    threads_per_worker: int = Field(default=1, ge=1, description="Threads per CPU worker.")
+    threads_per_worker: int = Field(
+        default=1,
+        ge=1,
+        description="Dask threads per CPU worker; each gets CPU request / threadsPerWorker BLAS threads. "
+        "(A GPU worker process gets one Dask thread and one BLAS thread per CPU of its share.)",
+    )
     image: Optional[str] = Field(default=None, description="Image for scheduler, workers and runner.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     image_pull_secrets: list[str] = Field(default_factory=list, description="Secret names.")
@@ -238,12 +302,26 @@ class ClusterSpec(_Model):
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     affinity: Optional[dict[str, Any]] = None
     priority_class_name: Optional[str] = None
-    env: list[EnvVar] = Field(default_factory=list, description="Extra env for every pod.")
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        description="Extra env for every pod (after the operator's own, so it overrides them; not CUPY_TF32: "
+        "use distancePrecision).",
+    )
+    gpu: GpuWorkerSpec = Field(
+        default_factory=GpuWorkerSpec, description="dask-cuda worker settings (used when gpusPerWorker >= 1)."
+    )
     local_directory_size: Quantity = Field(
         default="10Gi",
         description="Size limit of each worker's Dask local directory (spill-to-disk; an emptyDir, "
         "the root filesystem is read-only).",
     )
+
+    @field_validator("env")
+    @classmethod
+    def _precision_not_in_env(cls, value: list[EnvVar]) -> list[EnvVar]:
+        if any(var.name == CUPY_TF32_ENV for var in value):
+            raise ValueError(f"{CUPY_TF32_ENV} is set by the operator from distancePrecision (float32 | tf32)")
+        return value
 
 
 class SecretRef(_Model):

@@ -60,6 +60,20 @@ class ClusterSizes(_Model):
     max: Optional[Int64] = None
 
 
+class EngineStatus(_Model):
+    """Which k-means engine ran, on which devices, and why (`runner.engine.EngineChoice`)."""
+
+    requested: Optional[str] = Field(default=None, description="auto | dask | raft, as asked.")
+    chosen: Optional[str] = Field(default=None, description="The engine that ran: dask | raft.")
+    reason: Optional[str] = Field(default=None, description="Why (for auto: what ruled raft in or out).")
+    devices: Optional[list[str]] = Field(
+        default=None, description="One entry per Dask worker: 'gpu <host>/<PCI bus id>' or 'cpu <host>'."
+    )
+    distance_precision: Optional[str] = Field(
+        default=None, description="float32 | tf32: what the workers' distance GEMMs used."
+    )
+
+
 class ResultStatus(_Model):
     """Summary patched by the runner when it finishes."""
 
@@ -80,6 +94,7 @@ class ResultStatus(_Model):
     boundary_margin: Optional[float] = Field(
         default=None, description="Cosine-distance margin boundaryShare counts below."
     )
+    engine: Optional[EngineStatus] = None
 
 
 class OperatorStatus(_Model):

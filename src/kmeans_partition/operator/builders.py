@@ -23,6 +23,8 @@ import yaml
 from kmeans_partition import settings as S
 from kmeans_partition.operator import labels as L
 from kmeans_partition.operator import security as SEC
+from kmeans_partition.operator import workers as W
+from kmeans_partition.operator.workers import worker_processes
 from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, PLURAL, RESOURCE_FORBIDDEN_FIELDS, KMeansPartitionSpec
 
 DASK_GROUP = "kubernetes.dask.org"
@@ -32,7 +34,7 @@ DEFAULT_IMAGE = S.DEFAULT_IMAGE.default
 GPU_RESOURCE = "nvidia.com/gpu"
 SCHEDULER_PORT = 8786
 DASHBOARD_PORT = 8787
-WORKER_DASHBOARD_PORT = 8788
+WORKER_DASHBOARD_PORT = W.WORKER_DASHBOARD_PORT
 SPEC_DIR = "/etc/kmeans-partition"
 SPEC_FILE = "spec.yaml"
 TERMINATION_LOG = "/dev/termination-log"
@@ -113,15 +115,10 @@ def _container(name: str, spec: KMeansPartitionSpec, default_image: str, **field
 
 
 def worker_command(spec: KMeansPartitionSpec) -> list[str]:
-    """`dask worker` for CPU workers, `dask-cuda-worker` (one worker process per GPU) otherwise.
-    The scheduler address comes from DASK_SCHEDULER_ADDRESS, set by the dask-kubernetes operator;
-    spilled data goes to the local-directory emptyDir (the root filesystem is read-only)."""
-    name = ["--name", "$(DASK_WORKER_NAME)"]
-    dashboard = ["--dashboard-address", str(WORKER_DASHBOARD_PORT)]
-    local = ["--local-directory", SEC.DASK_LOCAL_DIR]
-    if spec.cluster.gpus_per_worker:
-        return ["dask-cuda-worker", *name, *dashboard, *local]
-    return ["dask", "worker", *name, "--nthreads", str(spec.cluster.threads_per_worker), *dashboard, *local]
+    """`dask worker` for CPU workers, `dask-cuda-worker` (one worker process per GPU) otherwise
+    (flags, env and volumes: `kmeans_partition.operator.workers`); spilled data goes to the
+    local-directory emptyDir (the root filesystem is read-only)."""
+    return [*worker_processes(spec).command, "--local-directory", SEC.DASK_LOCAL_DIR]
 
 
 def _dask_pod_spec(spec: KMeansPartitionSpec, container: dict[str, Any], volumes: list[dict]) -> dict[str, Any]:
@@ -155,16 +152,17 @@ def build_dask_cluster(
         resources=_resources(cluster.resources.scheduler),
         volumeMounts=scheduler_mounts,
     )
+    processes = worker_processes(spec)
     worker = _container(
         "worker",
         spec,
         default_image,
         command=worker_command(spec),
         ports=[{"name": "http-dashboard", "containerPort": WORKER_DASHBOARD_PORT, "protocol": "TCP"}],
-        env=_env(spec),
+        env=_env(spec, *processes.env),
         envFrom=_env_from(spec),
         resources=_resources(cluster.resources.worker, gpus=cluster.gpus_per_worker),
-        volumeMounts=worker_mounts,
+        volumeMounts=[*worker_mounts, *processes.volume_mounts],
     )
     service = {
         "type": "ClusterIP",
@@ -179,7 +177,10 @@ def build_dask_cluster(
         "kind": "DaskCluster",
         "metadata": L.child_metadata(name, namespace, uid, cluster_name, L.COMPONENT_DASK),
         "spec": {
-            "worker": {"replicas": cluster.workers, "spec": _dask_pod_spec(spec, worker, worker_volumes)},
+            "worker": {
+                "replicas": cluster.workers,
+                "spec": _dask_pod_spec(spec, worker, [*worker_volumes, *processes.volumes]),
+            },
             "scheduler": {"spec": _dask_pod_spec(spec, scheduler, scheduler_volumes), "service": service},
         },
     }

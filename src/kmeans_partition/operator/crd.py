@@ -26,8 +26,8 @@ Resource quantities (``int-or-string``) carry the Kubernetes quantity ``pattern`
 
 CRD-only bounds (``maxLength``/``maxItems`` on paths) keep the CEL rules' estimated
 cost under the API server's budget. CEL rules on ``spec``: immutable after creation,
-``engine: raft`` needs ``cluster.gpusPerWorker >= 1``, ``outputPath`` neither equal
-to, inside, nor containing any ``inputPath`` (prefix tests on '/' boundaries; globs in
+``engine: raft`` and ``distancePrecision: tf32`` need ``cluster.gpusPerWorker >= 1``, ``outputPath``
+neither equal to, inside, nor containing any ``inputPath`` (prefix tests on '/' boundaries; globs in
 inputs are left to the runner's own check), no glob character in ``outputPath``,
 remote URIs only, no ``user:pass@`` in a path. ``storage.options`` is free-form here
 (the allowlist of non-secret keys is the model's, so a violation ends ``InvalidSpec``).
@@ -92,6 +92,12 @@ SPEC_RULES = [
         "(has(self.cluster) && has(self.cluster.gpusPerWorker) && self.cluster.gpusPerWorker >= 1)",
         "message": "engine raft (cuML multi-GPU) needs GPU workers: set cluster.gpusPerWorker >= 1",
         "fieldPath": ".engine",
+    },
+    {
+        "rule": "!has(self.distancePrecision) || self.distancePrecision != 'tf32' || "
+        "(has(self.cluster) && has(self.cluster.gpusPerWorker) && self.cluster.gpusPerWorker >= 1)",
+        "message": "distancePrecision tf32 only changes GPU workers: set cluster.gpusPerWorker >= 1 or use float32",
+        "fieldPath": ".distancePrecision",
     },
     {
         # Both paths with one trailing '/', then a prefix test either way: equal paths, the
@@ -233,6 +239,7 @@ def printer_columns() -> list[dict[str, Any]]:
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         {"name": "Output", "type": "string", "jsonPath": ".spec.outputPath", "priority": 1},
         {"name": "Job", "type": "string", "jsonPath": ".status.job", "priority": 1},
+        {"name": "Engine", "type": "string", "jsonPath": ".status.result.engine.chosen", "priority": 1},
     ]
 
 

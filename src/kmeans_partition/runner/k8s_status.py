@@ -23,7 +23,7 @@ from kmeans_partition.k8s_http import load_api_client, raw_request
 from kmeans_partition.runner.progress import ProgressSink, ProgressSnapshot
 from kmeans_partition.runner.summary import headline
 from kmeans_partition.spec import API_GROUP, API_VERSION, PLURAL
-from kmeans_partition.status import ClusterSizes, ProgressStatus, ResultStatus, RunnerStatus, wire
+from kmeans_partition.status import ClusterSizes, EngineStatus, ProgressStatus, ResultStatus, RunnerStatus, wire
 
 log = logging.getLogger("kmeans_partition")
 
@@ -54,6 +54,7 @@ def result_model(result: dict[str, Any]) -> ResultStatus:
         manifest=result.get("manifest_path"),
         centroids=result.get("centroids_path"),
         cluster_sizes=cluster_sizes,
+        engine=EngineStatus(**result["engine"]) if isinstance(result.get("engine"), dict) else None,
         **numbers,
     )
 

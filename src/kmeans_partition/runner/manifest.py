@@ -34,10 +34,10 @@ class RunResult:
     input_files: list[str]
     n_duplicate_ids: int
     n_reseeded: int
-    engine: str = "dask"
+    engine: dict[str, Any] = field(default_factory=dict)  # `engine.EngineChoice`: requested, chosen, reason, devices
     timings: dict[str, float] = field(default_factory=dict)
     iterations: list[dict[str, Any]] = field(default_factory=list)  # inertia, shift, rows computed, seconds
-    tol_abs: Optional[float] = None  # the centroid_shift at or below which Lloyd stops
+    tol_abs: Optional[float] = None  # the summed squared centroid shift at or below which the fit stops
     summary: Optional[dict[str, Any]] = None  # sizes, distances, margins (`runner.summary.AssignSummary`)
     report_path: Optional[str] = None  # report.html, when written
 

@@ -92,6 +92,12 @@ def with_summary(manifest: dict[str, Any], out: OutputLocation, max_rows: int = 
     return {**manifest, "summary": sample_summary(manifest, out, max_rows)}
 
 
+def engine_name(manifest: dict[str, Any]) -> Optional[str]:
+    """The engine that ran: ``engine.chosen`` (older manifests: ``engine`` as a plain name)."""
+    engine = manifest.get("engine")
+    return engine.get("chosen") if isinstance(engine, dict) else engine
+
+
 def report_numbers(manifest: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of the terminal summary and the HTML page."""
     sizes = [int(s) for s in manifest.get("rows_per_centroid") or []]
@@ -102,7 +108,7 @@ def report_numbers(manifest: dict[str, Any]) -> dict[str, Any]:
         "n_rows": manifest.get("n_rows"),
         "n_clusters": manifest.get("n_clusters"),
         "embedding_dim": manifest.get("embedding_dim"),
-        "engine": manifest.get("engine"),
+        "engine": engine_name(manifest),
         "size_min": min(sizes) if sizes else None,
         "size_median": float(statistics.median(sizes)) if sizes else None,
         "size_max": max(sizes) if sizes else None,

@@ -88,11 +88,13 @@ def sizes_plot(manifest: dict[str, Any]) -> str:
 
 
 def convergence_plot(manifest: dict[str, Any]) -> str:
+    from .report import engine_name
+
     history = manifest.get("iterations") or []
     fig, (left, right) = _figure()
     if not history:
         for ax in (left, right):
-            ax.text(0.5, 0.5, f"no per-iteration history (engine {manifest.get('engine')})",
+            ax.text(0.5, 0.5, f"no per-iteration history (engine {engine_name(manifest)})",
                     ha="center", va="center", transform=ax.transAxes)
     else:
         steps = [h["iteration"] for h in history]

@@ -71,6 +71,7 @@ class KMeansStage:
         scheduler_address: Optional[str] = None,
         write_second_centroid: bool = False,
         report: bool = True,
+        distance_precision: str = "float32",
     ):
         fields = dict(locals())
         fields.pop("self")
@@ -150,7 +151,7 @@ class _Run:
             n_rows,
             spec.tol,
         )
-        fitted = self.fit(parts, stats, dim, tol_abs)
+        fitted, choice = self.fit(parts, stats, dim, tol_abs)
         self.timings.update(fitted.timings)
         clear_previous(self.out, replace)
         counts, inertia, files_written, summary = self.write(parts, fitted.centroids, column_schema)
@@ -171,10 +172,10 @@ class _Run:
             input_files=files,
             n_duplicate_ids=sum(self.client.gather(duplicates)),
             n_reseeded=fitted.n_reseeded,
-            engine=self.engine.value,
+            engine=choice.to_dict(),
             timings=self.timings,
             iterations=fitted.history,
-            tol_abs=tol_abs if self.engine == "dask" else None,  # cuML's tol means something else
+            tol_abs=tol_abs,  # both engines stop on it (raft: `engine.RaftParams`)
             summary=summary.to_dict(),
         )
         if spec.report:
@@ -225,18 +226,17 @@ class _Run:
         return [parts[i] for i in keep], [stats[i] for i in keep]
 
     def fit(self, parts, stats, dim: int, tol_abs: float):
-        """Centroids from the chosen engine; ours reports every iteration."""
+        """(centroids from the chosen engine, the `EngineChoice`); ours reports every iteration."""
         spec = self.spec
         rows = [s.n_rows for s in stats]
-        engine = choose_engine(self.engine, self.client)
-        self.engine = engine
-        if engine == Engine.raft:
+        choice = choose_engine(self.engine, self.client, spec.distance_precision)
+        if choice.chosen == Engine.raft:
             self.progress.stage("fitting", max_iter=spec.max_iter)
-            return fit_raft(self.client, parts, rows, dim, RaftParams.from_spec(spec))
+            return fit_raft(self.client, parts, rows, dim, RaftParams.from_spec(spec, tol_abs)), choice
         model = DaskKMeans(
             self.client, parts, rows, spec.n_clusters, spec.max_samples_per_batch, spec.random_state, self.progress
         )
-        return fit(model, spec.init, spec.oversampling_factor, spec.max_iter, tol_abs)
+        return fit(model, spec.init, spec.oversampling_factor, spec.max_iter, tol_abs), choice
 
     def count_duplicate_ids(self, parts, n_buckets: int = 16) -> list:
         """Futures of per-bucket duplicate-id counts: id hashes never leave the workers whole."""
