@@ -244,6 +244,11 @@ class ClusterSpec(_Model):
         description="Size limit of each worker's Dask local directory (spill-to-disk; an emptyDir, "
         "the root filesystem is read-only).",
     )
+    tls: bool = Field(
+        default=True,
+        description="Mutual TLS between runner, scheduler and workers (a per-resource CA and certificate "
+        "in an owned Secret, tls:// addresses, encryption required). false: plain tcp://.",
+    )
 
 
 class SecretRef(_Model):

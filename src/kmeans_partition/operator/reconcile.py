@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol
 from kmeans_partition.operator import builders as B
 from kmeans_partition.operator import conditions as C
 from kmeans_partition.operator import labels as L
+from kmeans_partition.operator import tls as TLS
 from kmeans_partition.operator.kube_api import Conflict, NotFound, Rejected
 from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, CleanupPolicy, SpecError, parse_resource_spec
 from kmeans_partition.status import OPERATOR_STATUS_KEYS, OperatorStatus, wire
@@ -69,12 +70,14 @@ def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
 
 
 def _ensure(api: Api, child: dict[str, Any], uid: str, outcome: Outcome) -> Optional[dict[str, Any]]:
-    """The child as it exists (created when missing); None when a foreign object holds the name."""
+    """The child as it exists (created when missing); None when a foreign object holds the name.
+
+    Key material of the TLS Secret is generated only here, when the Secret is missing."""
     meta = child["metadata"]
     existing = api.get(child["apiVersion"], child["kind"], meta["namespace"], meta["name"])
     if existing is None:
         try:
-            created = api.create(child)
+            created = api.create(TLS.materialise(child))
             outcome.created.append(_ref(child))
             return created or child
         except Rejected as err:  # invalid/forbidden: the same request would fail again
