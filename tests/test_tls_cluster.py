@@ -84,13 +84,16 @@ def test_the_certificate_holder_runs_code_on_every_worker(tls_cluster):
         assert list(results.values()) == ["ran", "ran"]
         assert all(address.startswith("tls://") for address in results)  # workers listen on TLS too
     assert "tls://127.0.0.1" in kubelet.log(scheduler.name)
+    key = Path(scheduler.env["DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__KEY"])  # the mounted Secret, mode 0440
+    assert key.read_text().startswith("-----BEGIN PRIVATE KEY") and key.stat().st_mode & 0o777 == 0o440
 
 
 def test_a_plain_tcp_client_is_refused(tls_cluster):
     port, *_ = tls_cluster
     with pytest.raises(REFUSED) as refused:
         Client(f"tcp://127.0.0.1:{port}", timeout=5)
-    assert "reset by peer" in str(refused.value)  # the TLS listener drops a plaintext handshake
+    # the TLS listener drops a plaintext handshake
+    assert any(word in str(refused.value) for word in ("reset by peer", "closed", "EOF")), refused.value
 
 
 def test_a_client_trusting_another_ca_is_refused(tls_cluster, tmp_path):
@@ -109,4 +112,5 @@ def test_a_client_with_another_resources_certificate_is_refused(tls_cluster, tmp
     with pytest.raises(REFUSED) as refused:
         Client(f"tls://127.0.0.1:{port}", security=_security(files["ca.crt"], other["tls.crt"], other["tls.key"]),
                timeout=5)
-    assert "TLS" in str(refused.value) and "EOF" in str(refused.value)  # the scheduler hangs up
+    # the scheduler rejects the certificate: with TLS 1.3 the client sees its alert or the hang-up
+    assert "TLS" in str(refused.value) and any(word in str(refused.value) for word in ("UNKNOWN_CA", "EOF"))

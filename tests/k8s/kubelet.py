@@ -302,7 +302,7 @@ class FakeKubelet:
         return text
 
     def _mount_volumes(self, pod_dir: Path, pod_spec: dict, container: dict) -> tuple[dict[str, str], dict[str, str]]:
-        """(ConfigMap mount prefixes, emptyDir mount paths) -> local directories."""
+        """(ConfigMap/Secret mount prefixes, emptyDir mount paths) -> local directories."""
         volumes = {v["name"]: v for v in pod_spec.get("volumes") or []}
         mounts, empty_dirs = {}, {}
         for mount in container.get("volumeMounts") or []:
@@ -313,12 +313,10 @@ class FakeKubelet:
                 empty_dirs[mount["mountPath"].rstrip("/")] = str(target)
                 continue
             files, mode = self._volume_files(volume, pod_dir.name)
-            target = pod_dir / mount["name"]
-            target.mkdir(parents=True, exist_ok=True)
+            (target := pod_dir / mount["name"]).mkdir(parents=True, exist_ok=True)
             for key, value in files.items():
                 (target / key).write_bytes(value)
-                if mode is not None:
-                    (target / key).chmod(mode)
+                (target / key).chmod(mode if mode is not None else 0o644)
             mounts[mount["mountPath"].rstrip("/")] = str(target)
         return mounts, empty_dirs
 
