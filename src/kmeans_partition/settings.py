@@ -117,8 +117,9 @@ CONNECT_TIMEOUT: Setting[float] = Setting(
 )
 SCHEDULER_ADDRESS: Setting[Optional[str]] = Setting(
     "DASK_SCHEDULER_ADDRESS", None, "runner",
-    "Dask scheduler the runner uses when the spec names none (the operator sets its DaskCluster's; "
-    "the dask-kubernetes operator sets it on workers); unset: a LocalCluster.", str,
+    "Dask scheduler the runner uses when the spec names none (the operator sets its DaskCluster's, "
+    "`tls://` unless `cluster.tls: false`, on the runner and, with TLS, on workers; else the "
+    "dask-kubernetes operator sets a `tcp://` one on workers); unset: a LocalCluster.", str,
 )
 
 DASK_OPERATOR_POD_LABELS: Setting[dict[str, str]] = Setting(
