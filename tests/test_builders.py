@@ -150,7 +150,7 @@ def test_job_runs_the_runner_against_the_cluster():
     runner = _only(pod["containers"])
     assert runner["command"] == ["kmeans-partition", "run", "-f", "/etc/kmeans-partition/spec.yaml"]
     env = _env(runner)
-    assert env["DASK_SCHEDULER_ADDRESS"] == f"tcp://docs-dask-scheduler.{NS}.svc.cluster.local:8786"
+    assert env["DASK_SCHEDULER_ADDRESS"] == f"tls://docs-dask-scheduler.{NS}.svc.cluster.local:8786"
     assert env["KMP_NAME"] == NAME and env["KMP_NAMESPACE"] == NS
     assert env["KMP_TERMINATION_MESSAGE_PATH"] == "/dev/termination-log"
     assert env["KMP_CONNECT_TIMEOUT"] == "600"  # the runner waits this long for the scheduler
@@ -158,10 +158,12 @@ def test_job_runs_the_runner_against_the_cluster():
     assert runner["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
     assert runner["resources"] == {"limits": {"memory": "1Gi"}}
     assert runner["volumeMounts"] == [{"name": "spec", "mountPath": "/etc/kmeans-partition", "readOnly": True},
-                                      {"name": "tmp", "mountPath": "/tmp"}]
-    spec_volume, tmp_volume = pod["volumes"]
+                                      {"name": "tmp", "mountPath": "/tmp"},
+                                      {"name": "dask-tls", "mountPath": "/etc/dask-tls", "readOnly": True}]
+    spec_volume, tmp_volume, tls_volume = pod["volumes"]
     assert spec_volume["configMap"]["name"] == L.config_map_name(NAME)
     assert tmp_volume == {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}
+    assert tls_volume == {"name": "dask-tls", "secret": {"secretName": L.tls_secret_name(NAME), "defaultMode": 0o440}}
 
 
 def test_job_omits_unset_limits():
@@ -204,7 +206,8 @@ def test_runner_role_only_patches_its_own_status():
 def test_every_child_is_labelled_and_owned():
     children = B.build_children(NAME, NS, UID, _spec(GPU))
     kinds = [child["kind"] for child in children]
-    assert kinds == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "DaskCluster", "Job"]
+    assert kinds == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "Secret", "DaskCluster",
+                     "Job"]
     for child in children:
         meta = child["metadata"]
         assert meta["namespace"] == NS

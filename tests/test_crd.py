@@ -121,6 +121,10 @@ def test_schema_bounds_and_rules():
     props = spec["properties"]
     assert props["nClusters"]["minimum"] == 1
     assert props["cluster"]["properties"]["gpusPerWorker"]["minimum"] == 0
+    assert props["cluster"]["properties"]["gpusPerWorker"]["maximum"] == 16
+    assert props["cluster"]["properties"]["workers"]["maximum"] == 1000
+    assert props["cluster"]["properties"]["tls"] == {"type": "boolean", "default": True,
+                                                     "description": props["cluster"]["properties"]["tls"]["description"]}
     assert props["engine"]["enum"] == ["auto", "dask", "raft"]
     assert props["cleanupPolicy"]["enum"] == ["Always", "OnSuccess", "Never"]
     assert props["inputPath"]["type"] == "array" and props["inputPath"]["minItems"] == 1
@@ -154,6 +158,10 @@ def test_good_manifest_validates_and_parses():
         ("spec.cluster.resources.runner.requests", {"cpu": "two"}, "spec.cluster.resources.runner.requests.cpu"),
         ("spec.schedulerAddress", "tcp://elsewhere:8786", "spec"),
         ("spec.storageOptions", {"anon": True}, "spec"),
+        ("spec.cluster.workers", 1001, "spec.cluster.workers"),  # universal maxima (spec.py MAX_*)
+        ("spec.cluster.gpusPerWorker", 17, "spec.cluster.gpusPerWorker"),
+        ("spec.cluster.readyTimeoutSeconds", 86401, "spec.cluster.readyTimeoutSeconds"),
+        ("spec.cluster.tls", "yes", "spec.cluster.tls"),
     ],
 )
 def test_bad_manifests_are_rejected(path, value, expect):

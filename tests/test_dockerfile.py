@@ -111,7 +111,7 @@ def test_cpu_constraints_pin_every_runtime_dependency():
 def test_gpu_constraints_pin_the_gpu_stack_and_the_operator():
     pins = _read_pins("constraints-gpu.txt")
     assert pins["cuml-cu12"] == DOCKERFILE.global_args["CUML_VERSION"]
-    for requirement in PYPROJECT["project"]["optional-dependencies"]["gpu"] + ["kopf", "kubernetes"]:
+    for requirement in PYPROJECT["project"]["optional-dependencies"]["gpu"] + ["kopf", "kubernetes", "cryptography"]:
         assert _requirement_name(requirement) in pins, f"{requirement} not pinned in docker/constraints-gpu.txt"
     assert "--constraint docker/constraints-gpu.txt" in " ".join(DOCKERFILE.stage("gpu").all("RUN"))
 

@@ -98,9 +98,17 @@ def test_resource_succeeds_with_partitions_in_the_bucket(kube, s3_server, tmp_pa
     assert kubelet.stopped_clusters == [status["daskCluster"]]
     scheduler = kubelet.pods[f"{status['daskCluster']}-scheduler"]
     runner = kubelet.pods[f"{status['job']}-0"]
-    assert runner.env["DASK_SCHEDULER_ADDRESS"] == f"tcp://127.0.0.1:{scheduler.argv[scheduler.argv.index('--port') + 1]}"
+    port = scheduler.argv[scheduler.argv.index('--port') + 1]
+    # the whole job ran over mutual TLS: the runner and the workers reached the scheduler on tls://
+    assert runner.env["DASK_SCHEDULER_ADDRESS"] == f"tls://127.0.0.1:{port}"
+    assert scheduler.argv[scheduler.argv.index("--protocol") + 1] == "tls"
+    assert f"Scheduler at:     tls://127.0.0.1:{port}" in kubelet.log(scheduler.name)
     assert "Receive client connection" in kubelet.log(scheduler.name)  # the runner used the cluster
     worker = kubelet.pods[f"{status['daskCluster']}-default-worker-0"]
+    assert worker.env["DASK_SCHEDULER_ADDRESS"] == f"tls://127.0.0.1:{port}"  # not the dask operator's tcp://
+    assert "Registered to:      tls://127.0.0.1" in kubelet.log(worker.name)
+    assert Path(worker.env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"]).read_text().startswith("-----BEGIN CERTIFICATE")
+    assert "PRIVATE KEY" in Path(runner.env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY"]).read_text()
     local_directory = Path(worker.argv[worker.argv.index("--local-directory") + 1])
     assert local_directory == kubelet.workdir / worker.name / "dask-local"  # the pod's emptyDir
     assert [p.name for p in local_directory.iterdir()] == ["dask-scratch-space"]  # the worker wrote there

@@ -35,7 +35,8 @@ def _worker(spec):
 
 
 def _env(container) -> dict:
-    return {item["name"]: item["value"] for item in container.get("env", [])}
+    """The worker's env less Dask's own (TLS files, scheduler address: tests/test_tls.py)."""
+    return {item["name"]: item["value"] for item in container.get("env", []) if not item["name"].startswith("DASK_")}
 
 
 def _names(items) -> set:

@@ -79,7 +79,7 @@ def test_children_created_once_with_owner_references(api):
     first = step(api)
     assert sorted(first.created) == sorted(
         ["ConfigMap/docs-spec", "ServiceAccount/docs-runner", "Role/docs-runner", "RoleBinding/docs-runner",
-         f"NetworkPolicy/{DASK}", f"DaskCluster/{DASK}"]
+         f"NetworkPolicy/{DASK}", f"Secret/{L.tls_secret_name(NAME)}", f"DaskCluster/{DASK}"]
     )
     assert not any(ref.startswith("Job/") for ref in first.created), "Job must wait for the DaskCluster"
     second = step(api)
@@ -260,7 +260,7 @@ def test_delete_children_removes_only_owned_children(api):
     step(api)
     api.objects[("ConfigMap", "other", "docs-spec")] = {"metadata": {"name": "docs-spec", "ownerReferences": []}}
     deleted = delete_children(NAME, "default", "kmp-uid", api)
-    assert len(deleted) == 7 and f"NetworkPolicy/{DASK}" in deleted
+    assert len(deleted) == 8 and f"NetworkPolicy/{DASK}" in deleted and f"Secret/{NAME}-dask-tls" in deleted
     # the ConfigMap in namespace "other" stays; the scheduler pod is the dask operator's to remove
     assert [k for k in api.kinds() if not k.startswith("Pod/")] == ["ConfigMap/docs-spec"]
     assert delete_children(NAME, "default", "kmp-uid", api) == []

@@ -49,6 +49,36 @@ def _seconds(raw: str) -> float:
     return float(raw)
 
 
+def _names(raw: str) -> tuple[str, ...]:
+    """``a,b,c`` -> ('a', 'b', 'c') (blanks dropped)."""
+    names = tuple(item.strip() for item in raw.split(",") if item.strip())
+    if not names:
+        raise ValueError(raw)
+    return names
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(raw)
+    return lowered in ("true", "1", "yes")
+
+
+def _count(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError(raw)
+    return value
+
+
+def _label(raw: str) -> tuple[str, Optional[str]]:
+    """``key=value`` -> (key, value); ``key`` -> (key, None): the label must exist, any value."""
+    key, sep, value = raw.strip().partition("=")
+    if not key.strip() or "," in raw:
+        raise ValueError(raw)
+    return key.strip(), (value.strip() if sep else None)
+
+
 def _labels(raw: str) -> dict[str, str]:
     """``key=value[,key=value...]`` -> a label dict (a NetworkPolicy pod selector)."""
     labels = {}
@@ -87,8 +117,9 @@ CONNECT_TIMEOUT: Setting[float] = Setting(
 )
 SCHEDULER_ADDRESS: Setting[Optional[str]] = Setting(
     "DASK_SCHEDULER_ADDRESS", None, "runner",
-    "Dask scheduler the runner uses when the spec names none (the operator sets its DaskCluster's; "
-    "the dask-kubernetes operator sets it on workers); unset: a LocalCluster.", str,
+    "Dask scheduler the runner uses when the spec names none (the operator sets its DaskCluster's, "
+    "`tls://` unless `cluster.tls: false`, on the runner and, with TLS, on workers; else the "
+    "dask-kubernetes operator sets a `tcp://` one on workers); unset: a LocalCluster.", str,
 )
 
 DASK_OPERATOR_POD_LABELS: Setting[dict[str, str]] = Setting(
@@ -102,9 +133,55 @@ DASK_OPERATOR_NAMESPACE: Setting[Optional[str]] = Setting(
     "Namespace of the dask-kubernetes operator, for that NetworkPolicy rule; unset: any namespace.", str,
 )
 
+# Operator policy (operator/policy.py): checked before a resource's first child is created;
+# a violation ends the resource Failed (reason PolicyViolation). Unset: no restriction.
+POLICY_ALLOWED_IMAGE_PREFIXES: Setting[Optional[tuple[str, ...]]] = Setting(
+    "KMP_POLICY_ALLOWED_IMAGE_PREFIXES", None, "operator",
+    "Image prefixes `cluster.image` must start with (e.g. `registry.example/ml/`; a prefix matches up to "
+    "a `/`, `:` or `@`); the operator's default image is always allowed. Unset: any image.",
+    _names, "a comma-separated list",
+)
+POLICY_MAX_WORKERS: Setting[Optional[int]] = Setting(
+    "KMP_POLICY_MAX_WORKERS", None, "operator",
+    "Most `cluster.workers` a resource may ask for (the CRD's own limit is 1000). Unset: no further limit.",
+    _count, "a non-negative integer",
+)
+POLICY_MAX_GPUS: Setting[Optional[int]] = Setting(
+    "KMP_POLICY_MAX_GPUS", None, "operator",
+    "Most GPUs per resource (`cluster.workers` x `cluster.gpusPerWorker`); 0 forbids GPU workers. Unset: no limit.",
+    _count, "a non-negative integer",
+)
+POLICY_ALLOWED_PRIORITY_CLASSES: Setting[Optional[tuple[str, ...]]] = Setting(
+    "KMP_POLICY_ALLOWED_PRIORITY_CLASSES", None, "operator",
+    "PriorityClasses `cluster.priorityClassName` may name (leaving it unset is always allowed). Unset: any.",
+    _names, "a comma-separated list",
+)
+POLICY_ALLOW_TOLERATIONS: Setting[bool] = Setting(
+    "KMP_POLICY_ALLOW_TOLERATIONS", True, "operator",
+    "Whether a resource may set `cluster.tolerations`.", _bool, "true or false",
+)
+POLICY_ALLOW_AFFINITY: Setting[bool] = Setting(
+    "KMP_POLICY_ALLOW_AFFINITY", True, "operator",
+    "Whether a resource may set `cluster.affinity`.", _bool, "true or false",
+)
+POLICY_SECRET_LABEL: Setting[Optional[tuple[str, Optional[str]]]] = Setting(
+    "KMP_POLICY_SECRET_LABEL", None, "operator",
+    "Label (`key=value`, or `key` for any value) the Secret named by `storage.secretRef` must carry; the "
+    "operator reads that Secret (RBAC: get secrets). Unset: any Secret of the namespace.",
+    _label, "key=value or key",
+)
+POLICY_REQUIRE_TLS: Setting[bool] = Setting(
+    "KMP_POLICY_REQUIRE_TLS", False, "operator",
+    "Whether resources must keep `cluster.tls: true` (mutual TLS in the Dask cluster).", _bool, "true or false",
+)
+POLICY_SETTINGS = (
+    POLICY_ALLOWED_IMAGE_PREFIXES, POLICY_MAX_WORKERS, POLICY_MAX_GPUS, POLICY_ALLOWED_PRIORITY_CLASSES,
+    POLICY_ALLOW_TOLERATIONS, POLICY_ALLOW_AFFINITY, POLICY_SECRET_LABEL, POLICY_REQUIRE_TLS,
+)
+
 SETTINGS: tuple[Setting[Any], ...] = (
     DEFAULT_IMAGE, RECONCILE_INTERVAL, RESOURCE_NAME, RESOURCE_NAMESPACE, TERMINATION_MESSAGE_PATH,
-    CONNECT_TIMEOUT, SCHEDULER_ADDRESS, DASK_OPERATOR_POD_LABELS, DASK_OPERATOR_NAMESPACE,
+    CONNECT_TIMEOUT, SCHEDULER_ADDRESS, DASK_OPERATOR_POD_LABELS, DASK_OPERATOR_NAMESPACE, *POLICY_SETTINGS,
 )
 
 
@@ -147,6 +224,8 @@ def dask_operator_namespace(environ: Environ = None) -> Optional[str]:
 def _shown(default: Any) -> str:
     if default is None:
         return "unset"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
     if isinstance(default, dict):
         return "`" + ",".join(f"{key}={value}" for key, value in default.items()) + "`"
     return f"`{default:g}`" if isinstance(default, float) else f"`{default}`"

@@ -45,6 +45,13 @@ GLOB_CHARACTERS = "*?[]{}"
 # A remote URI (fsspec chains such as simplecache::s3://... included), and the local ones.
 REMOTE_URI_PATTERN = r"^([a-zA-Z][a-zA-Z0-9+.-]*::)*[a-zA-Z][a-zA-Z0-9+.-]*://"
 LOCAL_URI_PATTERN = r"^([a-zA-Z][a-zA-Z0-9+.-]*::)*(file|local|memory)://"
+# Universal maxima (the CRD carries them; site limits are operator policy, operator/policy.py):
+# one Dask scheduler drives every worker in each Lloyd round, and past about a thousand workers
+# it, not the workers, sets the pace; no node ships more than 16 GPUs (dask-cuda-worker runs one
+# worker per GPU of its node); a cluster that is not ready within a day is stuck, not slow.
+MAX_WORKERS = 1000
+MAX_GPUS_PER_WORKER = 16
+MAX_READY_TIMEOUT_SECONDS = 86400
 # JobSpec fields a KMeansPartition resource may not set (see module docstring).
 RESOURCE_FORBIDDEN_FIELDS = {
     "scheduler_address": "the operator's DaskCluster is the scheduler; remove schedulerAddress",
@@ -278,15 +285,17 @@ class GpuWorkerSpec(_Model):
 class ClusterSpec(_Model):
     """The Dask cluster the operator creates for one job."""
 
-    workers: int = Field(default=2, ge=1, description="Dask worker replicas.")
+    workers: int = Field(default=2, ge=1, le=MAX_WORKERS, description="Dask worker replicas.")
     ready_timeout_seconds: int = Field(
         default=900,
         ge=1,
+        le=MAX_READY_TIMEOUT_SECONDS,
         description="Seconds the DaskCluster may take to become ready (scheduler pod Ready) before the "
         "resource fails and the DaskCluster is deleted.",
     )
     gpus_per_worker: int = Field(
-        default=0, ge=0, description="0: CPU `dask worker`; >=1: `dask-cuda-worker` with nvidia.com/gpu limits."
+        default=0, ge=0, le=MAX_GPUS_PER_WORKER,
+        description="0: CPU `dask worker`; >=1: `dask-cuda-worker` with nvidia.com/gpu limits."
     )
     threads_per_worker: int = Field(
         default=1,
@@ -314,6 +323,11 @@ class ClusterSpec(_Model):
         default="10Gi",
         description="Size limit of each worker's Dask local directory (spill-to-disk; an emptyDir, "
         "the root filesystem is read-only).",
+    )
+    tls: bool = Field(
+        default=True,
+        description="Mutual TLS between runner, scheduler and workers (a per-resource CA and certificate "
+        "in an owned Secret, tls:// addresses, encryption required). false: plain tcp://.",
     )
 
     @field_validator("env")

@@ -29,10 +29,13 @@ class FakeApi:
     """Objects keyed by (kind, namespace, name); counts every create call."""
 
     def __init__(self, unserved_kinds: tuple[str, ...] = (), reject_create: Optional[dict[str, tuple]] = None,
-                 lose_create_race: tuple[str, ...] = ()):
+                 lose_create_race: tuple[str, ...] = (), namespaced_rbac: bool = False):
         """`reject_create`: kind -> (status, reason, message) answered to every create of that kind.
         `lose_create_race`: kinds whose first create finds the name taken (409) by an object that
-        appeared after the caller's get (created by this operator's other pass; same owner)."""
+        appeared after the caller's get (created by this operator's other pass; same owner).
+        `namespaced_rbac`: a cluster-wide list (namespace None) is forbidden (403)."""
+        self.namespaced_rbac = namespaced_rbac
+        self.list_calls: list[tuple[str, Optional[str]]] = []
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.create_calls: list[str] = []
         self.unserved = set(unserved_kinds)
@@ -48,11 +51,15 @@ class FakeApi:
         found = self.objects.get((kind, namespace, name))
         return copy.deepcopy(found) if found is not None else None
 
-    def list(self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str]) -> list[dict]:
+    def list(self, api_version: str, kind: str, namespace: Optional[str], labels: Mapping[str, str]) -> list[dict]:
+        """Namespace None: every namespace (403 with `namespaced_rbac`)."""
+        self.list_calls.append((kind, namespace))
+        if namespace is None and self.namespaced_rbac:
+            raise Rejected(403, "Forbidden", json.dumps({"kind": "Status", "reason": "Forbidden"}))
         return [
             copy.deepcopy(obj)
             for (k, ns, _), obj in self.objects.items()
-            if k == kind and ns == namespace and labels.items() <= (obj["metadata"].get("labels") or {}).items()
+            if k == kind and namespace in (None, ns) and labels.items() <= (obj["metadata"].get("labels") or {}).items()
         ]
 
     def create(self, manifest: Mapping[str, Any]) -> dict:
@@ -87,11 +94,13 @@ class FakeApi:
         return copy.deepcopy(obj)
 
     # helpers for tests -------------------------------------------------------
-    def add_resource(self, name: str, spec: dict, namespace: str = "default", uid: str = "kmp-uid") -> dict:
+    def add_resource(self, name: str, spec: dict, namespace: str = "default", uid: str = "kmp-uid",
+                     created: str = "2030-01-01T00:00:00Z") -> dict:
         body = {
             "apiVersion": f"{API_GROUP}/{API_VERSION}",
             "kind": KIND,
-            "metadata": {"name": name, "namespace": namespace, "uid": uid, "generation": 1},
+            "metadata": {"name": name, "namespace": namespace, "uid": uid, "generation": 1,
+                         "creationTimestamp": created},
             "spec": copy.deepcopy(spec),
         }
         self.objects[(KIND, namespace, name)] = body

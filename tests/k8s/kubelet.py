@@ -17,14 +17,16 @@ How a pod spec maps onto this machine (everything else is taken as written):
 - env: the container's `env` (`value` only), `envFrom` Secret/ConfigMap refs (Secret
   `data` base64-decoded, `stringData` as is), over a minimal base (PATH, HOME, LANG,
   TMPDIR, PYTHONPATH); plus what the dask-kubernetes operator injects into workers
-  (`DASK_SCHEDULER_ADDRESS`, `DASK_WORKER_NAME`) and `KUBECONFIG` (the emulator's
-  kubeconfig stands in for the pod's service-account token).
+  (`DASK_SCHEDULER_ADDRESS`, `DASK_WORKER_NAME`, each only when the container's env does
+  not set it, as that operator does) and `KUBECONFIG` (the emulator's kubeconfig stands in
+  for the pod's service-account token).
 - Service DNS: `<cluster>-scheduler.<ns>.svc.cluster.local:8786` (also `.svc` and bare
   `<cluster>-scheduler`) in env values and args -> `127.0.0.1:<free port>`.
 - network: pods share the loopback: the scheduler gets `--host 127.0.0.1 --port <free>`,
   workers `--host 127.0.0.1`, every `--dashboard-address` becomes `127.0.0.1:0`.
-- volumes: a ConfigMap volume becomes `<workdir>/<pod>/<volume>/` with one file per key;
-  its `mountPath` prefix is rewritten in args, command and env values. An emptyDir
+- volumes: a ConfigMap or Secret volume becomes `<workdir>/<pod>/<volume>/` with one file
+  per key (Secret `data` base64-decoded, `stringData` as is; file mode `defaultMode`); its
+  `mountPath` prefix is rewritten in args, command and env values. An emptyDir
   becomes an empty `<workdir>/<pod>/<volume>/`; an arg or env value that *is* its
   `mountPath` is rewritten (only whole values: an emptyDir on `/tmp` must not rewrite
   every path under this machine's /tmp, which stays usable as it is).
@@ -194,8 +196,8 @@ class FakeKubelet:
         for index in range(worker.get("replicas", 1)):
             worker_name = f"{name}-default-worker-{index}"
             state.pods.append(self._start_container(
-                worker_name, worker["spec"], worker["spec"]["containers"][0],
-                extra_env={"DASK_SCHEDULER_ADDRESS": address, "DASK_WORKER_NAME": worker_name},
+                worker_name, worker["spec"], worker["spec"]["containers"][0], extra_env={},
+                injected_env={"DASK_SCHEDULER_ADDRESS": address, "DASK_WORKER_NAME": worker_name},
                 flags={"--host": "127.0.0.1"}))
 
     def _record_scheduler_pod(self, cluster: dict) -> None:
@@ -300,7 +302,7 @@ class FakeKubelet:
         return text
 
     def _mount_volumes(self, pod_dir: Path, pod_spec: dict, container: dict) -> tuple[dict[str, str], dict[str, str]]:
-        """(ConfigMap mount prefixes, emptyDir mount paths) -> local directories."""
+        """(ConfigMap/Secret mount prefixes, emptyDir mount paths) -> local directories."""
         volumes = {v["name"]: v for v in pod_spec.get("volumes") or []}
         mounts, empty_dirs = {}, {}
         for mount in container.get("volumeMounts") or []:
@@ -310,17 +312,29 @@ class FakeKubelet:
                 target.mkdir(parents=True, exist_ok=True)
                 empty_dirs[mount["mountPath"].rstrip("/")] = str(target)
                 continue
-            if "configMap" not in volume:
-                raise NotImplementedError(f"volume {mount['name']}: only configMap and emptyDir volumes are emulated")
-            config_map = self.kube.get("v1", "configmaps", self.namespace, volume["configMap"]["name"])
-            if config_map is None:
-                raise RuntimeError(f"configmap {volume['configMap']['name']} not found for pod {pod_dir.name}")
-            target = pod_dir / mount["name"]
-            target.mkdir(parents=True, exist_ok=True)
-            for key, value in (config_map.get("data") or {}).items():
-                (target / key).write_text(value)
+            files, mode = self._volume_files(volume, pod_dir.name)
+            (target := pod_dir / mount["name"]).mkdir(parents=True, exist_ok=True)
+            for key, value in files.items():
+                (target / key).write_bytes(value)
+                (target / key).chmod(mode if mode is not None else 0o644)
             mounts[mount["mountPath"].rstrip("/")] = str(target)
         return mounts, empty_dirs
+
+    def _volume_files(self, volume: dict, pod: str) -> tuple[dict[str, bytes], Optional[int]]:
+        """(file name -> content, file mode or None) of a ConfigMap or Secret volume."""
+        if "configMap" in volume:
+            config_map = self.kube.get("v1", "configmaps", self.namespace, volume["configMap"]["name"])
+            if config_map is None:
+                raise RuntimeError(f"configmap {volume['configMap']['name']} not found for pod {pod}")
+            return {k: v.encode() for k, v in (config_map.get("data") or {}).items()}, None
+        if "secret" in volume:
+            secret = self.kube.get("v1", "secrets", self.namespace, volume["secret"]["secretName"])
+            if secret is None:
+                raise RuntimeError(f"secret {volume['secret']['secretName']} not found for pod {pod}")
+            files = {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
+            files.update({k: v.encode() for k, v in (secret.get("stringData") or {}).items()})
+            return files, volume["secret"].get("defaultMode")
+        raise NotImplementedError(f"volume {volume['name']}: only configMap, secret and emptyDir volumes are emulated")
 
     def _container_env(self, container: dict) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -338,8 +352,9 @@ class FakeKubelet:
             env[var["name"]] = expand_vars(var.get("value", ""), env)
         return env
 
-    def _start_container(self, pod_name: str, pod_spec: dict, container: dict,
-                         extra_env: dict[str, str], flags: dict[str, str]) -> Pod:
+    def _start_container(self, pod_name: str, pod_spec: dict, container: dict, extra_env: dict[str, str],
+                         flags: dict[str, str], injected_env: Optional[dict[str, str]] = None) -> Pod:
+        """`extra_env` overrides the container's env; `injected_env` only fills names it lacks."""
         pod_dir = self.workdir / pod_name
         pod_dir.mkdir(parents=True, exist_ok=True)
         config_mounts, empty_dirs = self._mount_volumes(pod_dir, pod_spec, container)
@@ -348,7 +363,8 @@ class FakeKubelet:
         if container.get("terminationMessagePath"):
             termination_path = pod_dir / "termination-log"
             replacements[container["terminationMessagePath"]] = str(termination_path)
-        env = {**self._container_env(container), **extra_env, "KUBECONFIG": self.kube.kubeconfig}
+        env = {**(injected_env or {}), **self._container_env(container), **extra_env,
+               "KUBECONFIG": self.kube.kubeconfig}
         env = {key: empty_dirs.get(value, self._rewrite(value, replacements)) for key, value in env.items()}
         argv = [expand_vars(a, env) for a in (container.get("command") or []) + (container.get("args") or [])]
         argv = [empty_dirs.get(arg, self._rewrite(arg, replacements)) for arg in argv]

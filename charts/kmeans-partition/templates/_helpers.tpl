@@ -107,6 +107,12 @@ the ClusterRole (cluster-wide mode); none of them names a cluster-scoped resourc
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "create", "delete"]
+# Secrets, by name only (never list/watch): each resource's Dask TLS Secret is created,
+# read and deleted; with policy.secretLabel set, the storage.secretRef Secret is read to
+# check its label. A Role cannot name them in advance (resourceNames cannot cover create).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "delete"]
 # Pods, by label: the runner's termination message and the scheduler's readiness.
 - apiGroups: [""]
   resources: ["pods"]

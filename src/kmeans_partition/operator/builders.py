@@ -9,7 +9,8 @@ operator, which creates the scheduler pod + ``<cluster>-scheduler`` Service and 
 worker pods, injecting ``DASK_SCHEDULER_ADDRESS`` and ``DASK_WORKER_NAME`` into
 workers), the NetworkPolicy that admits to the Dask pods only the cluster itself, the
 runner and the dask-kubernetes operator, a ConfigMap holding the manifest, the runner's
-ServiceAccount/Role/RoleBinding, and the runner Job. Pod hardening: security.py.
+ServiceAccount/Role/RoleBinding, the Secret with the cluster's TLS key material (unless
+``cluster.tls: false``; tls.py), and the runner Job. Pod hardening: security.py.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from kmeans_partition.operator import labels as L
 from kmeans_partition.operator import security as SEC
 from kmeans_partition.operator import workers as W
 from kmeans_partition.operator.workers import worker_processes
+from kmeans_partition.operator import tls as TLS
 from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, PLURAL, RESOURCE_FORBIDDEN_FIELDS, KMeansPartitionSpec
 
 DASK_GROUP = "kubernetes.dask.org"
@@ -48,8 +50,18 @@ def scheduler_pod_labels(cluster_name: str) -> dict[str, str]:
     return {DASK_CLUSTER_NAME_LABEL: cluster_name, DASK_COMPONENT_LABEL: "scheduler"}
 
 
-def scheduler_address(name: str, namespace: str) -> str:
-    return f"tcp://{L.scheduler_service_name(name)}.{namespace}.svc.cluster.local:{SCHEDULER_PORT}"
+def scheduler_address(name: str, namespace: str, tls: bool = False) -> str:
+    scheme = "tls" if tls else "tcp"
+    return f"{scheme}://{L.scheduler_service_name(name)}.{namespace}.svc.cluster.local:{SCHEDULER_PORT}"
+
+
+def _with_tls(name: str, spec: KMeansPartitionSpec, volumes: list[dict], mounts: list[dict],
+              env: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    """(volumes, mounts, env) plus the TLS Secret and distributed's TLS settings when cluster.tls."""
+    if not spec.cluster.tls:
+        return volumes, mounts, env
+    volume, mount = TLS.tls_volume(name)
+    return [*volumes, volume], [*mounts, mount], [*TLS.tls_env(), *env]
 
 
 def _resources(requirements: Any, gpus: int = 0) -> dict[str, dict[str, str]]:
@@ -132,13 +144,19 @@ def build_dask_cluster(
     """The DaskCluster: a scheduler (never a GPU) + Service, and `workers` worker replicas."""
     cluster_name = L.dask_cluster_name(name)
     cluster = spec.cluster
-    scheduler_volumes, scheduler_mounts = SEC.scratch_volumes()
-    worker_volumes, worker_mounts = SEC.scratch_volumes(cluster.local_directory_size)
+    scheduler_volumes, scheduler_mounts, scheduler_env = _with_tls(name, spec, *SEC.scratch_volumes(), _env(spec))
+    # Workers get the scheduler's address from the dask-kubernetes operator (always tcp://) unless set here.
+    address = [S.SCHEDULER_ADDRESS.env(scheduler_address(name, namespace, tls=True))] if cluster.tls else []
+    processes = worker_processes(spec)
+    worker_volumes, worker_mounts, worker_env = _with_tls(
+        name, spec, *SEC.scratch_volumes(cluster.local_directory_size), _env(spec, *address, *processes.env))
+    protocol = ["--protocol", "tls"] if cluster.tls else []
     scheduler = _container(
         "scheduler",
         spec,
         default_image,
-        command=["dask", "scheduler", "--port", str(SCHEDULER_PORT), "--dashboard-address", f":{DASHBOARD_PORT}"],
+        command=["dask", "scheduler", *protocol, "--port", str(SCHEDULER_PORT),
+                 "--dashboard-address", f":{DASHBOARD_PORT}"],
         ports=[
             {"name": "tcp-comm", "containerPort": SCHEDULER_PORT, "protocol": "TCP"},
             {"name": "http-dashboard", "containerPort": DASHBOARD_PORT, "protocol": "TCP"},
@@ -148,18 +166,17 @@ def build_dask_cluster(
             "initialDelaySeconds": 5,
             "periodSeconds": 10,
         },
-        env=_env(spec),
+        env=scheduler_env,
         resources=_resources(cluster.resources.scheduler),
         volumeMounts=scheduler_mounts,
     )
-    processes = worker_processes(spec)
     worker = _container(
         "worker",
         spec,
         default_image,
         command=worker_command(spec),
         ports=[{"name": "http-dashboard", "containerPort": WORKER_DASHBOARD_PORT, "protocol": "TCP"}],
-        env=_env(spec, *processes.env),
+        env=worker_env,
         envFrom=_env_from(spec),
         resources=_resources(cluster.resources.worker, gpus=cluster.gpus_per_worker),
         volumeMounts=[*worker_mounts, *processes.volume_mounts],
@@ -245,30 +262,33 @@ def build_job(
 ) -> dict[str, Any]:
     """The runner Job: `kmeans-partition run -f <spec.yaml>` against the DaskCluster's scheduler."""
     labels = L.child_labels(name, L.COMPONENT_RUNNER)
+    spec_volume = {"name": "spec", "configMap": {"name": L.config_map_name(name)}}
+    spec_mount = {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True}
     scratch, scratch_mounts = SEC.scratch_volumes()
+    volumes, mounts, env = _with_tls(name, spec, [spec_volume, *scratch], [spec_mount, *scratch_mounts], _env(
+        spec,
+        S.SCHEDULER_ADDRESS.env(scheduler_address(name, namespace, tls=spec.cluster.tls)),
+        S.RESOURCE_NAME.env(name),
+        S.RESOURCE_NAMESPACE.env(namespace),
+        S.TERMINATION_MESSAGE_PATH.env(TERMINATION_LOG),
+        S.CONNECT_TIMEOUT.env(RUNNER_CONNECT_TIMEOUT_SECONDS),
+    ))
     runner = _container(
         "runner",
         spec,
         default_image,
         command=["kmeans-partition", "run", "-f", f"{SPEC_DIR}/{SPEC_FILE}"],
-        env=_env(
-            spec,
-            S.SCHEDULER_ADDRESS.env(scheduler_address(name, namespace)),
-            S.RESOURCE_NAME.env(name),
-            S.RESOURCE_NAMESPACE.env(namespace),
-            S.TERMINATION_MESSAGE_PATH.env(TERMINATION_LOG),
-            S.CONNECT_TIMEOUT.env(RUNNER_CONNECT_TIMEOUT_SECONDS),
-        ),
+        env=env,
         envFrom=_env_from(spec),
         resources=_resources(spec.cluster.resources.runner),
-        volumeMounts=[{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True}, *scratch_mounts],
+        volumeMounts=mounts,
         terminationMessagePath=TERMINATION_LOG,
         terminationMessagePolicy="FallbackToLogsOnError",
     )
     pod = _pod_spec(
         spec,
         [runner],
-        [{"name": "spec", "configMap": {"name": L.config_map_name(name)}}, *scratch],
+        volumes,
         restartPolicy="Never",
         serviceAccountName=L.runner_account_name(name),
     )
@@ -326,13 +346,16 @@ def build_network_policy(
     }
 
 
-def child_refs(name: str) -> list[tuple[str, str, str]]:
+def child_refs(name: str, tls: bool = True) -> list[tuple[str, str, str]]:
     """(apiVersion, kind, name) of every child `build_children` makes, in deletion order (pods first).
 
-    For deleting children without their spec; a test keeps it equal to `build_children`."""
+    For deleting children without their spec (`tls`: include the TLS Secret; deleting it when
+    it does not exist is harmless); a test keeps it equal to `build_children`."""
+    secret = [("v1", "Secret", L.tls_secret_name(name))] if tls else []
     return [
         ("batch/v1", "Job", L.job_name(name)),
         (f"{DASK_GROUP}/{DASK_VERSION}", "DaskCluster", L.dask_cluster_name(name)),
+        *secret,
         ("networking.k8s.io/v1", "NetworkPolicy", L.network_policy_name(name)),
         ("v1", "ConfigMap", L.config_map_name(name)),
         ("rbac.authorization.k8s.io/v1", "RoleBinding", L.runner_account_name(name)),
@@ -349,15 +372,19 @@ def build_children(
     default_image: Optional[str] = None,
     dask_operator: Optional[DaskOperatorPeer] = None,
 ) -> list[dict[str, Any]]:
-    """Every child in creation order (config, RBAC and the NetworkPolicy before the pods that use them).
+    """Every child in creation order (config, RBAC, the NetworkPolicy and the TLS Secret before the
+    pods that use them).
 
     The one list both the reconcile (creates them) and ``kmeans-partition render`` (prints them) use:
-    a child added here is created before the DaskCluster, and rendered."""
+    a child added here is created before the DaskCluster, and rendered. The TLS Secret comes without
+    key material: the reconcile fills it in when it creates it (`tls.materialise`)."""
     image = default_image or DEFAULT_IMAGE
+    secret = [TLS.build_tls_secret(name, namespace, uid)] if spec.cluster.tls else []
     return [
         build_config_map(name, namespace, uid, spec),
         *build_runner_rbac(name, namespace, uid),
         build_network_policy(name, namespace, uid, dask_operator),
+        *secret,
         build_dask_cluster(name, namespace, uid, spec, image),
         build_job(name, namespace, uid, spec, image),
     ]

@@ -19,6 +19,7 @@ from kmeans_partition import settings
 from kmeans_partition.operator import builders as B
 from kmeans_partition.operator import labels as L
 from kmeans_partition.operator.kube_api import ApiError, KubeApi
+from kmeans_partition.operator.policy import Policy
 from kmeans_partition.operator.reconcile import RESOURCE_API_VERSION, delete_children, reconcile
 from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, PLURAL
 
@@ -66,7 +67,8 @@ def reconcile_resource(namespace: str, name: str) -> None:
             body = client.get(RESOURCE_API_VERSION, KIND, namespace, name)
             if body is None:
                 return
-            outcome = reconcile(body, client, default_image=settings.default_image(), dask_operator=dask_operator())
+            outcome = reconcile(body, client, default_image=settings.default_image(), dask_operator=dask_operator(),
+                                policy=Policy.from_settings())
         except ApiError as err:
             raise kopf.TemporaryError(f"API error while reconciling {namespace}/{name}: {err}", delay=RETRY_DELAY)
     for event in outcome.events:
@@ -78,6 +80,8 @@ def reconcile_resource(namespace: str, name: str) -> None:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    policy = Policy.from_settings()  # a malformed KMP_POLICY_* stops the operator here, naming it
+    log.info("operator policy: %s", policy)
     # Watches: the server ends each watch before the client gives up, so a silently
     # stalled connection is noticed and re-established (a known kopf failure mode).
     settings.watching.server_timeout = 240

@@ -27,6 +27,7 @@ PLURALS = {
     "NetworkPolicy": "networkpolicies",
     "Job": "jobs",
     "Pod": "pods",
+    "Secret": "secrets",
     "Event": "events",
     KIND: PLURAL,
 }

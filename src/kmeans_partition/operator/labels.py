@@ -28,6 +28,7 @@ COMPONENT_RUNNER = "runner"
 COMPONENT_CONFIG = "config"
 COMPONENT_RBAC = "runner-rbac"
 COMPONENT_NETWORK = "network-policy"
+COMPONENT_TLS = "dask-tls"
 
 # Labels the dask-kubernetes operator puts on every pod of a DaskCluster (and its
 # scheduler Service selects on): the cluster's name and scheduler/worker.
@@ -78,6 +79,11 @@ def scheduler_service_name(name: str) -> str:
 def network_policy_name(name: str) -> str:
     """The NetworkPolicy guarding the DaskCluster's pods (named after the DaskCluster)."""
     return dask_cluster_name(name)
+
+
+def tls_secret_name(name: str) -> str:
+    """The Secret holding the Dask cluster's CA certificate and TLS key pair."""
+    return dns_label(name, "dask-tls")
 
 
 def job_name(name: str) -> str:

@@ -1,7 +1,9 @@
 """Level-based reconcile of one KMeansPartition (framework-free; the API is injected).
 
 Each pass: parse the spec (invalid -> ``Failed/InvalidSpec``, nothing created);
-unless the resource already ended, create the missing children under their
+until its DaskCluster step is reached, admit it (admission.py: operator policy ->
+``Failed/PolicyViolation``, another active resource on the output -> ``Failed/OutputPathInUse``,
+nothing created); unless the resource already ended, create the missing children under their
 deterministic names (ConfigMap, runner RBAC, NetworkPolicy, DaskCluster; the Job only once the
 DaskCluster reports Running *and* its scheduler pod is Ready, and never twice; a
 child the API server rejects -> ``Failed/ChildRejected``); read the DaskCluster
@@ -19,10 +21,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Protocol
 
+from kmeans_partition.operator import admission as A
 from kmeans_partition.operator import builders as B
 from kmeans_partition.operator import conditions as C
 from kmeans_partition.operator import labels as L
+from kmeans_partition.operator import tls as TLS
 from kmeans_partition.operator.kube_api import Conflict, NotFound, Rejected
+from kmeans_partition.operator.policy import Policy
 from kmeans_partition.spec import API_GROUP, API_VERSION, KIND, CleanupPolicy, SpecError, parse_resource_spec
 from kmeans_partition.status import OPERATOR_STATUS_KEYS, OperatorStatus, wire
 
@@ -69,12 +74,14 @@ def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
 
 
 def _ensure(api: Api, child: dict[str, Any], uid: str, outcome: Outcome) -> Optional[dict[str, Any]]:
-    """The child as it exists (created when missing); None when a foreign object holds the name."""
+    """The child as it exists (created when missing); None when a foreign object holds the name.
+
+    Key material of the TLS Secret is generated only here, when the Secret is missing."""
     meta = child["metadata"]
     existing = api.get(child["apiVersion"], child["kind"], meta["namespace"], meta["name"])
     if existing is None:
         try:
-            created = api.create(child)
+            created = api.create(TLS.materialise(child))
             outcome.created.append(_ref(child))
             return created or child
         except Rejected as err:  # invalid/forbidden: the same request would fail again
@@ -160,8 +167,11 @@ def reconcile(
     default_image: Optional[str] = None,
     now: Callable[[], str] = C.utc_now,
     dask_operator: Optional[B.DaskOperatorPeer] = None,
+    policy: Optional[Policy] = None,
 ) -> Outcome:
-    """One level-based pass over resource `body`; applies children and the status patch."""
+    """One level-based pass over resource `body`; applies children and the status patch.
+
+    `policy`: the operator's policy settings (default: no restriction)."""
     run = _Pass(body, api, now, default_image)
     if (body.get("metadata") or {}).get("deletionTimestamp"):
         return run.outcome
@@ -178,6 +188,8 @@ def reconcile(
         dask = api.get(dask_manifest["apiVersion"], "DaskCluster", run.namespace, dask_manifest["metadata"]["name"])
         _cleanup(run, spec, dask)
         return _finish(run)
+    if not run.old.get("daskCluster") and _refused(run, spec, policy or Policy(), dask_manifest["metadata"]["name"]):
+        return _finish(run)
     dask = _reconcile_dask(run, children, dask_manifest)
     if _ready_deadline_passed(run, spec, dask, dask_manifest["metadata"]["name"]):
         return _finish(run)
@@ -187,6 +199,19 @@ def reconcile(
     if run.ended:
         _cleanup(run, spec, dask)
     return _finish(run)
+
+
+def _refused(run: _Pass, spec, policy: Policy, dask_name: str) -> bool:
+    """Before any child exists: True (conditions set) when admission refuses or defers the resource."""
+    refusal = A.admit(run.api, run.body, spec, policy)
+    if refusal is None:
+        return False
+    if refusal.final:
+        run.set(C.FAILED, True, refusal.reason, refusal.message)
+    else:
+        run.set(C.DASK_CLUSTER_READY, False, refusal.reason, refusal.message)
+        _ready_deadline_passed(run, spec, None, dask_name)
+    return True
 
 
 def _reject(run: _Pass) -> bool:
