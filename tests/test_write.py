@@ -224,3 +224,15 @@ def test_remove_planned_deletes_only_this_runs_files(tmp_path):
     removed = remove_planned(LocalFileSystem(), str(out), planned)
     assert sorted(removed) == [str(out / p) for p in planned[:2]]
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["centroid=1", "centroid=1/other.txt"]
+
+
+def test_float_columns_are_written_without_a_dictionary(tmp_path):
+    x = blobs(400, 6, 2, seed=7)
+    _, _, written = write_all(tmp_path / "out", [make_partition(0, x, 0)], x[[0, 1]])
+    meta = pq.ParquetFile(tmp_path / "out" / written[0][1]).metadata
+    encodings = {meta.schema.column(i).path: meta.row_group(0).column(i).encodings for i in range(meta.num_columns)}
+    assert encodings.keys() == {"id", "embedding.list.element", "text", "l2_dist_to_cent", "cosine_dist_to_cent"}
+    for name, used in encodings.items():
+        dictionary = any("DICTIONARY" in e for e in used)
+        assert dictionary == (name in ("id", "text")), (name, used)
+    assert meta.row_group(0).column(0).compression == "SNAPPY"
