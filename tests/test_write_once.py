@@ -162,3 +162,23 @@ def test_storage_sees_only_the_final_files_each_written_once(tmp_path, in_proces
     assert writes[-1] == "_manifest.json"  # last: the output is complete only once it exists
     assert [path for path, mode in recorder.opens if "r" in mode] == []  # nothing read back
     assert recorder.other == []  # no moves, copies or deletes
+
+
+HELD_DURING_WRITES = []  # what the workers hold as each write task starts (in-process workers)
+
+
+def noting_what_workers_hold(*args):
+    from distributed import get_worker
+
+    HELD_DURING_WRITES.append({key.split("-")[0] for key in map(str, get_worker().data.keys())})
+    return write.write_group(*args)
+
+
+def test_partitions_are_released_before_the_files_are_written(tmp_path, in_process_client, monkeypatch):
+    monkeypatch.setattr(stage_module, "write_group", noting_what_workers_hold)
+    HELD_DURING_WRITES.clear()
+    write_input(tmp_path / "in", blobs(2000, 8, 5, seed=24), files=4)
+    run_job(tmp_path / "in", tmp_path / "out", in_process_client, n_clusters=5)
+    assert len(HELD_DURING_WRITES) >= 2 and "getitem" in HELD_DURING_WRITES[0]  # the pieces are there
+    for held in HELD_DURING_WRITES:  # (a split's list may linger: it holds the pieces' tables, no more)
+        assert not held & {"load_partition", "assign_partition"}, held

@@ -265,8 +265,8 @@ class _Run:
         for g in range(plan.n_groups):
             present, rows = plan.group_pieces(g)
             pieces.append(([self.client.submit(getitem, splits[p], g, pure=False) for p in present], rows))
-        wait_or_raise(splits)
-        del splits
+        del splits  # each split's list goes once its pieces are taken; the pieces are the same tables
+        wait_or_raise([f for futures, _ in pieces for f in futures])
         self.timings["assign"] = time.perf_counter() - started
         started = time.perf_counter()
         self.progress.stage("writing", centroids_total=sum(f.last for f in plan.files))
