@@ -33,6 +33,10 @@ def test_tiny_end_to_end_benchmark(tmp_path, capsys):
         for column in ("read", "init", "fit", "assign", "write", "total", "x plain"):
             assert math.isfinite(row[column]) and row[column] > 0, (row["run"], column)
         assert row["read+assign+write"] == pytest.approx(row["read"] + row["assign"] + row["write"])
+    for row in report["cpu"]:  # CPU seconds per stage, workers + client: the load-independent comparison
+        for column in ("read", "init", "fit", "assign", "write", "x plain"):
+            assert math.isfinite(row[column]) and row[column] > 0, (row["run"], column)
+    assert report["plain"]["cpu"]["total"] > 0
     for row in report["memory"]:
         assert 0 < row["idle GiB"] <= row["peak GiB"] < 8
         assert row["x data share"] == pytest.approx(row["peak GiB"] / row["data share GiB"])
@@ -43,7 +47,7 @@ def test_tiny_end_to_end_benchmark(tmp_path, capsys):
     out = capsys.readouterr().out
     for text in ("read+assign+write =", "peak worker RSS =", "plain pass: read", "load average", "| peak writing |"):
         assert text in out
-    assert (tmp_path / "table.md").read_text().count("\n| job") == 4  # seconds and memory, two runs each
+    assert (tmp_path / "table.md").read_text().count("\n| job") == 6  # seconds, CPU and memory, two runs each
     # the sample is cached: it is reused, and no scratch output is left next to it
     data = tmp_path / "data"
     assert sorted(p.name for p in data.iterdir()) == ["sample-3000x8-c6-f2-s0", "sample-3000x8-c6-f2-s0.done"]
