@@ -310,8 +310,8 @@ class _Run:
                     submit_next()
         except BaseException:
             self.client.cancel([f for item in pieces if item is not None for f in item[0]])
-            started = [f.path for g in range(next_group) for f in plan.group_files(g)]
-            self.remove_after_failure(list(in_flight), started)
+            submitted_files = [f.path for g in range(next_group) for f in plan.group_files(g)]
+            self.remove_after_failure(list(in_flight), submitted_files)
             raise
         return written
 

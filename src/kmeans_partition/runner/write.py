@@ -131,7 +131,7 @@ class WritePlan:
     files: list[OutputFile]  # by centroid, then index
     edges: np.ndarray  # (groups + 1,) file indices: group g writes files[edges[g]:edges[g + 1]]
     cum: np.ndarray  # (partitions + 1, k) rows of each centroid in the partitions before p
-    rows_per_file: int
+    spans: np.ndarray  # (3, files): centroid, first and end row of each file in its centroid's rows
 
     @property
     def n_groups(self) -> int:
@@ -142,10 +142,7 @@ class WritePlan:
 
     def _rows(self, partitions: slice, files: slice) -> np.ndarray:
         """Rows each of `partitions` gives to each of `files`: the overlap of its rows and the file's."""
-        chosen = self.files[files]
-        centroid = np.array([f.centroid for f in chosen], dtype=np.int64)
-        file_lo = np.array([f.index for f in chosen], dtype=np.int64) * self.rows_per_file
-        file_hi = file_lo + np.array([f.rows for f in chosen], dtype=np.int64)
+        centroid, file_lo, file_hi = self.spans[:, files]
         start, stop, _ = partitions.indices(len(self.cum) - 1)
         part_lo = self.cum[start:stop, centroid]
         part_hi = self.cum[start + 1:stop + 1, centroid]
@@ -189,7 +186,9 @@ def plan_writes(counts: np.ndarray, max_rows: int, rows_per_file: int = ROWS_PER
     edges.append(len(files))
     cum = np.zeros((counts.shape[0] + 1, counts.shape[1]), dtype=np.int64)
     np.cumsum(counts, axis=0, out=cum[1:])
-    return WritePlan(files, np.array(edges, dtype=np.int64), cum, rows_per_file)
+    spans = np.array([[f.centroid for f in files], [f.index * rows_per_file for f in files],
+                      [f.index * rows_per_file + f.rows for f in files]], dtype=np.int64).reshape(3, len(files))
+    return WritePlan(files, np.array(edges, dtype=np.int64), cum, spans)
 
 
 # ---------------------------------------------------------------- 3. split (workers)
