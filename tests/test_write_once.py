@@ -118,6 +118,33 @@ def test_failure_during_write_leaves_no_file_of_the_run(tmp_path, in_process_cli
     assert left == []
 
 
+def test_failure_during_an_s3_write_leaves_no_object_of_the_run(tmp_path, s3_server, in_process_client, monkeypatch):
+    import s3fs
+
+    import s3_support
+
+    endpoint, options = s3_server
+    bucket = s3_support.create_bucket(endpoint, "kmp-write-failure")
+    x = blobs(1500, 8, 4, seed=25)
+    write_input(tmp_path / "in", x, files=2)
+    monkeypatch.setattr(stage_module, "rows_per_write_task", lambda *args: 200)
+    real = write.write_file
+
+    def fail_on_centroid_3(fs, path, table):
+        if "centroid=3/" in path:
+            raise OSError("injected: upload refused")
+        real(fs, path, table)
+
+    monkeypatch.setattr(write, "write_file", fail_on_centroid_3)
+    fs = s3fs.S3FileSystem(**options)
+    fs.pipe(f"{bucket}/neighbour/keep.txt", b"not ours")
+    with pytest.raises(OSError, match="injected"):
+        run_job(tmp_path / "in", f"{bucket}/out", in_process_client, n_clusters=4, storage_options=options)
+    fs.invalidate_cache()
+    assert fs.find(f"{bucket}/out") == []
+    assert fs.cat(f"{bucket}/neighbour/keep.txt") == b"not ours"
+
+
 class StorageRecorder:
     """Every open of the in-memory filesystem (path, mode) and every move, copy or delete."""
 
