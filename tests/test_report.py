@@ -255,17 +255,15 @@ def test_one_centroid_has_no_margins_and_still_renders(tmp_path):
 
     from kmeans_partition.runner.partition import Partition, partition_stats
     from kmeans_partition.runner.report_html import render_html
-    from kmeans_partition.runner.write import FragmentParams, write_fragment
+    from kmeans_partition.runner.write import OutputColumns, assign_partition, split_partition
 
     x = blobs(50, 4, 2, seed=1)
     part = Partition.from_normalised(0, "mem://0", 0, pa.array([f"doc-{i}" for i in range(50)]), x)
-    (tmp_path / "tmp").mkdir()
-    params = FragmentParams(16, str(tmp_path / "tmp"), {}, "id", "embedding", partition_stats(part).column_schema,
-                            second_centroid=True)
-    fragment = write_fragment(part, x[:1], params)
-    table = pq.read_table(fragment.path)
+    assignment = assign_partition(part, x[:1], 16, second_centroid=True)
+    columns = OutputColumns("id", "embedding", partition_stats(part).column_schema)
+    (table,) = split_partition(part, assignment, np.array([0, 50]), columns)
     assert table.column("second_centroid").null_count == table.column("margin").null_count == 50
-    summary = fragment.summary.to_dict()
+    summary = assignment.summary.stats.to_dict()
     assert summary["rows_with_margin"] == 0 and summary["boundary_rows"] == [0, 0, 0]
     manifest = {"rows_per_centroid": [50], "n_rows": 50, "n_clusters": 1, "summary": summary,
                 "iterations": [], "engine": "dask", "converged": True, "n_iter": 1}

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from operator import getitem
 from typing import Optional, Union
 
 import numpy as np
-from distributed import Client, as_completed
+from distributed import Client, as_completed, wait
 
 from . import kmeans as km
 from .cluster import dask_client
@@ -21,14 +20,7 @@ from .engine import RaftParams, choose_engine, fit_raft, parse_engine
 from .errors import InputError
 from .fit import DaskKMeans, fit
 from .manifest import RunResult, manifest_data, write_centroids, write_manifest
-from .output import (
-    REPORT,
-    TMP_PREFIX,
-    check_not_inside_inputs,
-    check_writable,
-    clear_previous,
-    open_output,
-)
+from .output import REPORT, check_not_inside_inputs, check_writable, clear_previous, open_output
 from .partition import count_duplicates, hash_buckets, load_partition, partition_stats, unify_column_types
 from .progress import Progress
 from .read import discover_files, plan_partitions
@@ -39,11 +31,21 @@ from .write import (
     L2_COLUMN,
     MARGIN_COLUMN,
     SECOND_CENTROID_COLUMN,
-    FragmentParams,
-    merge_centroids,
-    plan_merge_groups,
-    write_fragment,
+    OutputColumns,
+    WritePlan,
+    assign_partition,
+    plan_writes,
+    remove_planned,
+    rows_per_write_task,
+    split_partition,
+    summary_of,
+    write_group,
 )
+
+log = logging.getLogger("kmeans_partition")
+
+#: After a failed write, how long to wait for the write tasks still running before removing files.
+CLEANUP_WAIT_S = 600
 
 
 class KMeansStage:
@@ -249,58 +251,52 @@ class _Run:
         ]
 
     def write(self, parts, centroids: np.ndarray, column_schema):
-        """Assign and write fragments, then merge them into one file per centroid."""
+        """Assign where the partitions live, move rows to their write group in memory, write each file once.
+
+        Takes `parts` over: the list is emptied so that each partition is released from worker
+        memory as soon as its rows are split into pieces.
+        """
         spec = self.spec
         started = time.perf_counter()
         self.progress.stage("assigning", partitions_total=len(parts))
-        tmp_url = self.out.url(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
         c_future = self.client.scatter(centroids, broadcast=True, hash=False)
-        params = FragmentParams(
-            batch=spec.max_samples_per_batch,
-            tmp_url=tmp_url,
-            storage_options=spec.storage_options,
-            id_field=spec.id_field,
-            embedding_field=spec.embedding_field,
-            column_schema=column_schema,
-            second_centroid=spec.write_second_centroid,
-        )
-        try:
-            fragment_futures = [
-                self.client.submit(write_fragment, p, c_future, params, pure=False) for p in parts
-            ]
-            index = {f.key: i for i, f in enumerate(fragment_futures)}
-            fragments = [None] * len(fragment_futures)
-            summary = MergeInOrder(len(fragment_futures))
-            for future, fragment in as_completed(fragment_futures, with_results=True):
-                fragments[index[future.key]] = fragment
-                summary.add(index[future.key], fragment.summary)
-                fragment.summary = None  # k-sized arrays: keep only the running total
-                self.progress.partition_assigned()
-            self.timings["assign"] = time.perf_counter() - started
-            counts = np.sum([f.counts for f in fragments], axis=0)
-            groups = plan_merge_groups(counts)
-            self.progress.stage("writing", centroids_total=int(np.count_nonzero(counts)))
-            started = time.perf_counter()
-            listing = [(f.path, f.present) for f in fragments]
-            futures = [
-                self.client.submit(
-                    merge_centroids, group, listing, tmp_url, self.out.url(), spec.storage_options, pure=False
-                )
-                for group in groups
-            ]
-            written = []
-            for future in as_completed(futures):
-                files = future.result()
-                written.extend(files)
-                self.progress.centroids_written(len({c for c, _, _ in files}), sum(r for _, _, r in files))
-        finally:
-            tmp_path = self.out.fs._strip_protocol(tmp_url)
-            if self.out.fs.exists(tmp_path):
-                self.out.fs.rm(tmp_path, recursive=True)
+        batch = spec.max_samples_per_batch
+        assigned = [
+            self.client.submit(assign_partition, p, c_future, batch, spec.write_second_centroid, pure=False)
+            for p in parts
+        ]
+        summary_futures = [self.client.submit(summary_of, a, pure=False) for a in assigned]
+        for _ in as_completed(summary_futures):
+            self.progress.partition_assigned()
+        summaries = self.client.gather(summary_futures)
+        stats = MergeInOrder(len(summaries))  # margins and distances, added in partition order
+        for i, summary in enumerate(summaries):
+            stats.add(i, summary.stats)
+            summary.stats = None  # k-sized arrays: keep only the running total
+        counts = np.stack([s.counts for s in summaries])
+        n_threads = sum(self.client.nthreads().values())
+        plan = plan_writes(counts, rows_per_write_task(int(counts.sum()), centroids.shape[1], n_threads))
+        columns = OutputColumns(spec.id_field, spec.embedding_field, column_schema)
+        splits = [
+            self.client.submit(split_partition, p, a, plan.partition_bounds(i), columns, pure=False)
+            for i, (p, a) in enumerate(zip(parts, assigned))
+        ]
+        parts.clear()  # a partition and its assignment are dropped once split
+        del assigned
+        pieces = []
+        for g in range(plan.n_groups):
+            present, rows = plan.group_pieces(g)
+            pieces.append(([self.client.submit(getitem, splits[p], g, pure=False) for p in present], rows))
+        del splits  # each split's list goes once its pieces are taken; the pieces are the same tables
+        wait_or_raise([f for futures, _ in pieces for f in futures])
+        self.timings["assign"] = time.perf_counter() - started
+        started = time.perf_counter()
+        self.progress.stage("writing", centroids_total=sum(f.last for f in plan.files))
+        written = self.write_groups(plan, pieces)
         self.timings["write"] = time.perf_counter() - started
         files = [{"centroid": c, "path": p, "rows": r} for c, p, r in sorted(written)]
-        inertia = float(sum(f.inertia for f in fragments))
-        return counts, inertia, files, summary.result()
+        inertia = float(sum(s.inertia for s in summaries))
+        return counts.sum(axis=0), inertia, files, stats.result()
 
     def write_report(self, manifest: dict) -> Optional[str]:
         """report.html beside the manifest (before it: the manifest stays last); None if it failed."""
@@ -314,6 +310,67 @@ class _Run:
             url = None
         self.timings["report"] = time.perf_counter() - started
         return url
+
+    def write_groups(self, plan: WritePlan, pieces: list) -> list[tuple[int, str, int]]:
+        """One `write_group` task per group, a few per worker thread at a time (bounds memory).
+
+        On failure: no new task starts, the running ones end, then this run's files are removed.
+        """
+        window = 2 * max(1, sum(self.client.nthreads().values()))
+        out_url, options = self.out.url(), self.spec.storage_options
+        queue, in_flight, written = as_completed(), {}, []
+        next_group = 0
+
+        def submit_next() -> None:
+            nonlocal next_group
+            g, next_group = next_group, next_group + 1
+            group_pieces, rows = pieces[g]
+            pieces[g] = None  # the task holds them now; released when it is done
+            future = self.client.submit(
+                write_group, plan.group_files(g), rows, out_url, options, *group_pieces, pure=False
+            )
+            in_flight[future] = g
+            queue.add(future)
+
+        try:
+            while next_group < min(window, plan.n_groups):
+                submit_next()
+            for future in queue:
+                files = future.result()
+                g = in_flight.pop(future)
+                written += files
+                completed = sum(f.last for f in plan.group_files(g))  # centroids whose last file this was
+                self.progress.centroids_written(completed, sum(r for _, _, r in files))
+                if next_group < plan.n_groups:
+                    submit_next()
+        except BaseException:
+            self.client.cancel([f for item in pieces if item is not None for f in item[0]])
+            submitted_files = [f.path for g in range(next_group) for f in plan.group_files(g)]
+            self.remove_after_failure(list(in_flight), submitted_files)
+            raise
+        return written
+
+    def remove_after_failure(self, running: list, paths: list[str]) -> None:
+        """Let the write tasks still running end, then delete this run's `paths` that exist.
+
+        Errors here are logged, never raised: the write's own error is the one to report.
+        """
+        try:
+            wait(running, timeout=CLEANUP_WAIT_S)
+        except Exception as err:  # a timeout: remove what is there now
+            log.warning("write tasks still running after %d s: %s", CLEANUP_WAIT_S, err)
+        try:
+            removed = remove_planned(self.out.fs, self.out.root, paths)
+            log.info("removed %d file(s) of the failed write", len(removed))
+        except Exception as err:
+            log.warning("could not remove the failed write's files under %s: %s", self.out.uri, err)
+
+
+def wait_or_raise(futures: list) -> None:
+    """Wait for `futures` without fetching their results; raise the first task error."""
+    for future in as_completed(futures):
+        if future.status == "error":
+            future.result()
 
 
 def check_shapes(stats, spec: JobSpec) -> None:

@@ -1,15 +1,21 @@
-"""Assign every row to its nearest centroid and write ``centroid=N/`` partitions.
+"""Assign every row to its nearest centroid and write ``centroid=N/`` partitions: each row once.
 
-Two phases, both on the workers:
+A row crosses storage twice in all: read once, written once to its final file. In between it
+moves between workers in memory (Dask transfers, spilled to worker-local disk under pressure):
 
-1. `write_fragment` (one task per input partition): labels and distances,
-   rows sorted by centroid, written to ``_tmp-<run>/part-P.parquet`` with one
-   row group per centroid present.
-2. `merge_centroids` (one task per group of centroids): reads those row
-   groups from every fragment and writes exactly one file per non-empty
-   centroid, ``centroid=N/part-00000.parquet`` (a centroid with more than
-   `ROWS_PER_FILE` rows is split into ``part-00001`` ...). Row order inside a
-   file: input partition order, then input row order.
+1. `assign_partition` (one task per partition, on the worker holding it): labels, distances, the
+   margin to the second-nearest centroid and a small `PartitionAssigned` (rows per centroid,
+   inertia, the margin/distance summary of `summary.py`), the only part the client gathers.
+2. `plan_writes` (client): every non-empty centroid's files, ``centroid=N/part-00000.parquet``
+   (split into ``part-00001`` ... past `ROWS_PER_FILE` rows), grouped into write tasks of about
+   `rows_per_write_task` rows, and which of each partition's rows go to which file.
+3. `split_partition` (one task per partition): the rows sorted by centroid, cut into one Arrow
+   table per write group; the partition and its assignment are released afterwards.
+4. `write_group` (one task per group): takes the group's piece of every partition and writes
+   each of its files once, directly under its final name.
+
+Row order inside a file: input partition order, then input row order. The output is complete
+only when ``_manifest.json`` exists (`manifest.py`, written last).
 """
 
 from __future__ import annotations
@@ -31,22 +37,15 @@ from .summary import AssignSummary, cosine_margins, nearest_with_second
 
 #: A centroid's rows are split into several files past this many rows.
 ROWS_PER_FILE = 1_000_000
-#: Rows a merge task holds in memory at most (unless one centroid alone is larger).
-ROWS_PER_MERGE_TASK = 2_000_000
+#: Bytes of rows one write task holds in memory (its group); a single larger file is a group alone.
+WRITE_TASK_BYTES = 256 << 20
+#: Bytes a row takes besides its embedding (id, distances, offsets), for sizing write groups.
+ROW_OVERHEAD_BYTES = 64
 L2_COLUMN = "l2_dist_to_cent"
 COSINE_COLUMN = "cosine_dist_to_cent"
 #: Optional columns (``write_second_centroid``): the neighbouring partition and the margin to it.
 SECOND_CENTROID_COLUMN = "second_centroid"
 MARGIN_COLUMN = "margin"
-
-
-@dataclass
-class Fragment:
-    path: str  # within the output filesystem
-    present: np.ndarray  # sorted centroid ids, one row group each
-    counts: np.ndarray  # (k,) rows per centroid
-    inertia: float
-    summary: Optional[AssignSummary] = None  # sizes, distances and margins (runner/summary.py)
 
 
 def arrow_filesystem(url: str, storage_options: dict) -> tuple[pafs.FileSystem, str]:
@@ -55,6 +54,40 @@ def arrow_filesystem(url: str, storage_options: dict) -> tuple[pafs.FileSystem, 
     if is_local(fs):
         return pafs.LocalFileSystem(), path
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+# ---------------------------------------------------------------- 1. assign
+
+
+@dataclass
+class PartitionAssigned:
+    """What the client learns from one partition's assignment."""
+
+    index: int  # the partition's
+    counts: np.ndarray  # (k,) int64 rows per centroid
+    inertia: float  # sum of squared distances to the assigned centroids (float64)
+    stats: Optional[AssignSummary] = None  # sizes, distances and margins (runner/summary.py)
+
+
+@dataclass
+class Assignment:
+    """One partition's labels and distances; stays on its worker until the rows are split."""
+
+    labels: np.ndarray  # (n,) int32
+    l2: np.ndarray  # (n,) float32
+    cosine: np.ndarray  # (n,) float32
+    summary: PartitionAssigned
+    second: Optional[np.ndarray] = None  # (n,) int32 second-nearest centroid; None when k == 1
+    margin: Optional[np.ndarray] = None  # (n,) float32; set only when the columns are written
+
+    def columns(self, rows: np.ndarray) -> dict[str, pa.Array]:
+        """The per-row output columns that follow the input's, for `rows`, in output order."""
+        out = {L2_COLUMN: pa.array(self.l2[rows]), COSINE_COLUMN: pa.array(self.cosine[rows])}
+        if self.margin is not None:
+            n = len(rows)
+            out[SECOND_CENTROID_COLUMN] = pa.nulls(n, pa.int32()) if self.second is None else pa.array(self.second[rows])
+            out[MARGIN_COLUMN] = pa.nulls(n, pa.float32()) if self.second is None else pa.array(self.margin[rows])
+        return out
 
 
 def distances_to_assigned(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, batch: int):
@@ -76,12 +109,130 @@ def distances_to_assigned(x: np.ndarray, centroids: np.ndarray, labels: np.ndarr
     return l2, cosine
 
 
+def assign_partition(
+    part: Partition, centroids: np.ndarray, batch: int, second_centroid: bool = False
+) -> Assignment:
+    """Nearest centroid of every row, its distances and margin, and the partition's summary (on a worker).
+
+    ``second_centroid``: keep the `SECOND_CENTROID_COLUMN` and `MARGIN_COLUMN` columns for the output.
+    """
+    k = centroids.shape[0]
+    labels, dist_sq, second = nearest_with_second(part.xa, part.x_sq, km.augment_centroids(centroids), batch)
+    l2, cosine = distances_to_assigned(part.x, centroids, labels, batch)
+    margin = cosine_margins(part.x, centroids, labels, second, batch)
+    counts = np.bincount(labels, minlength=k).astype(np.int64)
+    stats = AssignSummary.from_rows(labels, cosine, margin, k)
+    summary = PartitionAssigned(part.index, counts, float(dist_sq.sum(dtype=np.float64)), stats)
+    if not second_centroid:
+        return Assignment(labels, l2, cosine, summary)
+    return Assignment(labels, l2, cosine, summary, second, margin)
+
+
+def summary_of(assignment: Assignment) -> PartitionAssigned:
+    return assignment.summary
+
+
+# ---------------------------------------------------------------- 2. plan (client)
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    centroid: int
+    index: int  # the n of part-n; a centroid's files take its rows in (partition, row) order
+    rows: int
+    last: bool  # the centroid's last file
+
+    @property
+    def path(self) -> str:
+        """Relative to the output root."""
+        return f"centroid={self.centroid}/part-{self.index:05d}.parquet"
+
+
+@dataclass
+class WritePlan:
+    """Every output file, the write groups, and which rows of each partition go where."""
+
+    files: list[OutputFile]  # by centroid, then index
+    edges: np.ndarray  # (groups + 1,) file indices: group g writes files[edges[g]:edges[g + 1]]
+    cum: np.ndarray  # (partitions + 1, k) rows of each centroid in the partitions before p
+    spans: np.ndarray  # (3, files): centroid, first and end row of each file in its centroid's rows
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.edges) - 1
+
+    def group_files(self, g: int) -> list[OutputFile]:
+        return self.files[self.edges[g]:self.edges[g + 1]]
+
+    def _rows(self, partitions: slice, files: slice) -> np.ndarray:
+        """Rows each of `partitions` gives to each of `files`: the overlap of its rows and the file's."""
+        centroid, file_lo, file_hi = self.spans[:, files]
+        start, stop, _ = partitions.indices(len(self.cum) - 1)
+        part_lo = self.cum[start:stop, centroid]
+        part_hi = self.cum[start + 1:stop + 1, centroid]
+        return np.maximum(np.minimum(part_hi, file_hi) - np.maximum(part_lo, file_lo), 0)
+
+    def partition_bounds(self, p: int) -> np.ndarray:
+        """(groups + 1,) offsets into partition p's rows sorted by centroid, one range per group."""
+        per_file = self._rows(slice(p, p + 1), slice(None))[0]
+        return np.concatenate([[0], np.cumsum(per_file)])[self.edges]
+
+    def group_pieces(self, g: int) -> tuple[list[int], np.ndarray]:
+        """The partitions with rows in group g, and (partitions, files) rows each gives each file."""
+        rows = self._rows(slice(None), slice(self.edges[g], self.edges[g + 1]))
+        present = np.flatnonzero(rows.sum(axis=1))
+        return [int(p) for p in present], rows[present]
+
+
+def rows_per_write_task(n_rows: int, dim: int, n_threads: int, task_bytes: int = WRITE_TASK_BYTES) -> int:
+    """At most `task_bytes` of rows per write task, and at least ~4 tasks per worker thread."""
+    by_memory = task_bytes // (4 * dim + ROW_OVERHEAD_BYTES)
+    by_threads = -(-n_rows // (4 * max(1, n_threads)))
+    return max(1, min(by_memory, by_threads))
+
+
+def plan_writes(counts: np.ndarray, max_rows: int, rows_per_file: int = ROWS_PER_FILE) -> WritePlan:
+    """Files of every non-empty centroid (``counts``: partitions x k), in groups of <= `max_rows` rows."""
+    totals = counts.sum(axis=0)
+    files: list[OutputFile] = []
+    for centroid in np.flatnonzero(totals):
+        total = int(totals[centroid])
+        n_files = -(-total // rows_per_file)
+        for index in range(n_files):
+            rows = min(rows_per_file, total - index * rows_per_file)
+            files.append(OutputFile(int(centroid), index, rows, index == n_files - 1))
+    edges, rows_in_group = [0], 0
+    for i, file in enumerate(files):
+        if i > edges[-1] and rows_in_group + file.rows > max_rows:
+            edges.append(i)
+            rows_in_group = 0
+        rows_in_group += file.rows
+    edges.append(len(files))
+    cum = np.zeros((counts.shape[0] + 1, counts.shape[1]), dtype=np.int64)
+    np.cumsum(counts, axis=0, out=cum[1:])
+    spans = np.array([[f.centroid for f in files], [f.index * rows_per_file for f in files],
+                      [f.index * rows_per_file + f.rows for f in files]], dtype=np.int64).reshape(3, len(files))
+    return WritePlan(files, np.array(edges, dtype=np.int64), cum, spans)
+
+
+# ---------------------------------------------------------------- 3. split (workers)
+
+
+@dataclass(frozen=True)
+class OutputColumns:
+    """Output column names and the id/metadata types unified across partitions (pickled into tasks)."""
+
+    id_field: str
+    embedding_field: str
+    column_schema: pa.Schema  # id (as "id") and metadata
+
+
 #: Most values one Arrow list<float32> array can hold (int32 offsets).
 MAX_LIST_VALUES = 2**31 - 1
 
 
 def embedding_array(x: np.ndarray, max_values: int = MAX_LIST_VALUES) -> pa.ChunkedArray:
-    """(n, d) float32 -> list<float32>, in chunks whose int32 offsets cannot overflow."""
+    """(n, d) float32 -> list<float32> over the same buffer, in chunks whose int32 offsets cannot overflow."""
     n, d = x.shape
     rows_per_chunk = max(1, max_values // max(d, 1))
     flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
@@ -93,138 +244,112 @@ def embedding_array(x: np.ndarray, max_values: int = MAX_LIST_VALUES) -> pa.Chun
     return pa.chunked_array(chunks, type=pa.list_(pa.float32()))
 
 
-def output_table(
-    part: Partition, order: np.ndarray, l2, cosine, id_field: str, embedding_field: str, column_schema: pa.Schema
-) -> pa.Table:
-    """Rows in `order`; id and metadata cast to the types unified across partitions."""
-    idx = pa.array(order)
-    columns = {
-        id_field: part.ids.take(idx).cast(column_schema.field(ID_COLUMN).type),
-        embedding_field: embedding_array(part.x[order]),
+def output_table(part: Partition, rows: np.ndarray, assignment: Assignment, columns: OutputColumns) -> pa.Table:
+    """The partition's `rows`, in that order; id and metadata cast to the unified types."""
+    idx = pa.array(rows)
+    schema = columns.column_schema
+    table = {
+        columns.id_field: part.ids.take(idx).cast(schema.field(ID_COLUMN).type),
+        columns.embedding_field: embedding_array(part.x[rows]),
     }
     for name in part.metadata.column_names:
-        columns[name] = part.metadata.column(name).take(idx).cast(column_schema.field(name).type)
-    columns[L2_COLUMN] = pa.array(l2[order])
-    columns[COSINE_COLUMN] = pa.array(cosine[order])
-    return pa.table(columns)
+        table[name] = part.metadata.column(name).take(idx).cast(schema.field(name).type)
+    table.update(assignment.columns(rows))
+    return pa.table(table)
 
 
-@dataclass(frozen=True)
-class FragmentParams:
-    """What every `write_fragment` task of a run shares (pickled into each task)."""
+def split_partition(
+    part: Partition, assignment: Assignment, bounds: np.ndarray, columns: OutputColumns
+) -> list[pa.Table]:
+    """The rows sorted by centroid (stable), one table per write group (`bounds` from the plan).
 
-    batch: int  # rows per distance block
-    tmp_url: str  # the run's ``_tmp-<run>`` folder
-    storage_options: dict
-    id_field: str
-    embedding_field: str
-    column_schema: pa.Schema  # id (as "id") and metadata types unified across partitions
-    second_centroid: bool = False  # also write `SECOND_CENTROID_COLUMN` and `MARGIN_COLUMN`
-
-
-def write_fragment(part: Partition, centroids: np.ndarray, params: FragmentParams) -> Fragment:
-    """Phase 1: assign, compute distances and margins, write rows sorted by centroid (runs on a worker)."""
-    k = centroids.shape[0]
-    batch = params.batch
-    labels, dist_sq, second = nearest_with_second(part.xa, part.x_sq, km.augment_centroids(centroids), batch)
-    l2, cosine = distances_to_assigned(part.x, centroids, labels, batch)
-    margin = cosine_margins(part.x, centroids, labels, second, batch)
-    order = np.argsort(labels, kind="stable")
-    table = output_table(part, order, l2, cosine, params.id_field, params.embedding_field, params.column_schema)
-    if params.second_centroid:
-        table = with_second_centroid(table, second, margin, order)
-    counts = np.bincount(labels, minlength=k).astype(np.int64)
-    present = np.flatnonzero(counts)
-    fs, tmp = arrow_filesystem(params.tmp_url, params.storage_options)
-    fs.create_dir(tmp, recursive=True)
-    path = posixpath.join(tmp, f"part-{part.index:05d}.parquet")
-    bounds = np.concatenate([[0], np.cumsum(counts[present])])
-    with pq.ParquetWriter(path, table.schema, filesystem=fs) as writer:
-        for i in range(len(present)):
-            piece = table.slice(int(bounds[i]), int(bounds[i + 1] - bounds[i]))
-            writer.write_table(piece, row_group_size=max(len(piece), 1))
-    summary = AssignSummary.from_rows(labels, cosine, margin, k)
-    return Fragment(path, present, counts, float(dist_sq.sum(dtype=np.float64)), summary)
-
-
-def with_second_centroid(table: pa.Table, second, margin: np.ndarray, order: np.ndarray) -> pa.Table:
-    """Append the second centroid (int32) and margin (float32) columns; nulls when k == 1."""
-    if second is None:
-        return table.append_column(SECOND_CENTROID_COLUMN, pa.nulls(len(order), pa.int32())).append_column(
-            MARGIN_COLUMN, pa.nulls(len(order), pa.float32())
-        )
-    return table.append_column(SECOND_CENTROID_COLUMN, pa.array(second[order])).append_column(
-        MARGIN_COLUMN, pa.array(margin[order])
-    )
-
-
-def plan_merge_groups(counts: np.ndarray, max_rows: int = ROWS_PER_MERGE_TASK) -> list[list[int]]:
-    """Consecutive non-empty centroids grouped so each group holds about `max_rows` rows."""
-    groups: list[list[int]] = []
-    current: list[int] = []
-    rows = 0
-    for centroid in np.flatnonzero(counts):
-        size = int(counts[centroid])
-        if current and rows + size > max_rows:
-            groups.append(current)
-            current, rows = [], 0
-        current.append(int(centroid))
-        rows += size
-    if current:
-        groups.append(current)
-    return groups
-
-
-def merge_centroids(
-    centroid_ids: list[int],
-    fragments: list[tuple[str, np.ndarray]],
-    tmp_url: str,
-    out_url: str,
-    storage_options: dict,
-    rows_per_file: int = ROWS_PER_FILE,
-) -> list[tuple[int, str, int]]:
-    """Phase 2: one file per centroid from every fragment's row group (runs on a worker).
-
-    Streams one row group at a time, so memory stays at one (partition, centroid)
-    slice whatever the centroid's size. Returns ``(centroid, relative path, rows)``.
+    Each table owns its buffers, so each is freed once its group is written.
     """
-    fs, out_root = arrow_filesystem(out_url, storage_options)
-    tmp_fs, _ = arrow_filesystem(tmp_url, storage_options)
-    readers = {path: pq.ParquetFile(path, filesystem=tmp_fs) for path, _ in fragments}
+    order = np.argsort(assignment.labels, kind="stable")
+    return [output_table(part, order[bounds[g]:bounds[g + 1]], assignment, columns) for g in range(len(bounds) - 1)]
+
+
+# ---------------------------------------------------------------- 4. write (workers)
+
+
+def write_group(
+    files: list[OutputFile], piece_rows: np.ndarray, out_url: str, storage_options: dict, *pieces: pa.Table
+) -> list[tuple[int, str, int]]:
+    """Write each of `files` once from the group's pieces (in partition order); runs on a worker.
+
+    ``piece_rows[p, f]``: rows piece p gives file f, in order. Returns ``(centroid, path, rows)``.
+    On failure the files this task created are removed before the error propagates.
+    """
+    fs, root = arrow_filesystem(out_url, storage_options)
+    taken = [0] * len(pieces)
+    created: list[str] = []
     written = []
-    for centroid in centroid_ids:
-        sources = []
-        for path, present in fragments:
-            position = int(np.searchsorted(present, centroid))
-            if position < len(present) and present[position] == centroid:
-                sources.append((readers[path], position))
-        written += _write_centroid(centroid, sources, fs, out_root, rows_per_file)
-    return written
-
-
-def _write_centroid(centroid, sources, fs, out_root, rows_per_file) -> list[tuple[int, str, int]]:
-    """Copy the centroid's row groups into ``centroid=N/part-*.parquet``, rolling at `rows_per_file`."""
-    folder = f"centroid={centroid}"
-    fs.create_dir(posixpath.join(out_root, folder), recursive=True)
-    written: list[tuple[int, str, int]] = []
-    writer, rows_in_file = None, 0
     try:
-        for reader, group in sources:
-            piece = reader.read_row_group(group)
-            while piece.num_rows:
-                if writer is None:
-                    relative = f"{folder}/part-{len(written):05d}.parquet"
-                    writer = pq.ParquetWriter(posixpath.join(out_root, relative), piece.schema, filesystem=fs)
-                    written.append((centroid, relative, 0))
-                take = min(piece.num_rows, rows_per_file - rows_in_file)
-                writer.write_table(piece.slice(0, take))
-                rows_in_file += take
-                written[-1] = (centroid, written[-1][1], rows_in_file)
-                piece = piece.slice(take)
-                if rows_in_file == rows_per_file:
-                    writer.close()
-                    writer, rows_in_file = None, 0
-    finally:
-        if writer is not None:
-            writer.close()
+        for f, file in enumerate(files):
+            slices = []
+            for p, piece in enumerate(pieces):
+                n = int(piece_rows[p, f])
+                if n:
+                    slices.append(piece.slice(taken[p], n))
+                    taken[p] += n
+            table = pa.concat_tables(slices)
+            if table.num_rows != file.rows:
+                raise RuntimeError(f"{file.path}: planned {file.rows} rows, the pieces hold {table.num_rows}")
+            path = posixpath.join(root, file.path)
+            if file.index == 0 or f == 0:  # a group may start inside a centroid, before its file 0 is written
+                fs.create_dir(posixpath.dirname(path), recursive=True)
+            created.append(path)
+            write_file(fs, path, table)
+            written.append((file.centroid, file.path, file.rows))
+    except BaseException:
+        _remove_quietly(fs, created)
+        raise
     return written
+
+
+def write_file(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
+    """One parquet file: pyarrow's defaults (snappy, default row groups), no dictionary for float columns."""
+    with pq.ParquetWriter(path, table.schema, filesystem=fs, use_dictionary=dictionary_columns(table.schema)) as w:
+        w.write_table(table)
+
+
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Columns worth pyarrow's dictionary attempt: all but floating-point (and list of float) ones.
+
+    Embeddings and distances are ~all distinct: the attempt saves nothing and costs ~10x a plain
+    write for files of a few thousand rows (it runs until the dictionary reaches 1 MB).
+    """
+    def is_float(t: pa.DataType) -> bool:
+        if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+            return is_float(t.value_type)
+        return pa.types.is_floating(t)
+
+    return [field.name for field in schema if not is_float(field.type)]
+
+
+def _remove_quietly(fs: pafs.FileSystem, paths: list[str]) -> None:
+    for path in paths:
+        try:
+            fs.delete_file(path)
+        except (OSError, FileNotFoundError):
+            pass
+
+
+def remove_planned(fs, root: str, relative_paths: list[str]) -> list[str]:
+    """After a failure: delete those of this run's planned files that exist, then their empty folders.
+
+    Touches nothing else under `root` (an fsspec filesystem). Returns the deleted files.
+    """
+    fs.invalidate_cache()
+    existing = set(fs.find(root, withdirs=True)) if fs.exists(root) else set()
+    planned = [posixpath.join(root, rel) for rel in relative_paths]
+    doomed = [path for path in planned if path in existing]
+    if doomed:
+        fs.rm(doomed)
+    for folder in sorted({posixpath.dirname(path) for path in planned} & existing):
+        try:
+            if fs.isdir(folder) and not fs.ls(folder, detail=False):
+                fs.rmdir(folder)
+        except (OSError, NotImplementedError):
+            pass
+    return doomed
