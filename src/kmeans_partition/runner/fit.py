@@ -23,6 +23,10 @@ from .worker_memory import relax_malloc_trim
 
 #: Sampling rounds of k-means|| (Spark MLlib's default; each round is one pass).
 KMEANS_PARALLEL_ROUNDS = 2
+#: Float32 entries of one rows x candidates distance block in the sampling passes (128 MB, as a
+#: Lloyd block at the default batch and k=1000); with ~2k candidates per round a whole ``batch``
+#: of rows would need gigabytes at large k.
+CANDIDATE_BLOCK_ENTRIES = 1 << 25
 
 
 @dataclass
@@ -51,7 +55,8 @@ def _lloyd_step(part: Partition, previous, centroids: np.ndarray, drift, batch: 
 def _nearest_candidate(part: Partition, state, cands: np.ndarray, offset: int, batch: int):
     """Update (min squared distance, index of nearest candidate) with new candidates."""
     relax_malloc_trim()
-    labels, dist_sq = km.nearest(part.xa, part.x_sq, km.augment_centroids(cands), batch)
+    rows = max(1, min(batch, CANDIDATE_BLOCK_ENTRIES // max(len(cands), 1)))
+    labels, dist_sq = km.nearest(part.xa, part.x_sq, km.augment_centroids(cands), rows)
     labels = labels.astype(np.int64) + offset
     if state is None:
         return dist_sq, labels
@@ -101,6 +106,7 @@ class DaskKMeans:
         self.random_state = random_state
         self.progress = progress or Progress()
         self.bounds = bounds  # skip rows whose label cannot change (bounds.py); False: full steps
+        self.init_details: dict = {}  # k-means||: candidates, trials, seconds per phase (for benchmarks)
 
     # -- helpers
     def _scatter(self, array: np.ndarray) -> Future:
@@ -137,7 +143,13 @@ class DaskKMeans:
         return self.fetch_rows(chosen)
 
     def init_kmeans_parallel(self, oversampling_factor: float) -> np.ndarray:
-        """k-means|| : oversample by squared distance, then weighted k-means++ on the candidates."""
+        """k-means|| : oversample by squared distance, then weighted k-means++ on the candidates.
+
+        Each round's pass finds every row's nearest among ~``oversampling_factor x k`` new
+        candidates (about ``oversampling_factor`` Lloyd iterations of GEMM); the reduction costs
+        well under one (`km.weighted_kmeans_pp`, `km.local_trials`).
+        """
+        started = time.perf_counter()
         rng = np.random.default_rng(self.random_state)
         n_total = int(self.rows.sum())
         candidates = [self.fetch_rows(rng.integers(n_total, size=1))]
@@ -167,11 +179,16 @@ class DaskKMeans:
             extra = rng.choice(n_total, size=min(self.k, n_total), replace=False)
             points = np.concatenate([points, self.fetch_rows(extra)])
             weights = np.concatenate([weights, np.ones(len(extra))])
+        sampled = time.perf_counter()
         # On a worker: one BLAS thread there, and the client stays light.
-        reduced = self.client.submit(
-            km.reduce_candidates, points, weights, self.k, [self.random_state, KMEANS_PARALLEL_ROUNDS], pure=False
-        )
-        return reduced.result()
+        seed = [self.random_state, KMEANS_PARALLEL_ROUNDS]
+        reduced = self.client.submit(km.reduce_candidates, points, weights, self.k, seed, n_total, pure=False)
+        centroids = reduced.result()
+        self.init_details = {
+            "candidates": len(points), "trials": km.local_trials(self.k, len(points), n_total),
+            "sampling_s": sampled - started, "reduction_s": time.perf_counter() - sampled,
+        }
+        return centroids
 
     # -- Lloyd
     def _reduce(self, steps: list[Future], previous: np.ndarray):
