@@ -1,14 +1,17 @@
-"""The batched weighted k-means++ that reduces the k-means|| candidates (kmeans.weighted_kmeans_pp)."""
+"""k-means|| pieces: the candidate passes (fit.py) and the batched weighted k-means++ reducing the candidates."""
 
 import itertools
 import tracemalloc
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from sklearn.cluster import kmeans_plusplus
 from threadpoolctl import threadpool_limits
 
 from kmeans_partition.runner import kmeans as km
+from kmeans_partition.runner.fit import _nearest_candidate
+from kmeans_partition.runner.partition import Partition
 from dask_support import blobs
 
 
@@ -160,3 +163,25 @@ def test_fewer_distinct_points_than_k_fills_with_unused_points():
     chosen = km.weighted_kmeans_pp(points, np.ones(12), 5, np.random.default_rng(9))
     assert len(set(chosen.tolist())) == 5
     assert len(np.unique(points[chosen], axis=0)) == 3
+
+
+@pytest.mark.parametrize("n_sampled", [4, 120])  # few: every row computed; many: the others gathered
+def test_candidate_pass_skips_the_sampled_rows_and_matches_brute_force(n_sampled):
+    x = blobs(700, 6, 5, seed=10)
+    part = Partition.from_normalised(0, "mem://p", 0, pa.array(np.arange(700)), x)
+    state = _nearest_candidate(part, None, None, x[[3]], 0, 64)
+    sampled = np.sort(np.random.default_rng(12).choice(np.arange(4, 700), n_sampled, replace=False))
+    cands = np.concatenate([blobs(2, 6, 1, seed=11), x[sampled]])  # 2 rows from another partition first
+    dist, labels = _nearest_candidate(part, state, (sampled, 3), cands, 1, 64)
+    np.testing.assert_array_equal(labels[sampled], 3 + np.arange(n_sampled))
+    assert (dist[sampled] == 0).all()
+    every = np.concatenate([x[[3]], cands]).astype(np.float64)
+    d2 = ((x.astype(np.float64)[:, None] - every[None]) ** 2).sum(-1)
+    order = np.sort(d2, axis=1)
+    clear = order[:, 1] - order[:, 0] > 1e-5
+    np.testing.assert_array_equal(labels[clear], d2.argmin(1)[clear])
+    np.testing.assert_allclose(dist, d2.min(1), atol=2e-6)
+    plain_dist, plain_labels = _nearest_candidate(part, state, None, cands, 1, 64)  # every row computed
+    rest = np.setdiff1d(np.arange(700), sampled)
+    np.testing.assert_array_equal(labels[rest][clear[rest]], plain_labels[rest][clear[rest]])
+    np.testing.assert_allclose(dist[rest], plain_dist[rest], atol=1e-6)

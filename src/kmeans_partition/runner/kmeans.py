@@ -210,11 +210,12 @@ class PointDistances:
         return closest
 
 
-def _pool_size(trials: int, n_chosen: int, n_points: int) -> int:
-    """Proposals per batch: grows with the centres chosen (so most are accepted) up to the caps."""
-    if trials == 1:
-        return int(min(SEED_POOL_MAX, max(1, n_chosen // 4)))
-    return int(max(trials, min(trials * max(1, n_chosen // 4), SEED_BLOCK_ENTRIES // n_points)))
+def _pool_size(trials: int, n_chosen: int, room: int, n_points: int) -> int:
+    """Proposals per batch: about ``trials x n_chosen / 4`` (so most are accepted), capped by the
+    block size, and by the ``room`` left with a quarter spare for rejections."""
+    wanted = trials * min(max(1, n_chosen // 4), room + room // 4 + 1)
+    cap = SEED_POOL_MAX if trials == 1 else SEED_BLOCK_ENTRIES // n_points
+    return int(max(trials, min(wanted, cap)))
 
 
 def _plain_batch(dist: PointDistances, proposals: np.ndarray, closest: np.ndarray, u: np.ndarray, room: int):
@@ -291,7 +292,7 @@ def weighted_kmeans_pp(
             unused = np.setdiff1d(np.arange(m), np.concatenate(chosen))
             chosen.append(unused[: k - n_chosen])
             break
-        size = max(trials, pool or _pool_size(trials, n_chosen, m))
+        size = max(trials, pool or _pool_size(trials, n_chosen, k - n_chosen, m))
         proposals = np.minimum(np.searchsorted(cumulative, rng.random(size) * total), m - 1)
         u = accept_rng.random(size)
         if trials == 1:
