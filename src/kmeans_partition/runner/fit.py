@@ -201,7 +201,8 @@ class DaskKMeans:
         sampled = time.perf_counter()
         # On a worker: one BLAS thread there, and the client stays light.
         seed = [self.random_state, KMEANS_PARALLEL_ROUNDS]
-        reduced = self.client.submit(km.reduce_candidates, points, weights, self.k, seed, n_total, pure=False)
+        points_f = self.client.scatter(points, hash=False)  # tens of MB at large k: not inside the task graph
+        reduced = self.client.submit(km.reduce_candidates, points_f, weights, self.k, seed, n_total, pure=False)
         centroids = reduced.result()
         self.init_details = {
             "candidates": len(points), "trials": km.local_trials(self.k, len(points), n_total),
