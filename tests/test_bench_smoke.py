@@ -62,8 +62,8 @@ def test_unknown_peer_is_rejected():
 def test_random_init_baseline_row_and_target(capsys):
     bench = load_bench()
     rows = bench.main([
-        "--rows", "2000", "--dim", "16", "--k", "8", "--iters", "2", "--peers", "none", "--random-init",
-        "--workers", "2", "--partition-rows", "500", "--batch", "256", "--true-clusters", "12",
+        "--rows", "2000", "--dim", "16", "--k", "8", "--iters", "1", "--peers", "none", "--random-init",
+        "--converge-iters", "8", "--workers", "2", "--partition-rows", "500", "--batch", "256", "--true-clusters", "12",
     ])
     assert [r["method"] for r in rows][1:] == ["ours", "ours, no bounds", "ours, random init"]
     ours, rnd = rows[1], rows[3]
