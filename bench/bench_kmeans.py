@@ -48,6 +48,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--sklearn-init-max-k", type=int, default=100,
                    help="run scikit-learn's k-means++ (slow) only for k up to this (default 100)")
     p.add_argument("--daskml-init", action="store_true", help="also time dask-ml's k-means|| init")
+    p.add_argument("--random-init", action="store_true",
+                   help="also run random init + Lloyd to convergence (the baseline where k-means++ is too slow)")
     p.add_argument("--converge-iters", type=int, default=100, help="iteration cap of the converged runs")
     p.add_argument("--tol", type=float, default=1e-4, help="tolerance of the converged runs")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="engine worker processes")
@@ -112,6 +114,11 @@ def run(args: argparse.Namespace, log=print) -> tuple[list[dict], list[str], lis
             plain = ours.measure_fixed(starts[k], args.iters, bounds=False)
             by_k[k].append(plain)
             log(f"k={k}: ours, no bounds {plain.seconds_per_iter:.3f} s/iter")
+            if args.random_init:
+                rnd = ours.measure_random(k, args.converge_iters, args.tol)
+                by_k[k].append(rnd)
+                notes.append(f"k={k}: ours, random init: {rnd.note}")
+                log(f"k={k}: ours, random init: final inertia {rnd.converged_inertia:.7g} ({rnd.converged_iters} iterations)")
     finally:
         ours.close()
 
@@ -205,9 +212,17 @@ def target_lines(ks: list[int], by_k: dict, floors: dict) -> list[str]:
         plain_k = next((m for m in by_k[k] if m.method == "ours, no bounds"), ours[k])
         init_iters = _ratio(ours[k].init_seconds, plain_k.seconds_per_iter)
         bounded_iters = _ratio(ours[k].init_seconds, ours[k].seconds_per_iter)
+        cpu_iters = _ratio(ours[k].init_cpu, plain_k.cpu_per_iter)
         lines.append(f"{verdict(init_iters <= TARGET_INIT_ITERS)} k={k}: k-means|| init took {init_iters:.1f} "
-                     f"full iterations' time ({bounded_iters:.1f} of the bounded 20-iteration average) "
-                     f"(target <= {TARGET_INIT_ITERS:g})")
+                     f"full iterations' time ({bounded_iters:.1f} of the bounded 20-iteration average"
+                     + (f"; {cpu_iters:.1f} by the busiest worker's CPU time" if cpu_iters else "")
+                     + f") (target <= {TARGET_INIT_ITERS:g})")
+        rnd = next((m for m in by_k[k] if m.method == "ours, random init"), None)
+        if rnd is not None:
+            vs_random = _ratio(ours[k].converged_inertia, rnd.converged_inertia)
+            lines.append(f"{verdict(vs_random <= 1.0)} k={k}: converged inertia after k-means|| is {vs_random:.4f}x "
+                         f"that after random init ({ours[k].converged_iters} and {rnd.converged_iters} iterations) "
+                         "(target <= 1)")
         ratio = _ratio(ours[k].converged_inertia, sk.converged_inertia if sk else None)
         lines.append(f"{verdict(None if ratio is None else ratio <= TARGET_INERTIA_RATIO)} k={k}: "
                      + (f"converged inertia {ratio:.4f}x scikit-learn k-means++" if ratio

@@ -33,6 +33,8 @@ class Measurement:
     converged_iters: Optional[int] = None
     note: str = ""
     rows_computed: Optional[float] = None  # fraction of rows given the full distance computation
+    cpu_per_iter: Optional[float] = None  # the busiest worker's CPU seconds per iteration (engine only)
+    init_cpu: Optional[float] = None  # the busiest worker's CPU seconds in the init (engine only)
 
 
 # ---------------------------------------------------------------- data
@@ -63,8 +65,9 @@ def inertia(x: np.ndarray, centroids: np.ndarray) -> float:
     c = np.asarray(centroids, dtype=np.float32)
     c_sq = np.einsum("ij,ij->i", c.astype(np.float64), c.astype(np.float64))
     total = 0.0
-    for start in range(0, len(x), BLOCK_ROWS):
-        block = x[start : start + BLOCK_ROWS]
+    rows = max(1, min(BLOCK_ROWS, (1 << 25) // len(c)))  # float64 scores of at most 256 MB
+    for start in range(0, len(x), rows):
+        block = x[start : start + rows]
         scores = c_sq[None, :] - 2.0 * (block @ c.T)
         x_sq = np.einsum("ij,ij->i", block, block, dtype=np.float64)
         total += float(np.maximum(scores.min(axis=1) + x_sq, 0.0).sum())
@@ -131,30 +134,58 @@ class OursOnCluster:
 
         return DaskKMeans(self.client, self.parts, self.rows, k, self.batch, self.seed, bounds=bounds)
 
+    def _worker_cpu(self) -> dict:
+        return self.client.run(time.process_time)
+
+    def _busiest_cpu(self, before: dict) -> float:
+        """CPU seconds of the busiest worker since ``before``: the phase's time on an idle machine
+        (other processes on a shared machine stretch wall time, much less CPU time)."""
+        after = self._worker_cpu()
+        return max(after[w] - before.get(w, 0.0) for w in after)
+
     def measure_fixed(self, c0: np.ndarray, iters: int, bounds: bool) -> Measurement:
         """Only the fixed-init Lloyd run; ``bounds=False`` gives every row the full GEMM every step."""
         model = self._model(c0.shape[0], bounds)
         model.lloyd(c0, max_iter=1, tol_abs=0.0)  # warm-up: worker imports, first scatter
+        cpu = self._worker_cpu()
         started = time.perf_counter()
         fixed = model.lloyd(c0, max_iter=iters, tol_abs=0.0)
         per_iter = (time.perf_counter() - started) / fixed.n_iter
+        cpu_per_iter = self._busiest_cpu(cpu) / fixed.n_iter
         name = "ours" if bounds else "ours, no bounds"
         m = Measurement(name, c0.shape[0], fixed.n_iter, per_iter, inertia(self.x, fixed.centroids))
         m.rows_computed = fixed.rows_computed / (fixed.n_iter * len(self.x))
+        m.cpu_per_iter = cpu_per_iter
         return m
 
     def measure(self, c0: np.ndarray, iters: int, converge_iters: int, tol: float) -> Measurement:
         k = c0.shape[0]
         model = self._model(k)
         m = self.measure_fixed(c0, iters, bounds=True)
+        cpu = self._worker_cpu()
         started = time.perf_counter()
         seeded = model.init_kmeans_parallel(oversampling_factor=2.0)
         init_seconds = time.perf_counter() - started
+        m.init_cpu = self._busiest_cpu(cpu)
         done = model.lloyd(seeded, max_iter=converge_iters, tol_abs=feature_tolerance(self.x, tol))
         m.init_name, m.init_seconds = "k-means||", init_seconds
         m.converged_inertia, m.converged_iters = inertia(self.x, done.centroids), done.n_iter
-        m.note = (f"converged run: {done.n_iter} iterations, "
-                  f"{done.rows_computed / (done.n_iter * len(self.x)):.0%} of rows computed per iteration")
+        info = model.init_details
+        m.note = (f"k-means|| init: {info['sampling_s']:.1f} s sampling passes, {info['reduction_s']:.1f} s reducing "
+                  f"{info['candidates']} candidates ({info['trials']} local trials); converged run: {done.n_iter} "
+                  f"iterations, {done.rows_computed / (done.n_iter * len(self.x)):.0%} of rows computed per iteration")
+        return m
+
+    def measure_random(self, k: int, converge_iters: int, tol: float) -> Measurement:
+        """`random` init (k distinct rows) + Lloyd to convergence: the baseline k-means|| must beat."""
+        model = self._model(k)
+        started = time.perf_counter()
+        seeded = model.init_random()
+        init_seconds = time.perf_counter() - started
+        done = model.lloyd(seeded, max_iter=converge_iters, tol_abs=feature_tolerance(self.x, tol))
+        m = Measurement("ours, random init", k, init_name="random", init_seconds=init_seconds)
+        m.converged_inertia, m.converged_iters = inertia(self.x, done.centroids), done.n_iter
+        m.note = f"converged run: {done.n_iter} iterations"
         return m
 
 

@@ -56,3 +56,20 @@ def test_unknown_peer_is_rejected():
     bench = load_bench()
     with pytest.raises(SystemExit):
         bench.parse_args(["--peers", "sklearn,spark"])
+
+
+@pytest.mark.timeout(120)
+def test_random_init_baseline_row_and_target(capsys):
+    bench = load_bench()
+    rows = bench.main([
+        "--rows", "2000", "--dim", "16", "--k", "8", "--iters", "1", "--peers", "none", "--random-init",
+        "--converge-iters", "8", "--workers", "2", "--partition-rows", "500", "--batch", "256", "--true-clusters", "12",
+    ])
+    assert [r["method"] for r in rows][1:] == ["ours", "ours, no bounds", "ours, random init"]
+    ours, rnd = rows[1], rows[3]
+    assert rnd["init"] == "random" and rnd["init s"] > 0 and rnd["s/iter"] is None
+    assert math.isfinite(rnd["final inertia"]) and rnd["final inertia"] > 0
+    out = capsys.readouterr().out
+    ratio = ours["final inertia"] / rnd["final inertia"]
+    assert f"converged inertia after k-means|| is {ratio:.4f}x that after random init" in out
+    assert "sampling passes" in out and "local trials" in out

@@ -23,6 +23,10 @@ from .worker_memory import relax_malloc_trim
 
 #: Sampling rounds of k-means|| (Spark MLlib's default; each round is one pass).
 KMEANS_PARALLEL_ROUNDS = 2
+#: Float32 entries of one rows x candidates distance block in the sampling passes (128 MB, as a
+#: Lloyd block at the default batch and k=1000); with ~2k candidates per round a whole ``batch``
+#: of rows would need gigabytes at large k.
+CANDIDATE_BLOCK_ENTRIES = 1 << 25
 
 
 @dataclass
@@ -49,28 +53,46 @@ def _lloyd_step(part: Partition, previous, centroids: np.ndarray, drift, batch: 
     return lloyd_partial(part.xa, part.x_sq, centroids, batch, previous, drift)
 
 
-def _nearest_candidate(part: Partition, state, cands: np.ndarray, offset: int, batch: int):
-    """Update (min squared distance, index of nearest candidate) with new candidates."""
+def _nearest_candidate(part: Partition, state, own, cands: np.ndarray, offset: int, batch: int):
+    """Update (min squared distance, index of nearest candidate) with new candidates.
+
+    ``own``: (local rows, candidate index of the first) of this partition's rows among ``cands``.
+    Those rows are their own nearest candidate at distance 0, and rows already at distance 0 cannot
+    get closer, so neither is computed: at large k the candidates are a sizeable share of the rows.
+    """
     relax_malloc_trim()
-    labels, dist_sq = km.nearest(part.xa, part.x_sq, km.augment_centroids(cands), batch)
-    labels = labels.astype(np.int64) + offset
+    rows = max(1, min(batch, CANDIDATE_BLOCK_ENTRIES // max(len(cands), 1)))
+    ca = km.augment_centroids(cands)
     if state is None:
-        return dist_sq, labels
-    old_d, old_l = state
-    closer = dist_sq < old_d
-    return np.where(closer, dist_sq, old_d), np.where(closer, labels, old_l)
+        dist_sq, labels = np.full(part.n_rows, np.inf, dtype=np.float32), np.zeros(part.n_rows, dtype=np.int64)
+    else:
+        dist_sq, labels = state[0].copy(), state[1].copy()
+    if own is not None:  # sampled rows had a distance > 0, so each is now its own nearest candidate
+        local, first = own
+        dist_sq[local] = 0.0
+        labels[local] = first + np.arange(len(local))
+    todo = np.flatnonzero(dist_sq > 0)
+    if len(todo) > part.n_rows - part.n_rows // 16:  # little to skip: contiguous blocks, no gathering
+        todo = None
+    for start in range(0, part.n_rows if todo is None else len(todo), rows):
+        block = slice(start, start + rows) if todo is None else todo[start : start + rows]
+        lab, dist = km.nearest(part.xa[block], part.x_sq[block], ca, rows)
+        closer = dist < dist_sq[block]  # ties keep the older (lower-index) candidate
+        labels[block] = np.where(closer, lab.astype(np.int64) + offset, labels[block])
+        dist_sq[block] = np.where(closer, dist, dist_sq[block])
+    return dist_sq, labels
 
 
 def _state_cost(state) -> float:
     return float(state[0].sum(dtype=np.float64))
 
 
-def _oversample(part: Partition, state, seed: list[int], phi: float, expected: float) -> np.ndarray:
-    """Bernoulli sample with probability min(1, expected * d^2 / phi) (Bahmani et al.)."""
+def _oversample(part: Partition, state, seed: list[int], phi: float, expected: float) -> tuple:
+    """Bernoulli sample with probability min(1, expected * d^2 / phi) (Bahmani et al.): (rows, local indices)."""
     rng = np.random.default_rng(seed)
     prob = np.minimum(1.0, expected * state[0].astype(np.float64) / phi) if phi > 0 else 0.0
     picked = np.flatnonzero(rng.random(part.n_rows) < prob)
-    return np.ascontiguousarray(part.x[picked])
+    return np.ascontiguousarray(part.x[picked]), picked
 
 
 def _candidate_weights(state, m: int) -> np.ndarray:
@@ -102,6 +124,7 @@ class DaskKMeans:
         self.random_state = random_state
         self.progress = progress or Progress()
         self.bounds = bounds  # skip rows whose label cannot change (bounds.py); False: full steps
+        self.init_details: dict = {}  # k-means||: candidates, trials, seconds per phase (for benchmarks)
 
     # -- helpers
     def _scatter(self, array: np.ndarray) -> Future:
@@ -138,13 +161,19 @@ class DaskKMeans:
         return self.fetch_rows(chosen)
 
     def init_kmeans_parallel(self, oversampling_factor: float) -> np.ndarray:
-        """k-means|| : oversample by squared distance, then weighted k-means++ on the candidates."""
+        """k-means|| : oversample by squared distance, then weighted k-means++ on the candidates.
+
+        Each round's pass finds every row's nearest among ~``oversampling_factor x k`` new
+        candidates (about ``oversampling_factor`` Lloyd iterations of GEMM); the reduction costs
+        well under one (`km.weighted_kmeans_pp`, `km.local_trials`).
+        """
+        started = time.perf_counter()
         rng = np.random.default_rng(self.random_state)
         n_total = int(self.rows.sum())
         candidates = [self.fetch_rows(rng.integers(n_total, size=1))]
         first = self._scatter(candidates[0])
         none = [None] * len(self.parts)
-        states = self._map(_nearest_candidate, self.parts, none, cands=first, offset=0, batch=self.batch)
+        states = self._map(_nearest_candidate, self.parts, none, none, cands=first, offset=0, batch=self.batch)
         expected = oversampling_factor * self.k
         n_cands = 1
         for round_no in range(KMEANS_PARALLEL_ROUNDS):
@@ -153,12 +182,14 @@ class DaskKMeans:
             samples = self.client.gather(
                 self._map(_oversample, self.parts, states, seeds, phi=phi, expected=expected)
             )
-            new = np.concatenate(samples) if samples else np.empty((0, candidates[0].shape[1]), np.float32)
+            new = np.concatenate([rows for rows, _ in samples])
             if len(new) == 0:
                 break
+            firsts = n_cands + np.cumsum([0] + [len(rows) for rows, _ in samples[:-1]])
+            own = [(local, int(first)) for (_, local), first in zip(samples, firsts)]
             new_f = self._scatter(new)
             states = self._map(
-                _nearest_candidate, self.parts, states, cands=new_f, offset=n_cands, batch=self.batch
+                _nearest_candidate, self.parts, states, own, cands=new_f, offset=n_cands, batch=self.batch
             )
             candidates.append(new)
             n_cands += len(new)
@@ -168,11 +199,17 @@ class DaskKMeans:
             extra = rng.choice(n_total, size=min(self.k, n_total), replace=False)
             points = np.concatenate([points, self.fetch_rows(extra)])
             weights = np.concatenate([weights, np.ones(len(extra))])
+        sampled = time.perf_counter()
         # On a worker: one BLAS thread there, and the client stays light.
-        reduced = self.client.submit(
-            km.reduce_candidates, points, weights, self.k, [self.random_state, KMEANS_PARALLEL_ROUNDS], pure=False
-        )
-        return reduced.result()
+        seed = [self.random_state, KMEANS_PARALLEL_ROUNDS]
+        points_f = self.client.scatter(points, hash=False)  # tens of MB at large k: not inside the task graph
+        reduced = self.client.submit(km.reduce_candidates, points_f, weights, self.k, seed, n_total, pure=False)
+        centroids = reduced.result()
+        self.init_details = {
+            "candidates": len(points), "trials": km.local_trials(self.k, len(points), n_total),
+            "sampling_s": sampled - started, "reduction_s": time.perf_counter() - sampled,
+        }
+        return centroids
 
     # -- Lloyd
     def _reduce(self, steps: list[Future], previous: np.ndarray):

@@ -162,53 +162,158 @@ def tolerance(feature_sum: np.ndarray, feature_sq_sum: np.ndarray, n_rows: int, 
     return float(variance.mean() * tol)
 
 
-#: Candidate sets up to this size use a precomputed Gram matrix in k-means++ (m x m float32).
-GRAM_MAX_POINTS = 8192
+# ---------------------------------------------------------------- k-means++ on the k-means|| candidates
+
+#: Float32 entries of one distance block of the candidate reduction (128 MB); a block has at most
+#: this many entries (and at least one row), never candidates x candidates.
+SEED_BLOCK_ENTRIES = 1 << 25
+#: Most proposals drawn per batch without local trials (their pairwise distances: 4 MB).
+SEED_POOL_MAX = 1024
+#: The local trials' GEMMs may cost this share of one Lloyd iteration over the data, at most.
+TRIAL_BUDGET = 0.1
+
+
+def local_trials(k: int, n_points: int, n_rows: Optional[int] = None) -> int:
+    """Local trials per centre: scikit-learn's ``2 + ln k``, fewer when that would cost too much.
+
+    Each trial is one row of distances to the ``n_points`` candidates, so the trials cost about
+    ``trials x k x n_points`` multiply-adds per dimension against ``n_rows x k`` for one Lloyd
+    iteration over the data; with ``n_rows``, trials are capped at ``TRIAL_BUDGET`` of that.
+    """
+    full = 2 + int(np.log(k))
+    if n_rows is None:
+        return full
+    return int(min(full, max(1, TRIAL_BUDGET * n_rows // max(n_points, 1))))
+
+
+class PointDistances:
+    """Squared distances between rows of one point set: one float32 GEMM per block."""
+
+    def __init__(self, points: np.ndarray):
+        self.points = np.ascontiguousarray(points, dtype=np.float32)
+        self.augmented = augment_rows(self.points)
+        self.sq = row_sq_norms(self.points)
+
+    def block(self, rows: np.ndarray, cols: Optional[np.ndarray] = None) -> np.ndarray:
+        """(len(rows), len(cols) or all points) float32, >= 0."""
+        targets = self.augmented if cols is None else self.augmented[cols]
+        out = augment_centroids(self.points[rows]) @ targets.T
+        out += self.sq if cols is None else self.sq[cols]
+        return np.maximum(out, 0.0, out=out)
+
+    def nearest_of(self, rows: np.ndarray, closest: np.ndarray) -> np.ndarray:
+        """``closest`` lowered to each point's distance to ``rows``, in blocks of `SEED_BLOCK_ENTRIES`."""
+        step = max(1, SEED_BLOCK_ENTRIES // len(self.sq))
+        for start in range(0, len(rows), step):
+            np.minimum(closest, self.block(rows[start : start + step]).min(axis=0), out=closest)
+        closest[rows] = 0.0
+        return closest
+
+
+def _pool_size(trials: int, n_chosen: int, room: int, n_points: int) -> int:
+    """Proposals per batch: about ``trials x n_chosen / 4`` (so most are accepted), capped by the
+    block size, and by the ``room`` left with a quarter spare for rejections."""
+    wanted = trials * min(max(1, n_chosen // 4), room + room // 4 + 1)
+    cap = SEED_POOL_MAX if trials == 1 else SEED_BLOCK_ENTRIES // n_points
+    return int(max(trials, min(wanted, cap)))
+
+
+def _plain_batch(dist: PointDistances, proposals: np.ndarray, closest: np.ndarray, u: np.ndarray, room: int):
+    """Without local trials: the accepted proposals, each tested against the ones before it."""
+    start = closest[proposals]
+    near = dist.block(proposals, proposals)
+    near[proposals[:, None] == proposals[None, :]] = 0.0  # a repeated proposal is the same point
+    current = start.copy()
+    taken = []
+    for j in range(len(proposals)):
+        if u[j] * start[j] < current[j]:
+            taken.append(proposals[j])
+            if len(taken) == room:
+                break
+            np.minimum(current, near[j], out=current)
+    picked = np.asarray(taken, dtype=np.int64)
+    return picked, dist.nearest_of(picked, closest)
+
+
+def _greedy_batch(dist, proposals, closest, w, u, trials: int, room: int):
+    """With local trials: each centre is the best of the next ``trials`` accepted proposals."""
+    start = closest[proposals]
+    block = dist.block(proposals)
+    taken, j = [], 0
+    while len(taken) < room:
+        rows = []
+        while len(rows) < trials and j < len(proposals):
+            if u[j] * start[j] < closest[proposals[j]]:
+                rows.append(j)
+            j += 1
+        if len(rows) < trials:  # pool used up: the next batch draws afresh
+            break
+        after = np.minimum(block[rows], closest[None, :])
+        best = int(np.argmin(after @ w))
+        closest = after[best]
+        closest[proposals[rows[best]]] = 0.0
+        taken.append(proposals[rows[best]])
+    return np.asarray(taken, dtype=np.int64), closest
 
 
 def weighted_kmeans_pp(
-    points: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator
+    points: np.ndarray,
+    weights: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    trials: Optional[int] = None,
+    pool: Optional[int] = None,
 ) -> np.ndarray:
-    """Greedy weighted k-means++ (scikit-learn's local-trials variant) on a small set.
+    """Greedy weighted k-means++ (scikit-learn's local-trials variant), in GEMM-sized batches.
 
-    Returns indices of ``k`` chosen points; ``points`` must have at least ``k`` rows.
+    Returns indices of ``k`` chosen points; ``points`` must have at least ``k`` rows. Each batch
+    draws ``pool`` proposals from the potential (weight x squared distance to the nearest chosen
+    point) and computes their distances with one GEMM; the centres are then picked one by one,
+    a proposal being accepted with probability (its distance now / at the batch start). That is
+    rejection sampling from the current potential, so every pool size samples the sequential
+    algorithm's distribution, and ``pool=trials`` is the sequential algorithm draw for draw.
+    ``trials`` defaults to ``2 + ln k``; with one trial only the accepted proposals get
+    distances to every point. Work: O(k x points x d x trials); memory: one block of at most
+    `SEED_BLOCK_ENTRIES` floats.
     """
     m = points.shape[0]
-    p32 = np.ascontiguousarray(points, dtype=np.float32)
-    sq = np.einsum("ij,ij->i", p32, p32, dtype=np.float64)
-    gram = p32 @ p32.T if m <= GRAM_MAX_POINTS else None
-
-    def dist_to(rows: np.ndarray) -> np.ndarray:
-        dots = gram[rows] if gram is not None else p32[rows] @ p32.T
-        return np.maximum(sq[rows][:, None] - 2.0 * dots + sq[None, :], 0.0)
-
-    w = weights.astype(np.float64)
-    trials = 2 + int(np.log(k))
-    chosen = np.empty(k, dtype=np.int64)
-    chosen[0] = rng.choice(m, p=w / w.sum()) if w.sum() > 0 else rng.integers(m)
-    closest = dist_to(chosen[:1])[0]
-    for c in range(1, k):
-        pot = w * closest
-        total = pot.sum()
+    w = np.asarray(weights, dtype=np.float64)
+    trials = trials or 2 + int(np.log(k))
+    dist = PointDistances(points)
+    accept_rng = rng.spawn(1)[0]  # acceptance draws do not shift the proposals' stream
+    first = rng.choice(m, p=w / w.sum()) if w.sum() > 0 else rng.integers(m)
+    chosen = [np.array([first], dtype=np.int64)]
+    closest = dist.nearest_of(chosen[0], np.full(m, np.inf))
+    n_chosen = 1
+    while n_chosen < k:
+        cumulative = np.cumsum(w * closest)
+        total = cumulative[-1]
         if total <= 0:  # every point coincides with a chosen one: take unused points in order
-            unused = np.setdiff1d(np.arange(m), chosen[:c])
-            chosen[c:] = unused[: k - c]
+            unused = np.setdiff1d(np.arange(m), np.concatenate(chosen))
+            chosen.append(unused[: k - n_chosen])
             break
-        cand = np.minimum(np.searchsorted(np.cumsum(pot), rng.random(trials) * total), m - 1)
-        dist = np.minimum(dist_to(cand), closest[None, :])
-        best = int(np.argmin(dist @ w))
-        chosen[c] = cand[best]
-        closest = dist[best]
-    return chosen
+        size = max(trials, pool or _pool_size(trials, n_chosen, k - n_chosen, m))
+        proposals = np.minimum(np.searchsorted(cumulative, rng.random(size) * total), m - 1)
+        u = accept_rng.random(size)
+        if trials == 1:
+            picked, closest = _plain_batch(dist, proposals, closest, u, k - n_chosen)
+        else:
+            picked, closest = _greedy_batch(dist, proposals, closest, w, u, trials, k - n_chosen)
+        chosen.append(picked)
+        n_chosen += len(picked)
+    return np.concatenate(chosen)
 
 
-def reduce_candidates(points: np.ndarray, weights: np.ndarray, k: int, seed: list[int]) -> np.ndarray:
+def reduce_candidates(
+    points: np.ndarray, weights: np.ndarray, k: int, seed: list[int], n_rows: Optional[int] = None
+) -> np.ndarray:
     """k-means|| last step: weighted k-means++ picks ``k`` of the candidates.
 
-    No weighted Lloyd refinement on the candidates (Spark runs one): measured on 384-d
-    embeddings it pulled centroids towards the mean and Lloyd on the data then stopped in a
-    worse optimum (docs/benchmarks.md).
+    ``n_rows`` (the data's rows) caps the local trials (`local_trials`). No weighted Lloyd
+    refinement on the candidates (Spark runs one): measured on 384-d embeddings it pulled
+    centroids towards the mean and Lloyd on the data then stopped in a worse optimum
+    (docs/benchmarks.md).
     """
     rng = np.random.default_rng(seed)
-    chosen = weighted_kmeans_pp(points, weights, k, rng)
+    chosen = weighted_kmeans_pp(points, weights, k, rng, trials=local_trials(k, len(points), n_rows))
     return np.ascontiguousarray(points[chosen], dtype=np.float32)
