@@ -69,6 +69,16 @@ def test_write_crd_round_trips(tmp_path):
     assert yaml.safe_load(written.read_text()) == crd_module.build_crd()
 
 
+def test_module_cli_help_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        crd_module.main(["--help"])
+    assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+    crd_module.main([str(tmp_path / "out.yaml")])
+    assert (tmp_path / "out.yaml").read_text(encoding="utf-8") == crd_module.render_crd()
+
+
 def test_names_scope_and_version():
     crd = crd_module.build_crd()
     spec = crd["spec"]

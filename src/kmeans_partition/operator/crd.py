@@ -44,7 +44,7 @@ columns and the status subresource are declared here.
 from __future__ import annotations
 
 import copy
-import sys
+import argparse
 from pathlib import Path
 from typing import Any, Optional
 
@@ -317,5 +317,12 @@ def write_crd(path: Optional[Path] = None) -> Path:
     return target
 
 
+def main(argv: Optional[list[str]] = None) -> None:
+    """`python -m kmeans_partition.operator.crd [PATH]`: write the CRD (default crds/<name>.yaml)."""
+    parser = argparse.ArgumentParser(prog="python -m kmeans_partition.operator.crd", description=main.__doc__)
+    parser.add_argument("path", nargs="?", type=Path, help=f"where to write (default crds/{CRD_FILENAME})")
+    print(write_crd(parser.parse_args(argv).path))
+
+
 if __name__ == "__main__":
-    print(write_crd(Path(sys.argv[1]) if len(sys.argv) > 1 else None))
+    main()
