@@ -125,6 +125,18 @@ class JobSpec(_Model):
     report: bool = Field(
         default=True, description="Write report.html (cluster sizes, convergence, margins) next to the manifest."
     )
+    checkpoint_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="Save the fit's state (centroids, iteration, history) to output_path/_checkpoint/ at the "
+        "first iteration ending this many seconds after the last save; a rerun of the same spec on the same "
+        "input files resumes from it. 0: only checkpointIterations (and the save after the fit).",
+    )
+    checkpoint_iterations: int = Field(
+        default=0,
+        ge=0,
+        description="Also save the fit's state every this many Lloyd iterations (0: by time only).",
+    )
     distance_precision: DistancePrecision = Field(
         default="float32",
         description="float32: distances computed in float32 everywhere. tf32: GPU workers may use TF32 tensor "
