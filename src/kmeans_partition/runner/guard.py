@@ -120,7 +120,7 @@ class OutputGuard:
                 clear_stale(self.out)
         self.checkpoint_ = Checkpoint(self.out, spec.checkpoint_seconds, spec.checkpoint_iterations, state)
         if resume is not None:
-            log.info("resuming from the checkpoint at iteration %d%s (saved by run %s)", resume.iteration,
+            log.warning("resuming from the checkpoint at iteration %d%s (saved by run %s)", resume.iteration,
                      ", fit finished" if resume.finished else "", resume.run_id)
         return self.checkpoint_, resume
 
