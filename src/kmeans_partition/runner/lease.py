@@ -1,6 +1,7 @@
 """One writer per output: the lease object ``<output>/_lease.json``.
 
-Taken with a conditional create before any work (local: ``O_CREAT | O_EXCL``; S3: a PUT with
+Taken with a conditional create before any work (local: a hard link of a written temporary file,
+exclusive like ``O_EXCL`` and never seen half-written; S3: a PUT with
 ``If-None-Match: *``; other stores: fsspec's ``pipe_file(mode="create")``, which each
 implementation makes atomic or not), renewed by a background thread every third of its
 lifetime, checked before the manifest is committed and deleted afterwards (also after a
@@ -82,14 +83,20 @@ class Lease:
         if is_local(self.out.fs):
             folder = os.path.dirname(self.path)
             if not os.path.isdir(folder):
-                os.makedirs(folder)
-                self._made_folder = folder  # removed on release when nothing else was written
+                try:
+                    os.makedirs(folder)
+                    self._made_folder = folder  # removed on release when nothing else was written
+                except FileExistsError:
+                    pass
+            tmp = f"{self.path}.{self.holder.run_id}.tmp"
+            with open(tmp, "wb") as handle:
+                handle.write(data)
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                os.link(tmp, self.path)  # atomic and exclusive (like O_EXCL), and never seen half-written
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+            finally:
+                os.unlink(tmp)
             return True
         try:
             reply = self.out.fs.pipe_file(self.path, data, mode="create")
@@ -113,13 +120,22 @@ class Lease:
             raise LeaseError(f"output_path: {self.path!r} is not a lease of this tool ({err})") from err
         return holder, info.get("ETag") or info.get("etag")
 
-    def _replace(self, etag: Optional[str]) -> bool:
-        """Replace the lease read with `etag`; False when someone changed it since."""
+    def _replace(self, stale: Holder, etag: Optional[str]) -> bool:
+        """Replace the lease `stale` read (with `etag`); False when someone changed it since."""
         if is_local(self.out.fs):
             aside = f"{self.path}.{self.holder.run_id}.stale"
             try:
                 os.rename(self.path, aside)  # one of two racing takers gets the file
             except FileNotFoundError:
+                return False
+            with open(aside, "rb") as handle:
+                moved = json.loads(handle.read()).get("run_id")
+            if moved != stale.run_id:  # another taker's fresh lease: put it back (never over a newer one)
+                try:
+                    os.link(aside, self.path)
+                except FileExistsError:
+                    pass
+                os.unlink(aside)
                 return False
             os.unlink(aside)
             return self._create()
@@ -149,7 +165,7 @@ class Lease:
                     f"output_path: {self.out.uri!r} is being written by another run: {holder.describe()}; "
                     f"wait for it to finish, or if it died, for its lease to expire ({LEASE})"
                 )
-            if self._replace(etag):
+            if self._replace(holder, etag):
                 self.taken_over = holder
                 log.warning("took over the output lease of %s (%s)", holder.describe(),
                             "same resource" if ours else "expired")
