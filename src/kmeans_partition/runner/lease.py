@@ -10,12 +10,15 @@ failure). The lease names its holder (owner uid, host, pid, run id) and when it 
 A lease held by another run refuses the run, naming the holder. An expired lease (its holder
 died without deleting it), or one whose owner uid is ours (an earlier pod of the same
 resource: a Job starts the next pod only after the last one failed), is taken over by
-replacing it conditionally on what was read: S3 ``If-Match: <etag>``; local: the old file is
-renamed aside first (one of two racing takers gets it), then ours is created with ``O_EXCL``.
+replacing it conditionally on what was read: S3 ``If-Match: <etag>`` (renewals too); local:
+under a lock file created exclusively (``_lease.json.lock``), re-read, then replaced by an
+atomic rename (renewals too); other stores: delete and create (not atomic: two takers of one
+stale lease might both win there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,13 +27,15 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from .output import OutputError, OutputLocation, is_local
 
 log = logging.getLogger("kmeans_partition")
 
 LEASE = "_lease.json"
+#: A local replacement lock older than this was left by a process that died holding it.
+STALE_LOCK_S = 10.0
 
 
 class LeaseError(OutputError):
@@ -71,6 +76,7 @@ class Lease:
         self._thread: Optional[threading.Thread] = None
         self.lost: Optional[str] = None  # why a renewal failed
         self._made_folder: Optional[str] = None
+        self._renewing = threading.Lock()  # the renewal thread and `check`
 
     # -- store operations
     def _body(self) -> bytes:
@@ -120,25 +126,42 @@ class Lease:
             raise LeaseError(f"output_path: {self.path!r} is not a lease of this tool ({err})") from err
         return holder, info.get("ETag") or info.get("etag")
 
+    @contextlib.contextmanager
+    def _local_guard(self) -> Iterator[bool]:
+        """Local replacements (takeover, renewal) one at a time: a ``_lease.json.lock`` created
+        exclusively; yields False when another process holds it (one left by a process that died
+        mid-replacement is removed after `STALE_LOCK_S`)."""
+        lock = f"{self.path}.lock"
+        try:
+            os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            try:
+                if time.time() - os.path.getmtime(lock) > STALE_LOCK_S:
+                    os.unlink(lock)
+            except FileNotFoundError:
+                pass
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            os.unlink(lock)
+
+    def _write_local(self) -> None:
+        tmp = f"{self.path}.{self.holder.run_id}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(self._body())
+        os.replace(tmp, self.path)  # atomic: readers see the old or the new lease
+
     def _replace(self, stale: Holder, etag: Optional[str]) -> bool:
         """Replace the lease `stale` read (with `etag`); False when someone changed it since."""
         if is_local(self.out.fs):
-            aside = f"{self.path}.{self.holder.run_id}.stale"
-            try:
-                os.rename(self.path, aside)  # one of two racing takers gets the file
-            except FileNotFoundError:
-                return False
-            with open(aside, "rb") as handle:
-                moved = json.loads(handle.read()).get("run_id")
-            if moved != stale.run_id:  # another taker's fresh lease: put it back (never over a newer one)
-                try:
-                    os.link(aside, self.path)
-                except FileExistsError:
-                    pass
-                os.unlink(aside)
-                return False
-            os.unlink(aside)
-            return self._create()
+            with self._local_guard() as mine:
+                found = self._read() if mine else None
+                if found is None or found[0].run_id != stale.run_id:
+                    return False
+                self._write_local()
+                return True
         if _is_s3(self.out) and etag:
             try:
                 reply = self.out.fs.pipe_file(self.path, self._body(), IfMatch=etag)
@@ -185,19 +208,27 @@ class Lease:
                 log.error("renewing the output lease failed: %s", err)
 
     def renew(self) -> None:
-        found = self._read()
+        with self._renewing:
+            if is_local(self.out.fs):
+                for _ in range(50):
+                    with self._local_guard() as mine:
+                        if mine:
+                            self._own_or_raise(self._read())
+                            self._write_local()
+                            return
+                    time.sleep(0.01)
+                raise LeaseError(f"output_path: could not renew the lease {self.path!r}: {self.path}.lock stays")
+            found = self._own_or_raise(self._read())
+            if _is_s3(self.out) and found[1]:
+                self.out.fs.pipe_file(self.path, self._body(), IfMatch=found[1])
+            else:
+                self.out.fs.pipe_file(self.path, self._body())
+
+    def _own_or_raise(self, found):
         if found is None or found[0].run_id != self.holder.run_id:
             raise LeaseError(f"output_path: the lease {self.path!r} was taken by "
                              f"{found[0].describe() if found else 'nobody (it is gone)'}")
-        if is_local(self.out.fs):
-            tmp = f"{self.path}.{self.holder.run_id}.tmp"
-            with open(tmp, "wb") as handle:
-                handle.write(self._body())
-            os.replace(tmp, self.path)
-        elif _is_s3(self.out) and found[1]:
-            self.out.fs.pipe_file(self.path, self._body(), IfMatch=found[1])
-        else:
-            self.out.fs.pipe_file(self.path, self._body())
+        return found
 
     def check(self) -> None:
         """Before the manifest commit: the lease must still be ours (raises `LeaseError`)."""
