@@ -125,6 +125,13 @@ class JobSpec(_Model):
     report: bool = Field(
         default=True, description="Write report.html (cluster sizes, convergence, margins) next to the manifest."
     )
+    distance_precision: DistancePrecision = Field(
+        default="float32",
+        description="float32: distances computed in float32 everywhere. tf32: GPU workers may use TF32 tensor "
+        "cores for the float32 distance GEMMs (CuPy's CUPY_TF32=1, set by the operator on GPU workers only): "
+        "faster, but with a 10-bit mantissa rows near a tie between two centroids can get the other label. "
+        "No effect on CPU workers.",
+    )
     checkpoint_seconds: float = Field(
         default=60.0,
         ge=0,
@@ -136,13 +143,6 @@ class JobSpec(_Model):
         default=0,
         ge=0,
         description="Also save the fit's state every this many Lloyd iterations (0: by time only).",
-    )
-    distance_precision: DistancePrecision = Field(
-        default="float32",
-        description="float32: distances computed in float32 everywhere. tf32: GPU workers may use TF32 tensor "
-        "cores for the float32 distance GEMMs (CuPy's CUPY_TF32=1, set by the operator on GPU workers only): "
-        "faster, but with a 10-bit mantissa rows near a tie between two centroids can get the other label. "
-        "No effect on CPU workers.",
     )
 
     @field_validator("input_path")

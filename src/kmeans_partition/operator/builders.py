@@ -274,6 +274,8 @@ def build_job(
         S.CONNECT_TIMEOUT.env(RUNNER_CONNECT_TIMEOUT_SECONDS),
         S.OWNER_UID.env(uid),
         S.EXPECTED_WORKERS.env(spec.cluster.workers * max(1, spec.cluster.gpus_per_worker)),
+        S.WORKERS_TIMEOUT.env(RUNNER_CONNECT_TIMEOUT_SECONDS),
+        S.LEASE_SECONDS.env(S.LEASE_SECONDS.default),
     ))
     runner = _container(
         "runner",
