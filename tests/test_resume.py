@@ -159,3 +159,25 @@ def test_checkpoint_of_another_spec_is_not_resumed(tmp_path, dask_client, monkey
     result = _stage(inp, out, overwrite=True).run(client=dask_client)
     assert result["n_iter"] >= 1 and min(result["rows_per_centroid"]) > 0  # fitted afresh, not from zeros
     assert not (out / FOLDER).exists()
+
+
+def test_a_retry_after_the_fit_skips_the_fit(tmp_path, dask_client, monkeypatch, caplog):  # noqa: F811
+    """The checkpoint saved after the fit lets a retry of a failed write go straight to writing."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    write_parquet(inp / "a.parquet", blobs(600, 8, 4, seed=8))
+    out = tmp_path / "out"
+    monkeypatch.setenv("KMP_OWNER_UID", "uid-a")
+    monkeypatch.setattr(Checkpoint, "delete", lambda self: None)  # as if the run died after the fit
+    first = _stage(inp, out, max_iter=50).run(client=dask_client)
+    (out / "_manifest.json").unlink()
+    state = Checkpoint.read_state(open_output(str(out), {}))
+    assert state.finished and state.iteration == first["n_iter"] and state.owner_uid == "uid-a"
+    monkeypatch.undo()
+    monkeypatch.setenv("KMP_OWNER_UID", "uid-a")
+    with caplog.at_level("WARNING", logger="kmeans_partition"):
+        again = _stage(inp, out, max_iter=50).run(client=dask_client)
+    assert f"resuming from the checkpoint at iteration {first['n_iter']}, fit finished" in caplog.text
+    assert again["n_iter"] == first["n_iter"] and again["iterations"] == first["iterations"]
+    assert again["rows_per_centroid"] == first["rows_per_centroid"] and again["inertia"] == first["inertia"]
+    assert "redone_iterations" in again["timings"] and not (out / FOLDER).exists()

@@ -232,6 +232,8 @@ class DaskKMeans:
         result = FitResult(centroids=centroids.astype(np.float32), n_iter=0, converged=False)
         if resume is not None:
             result, steps = resume
+            if result.converged:
+                return result
         for iteration in range(result.n_iter + 1, max_iter + 1):
             started = time.perf_counter()
             previous = result.centroids

@@ -115,6 +115,7 @@ class Lease:
 
     def _read(self) -> Optional[tuple[Holder, Optional[str]]]:
         """(holder, etag) of the lease object, or None when there is none."""
+        self.out.fs.invalidate_cache(self.path)  # a listing's cached etag may be old
         try:
             info = self.out.fs.info(self.path)
             raw = self.out.fs.cat_file(self.path)
@@ -203,9 +204,11 @@ class Lease:
         while not self._stop.wait(self.seconds / 3):
             try:
                 self.renew()
-            except Exception as err:  # noqa: BLE001 - reported by check()
+            except LeaseError as err:  # taken by another run: reported by check()
                 self.lost = str(err)
-                log.error("renewing the output lease failed: %s", err)
+                log.error("lost the output lease: %s", err)
+            except Exception as err:  # noqa: BLE001 - a store error: try again at the next renewal
+                log.warning("renewing the output lease failed (will retry): %s", err)
 
     def renew(self) -> None:
         with self._renewing:
