@@ -224,12 +224,14 @@ def resume_fit(model: DaskKMeans, checkpoint: Checkpoint, state: State) -> tuple
     return result, steps
 
 
-def fit_checkpointed(model: DaskKMeans, spec, tol_abs: float, checkpoint: Checkpoint, saved: Optional[State]) -> FitResult:
+def fit_checkpointed(model: DaskKMeans, spec, tol_abs: float, checkpoint: Optional[Checkpoint],
+                     saved: Optional[State]) -> FitResult:
     """`fit` saving checkpoints (and resuming from ``saved``); one save after the fit, so that a
-    retry after a failed write skips the fit."""
+    retry after a failed write skips the fit. Without a checkpoint: plain `fit`."""
+    if checkpoint is None:
+        return fit(model, spec.init, spec.oversampling_factor, spec.max_iter, tol_abs)
     resume = None if saved is None else resume_fit(model, checkpoint, saved)
     fitted = fit(model, spec.init, spec.oversampling_factor, spec.max_iter, tol_abs, None, resume, checkpoint)
-    if saved is not None:
-        fitted.timings["redone_iterations"] = 0 if saved.finished or saved.converged else 1
     checkpoint.save(fitted, fitted.centroids, finished=True)
+    fitted.timings["checkpoint"] = checkpoint.save_seconds
     return fitted

@@ -121,7 +121,8 @@ class OutputGuard:
         self.checkpoint_ = Checkpoint(self.out, spec.checkpoint_seconds, spec.checkpoint_iterations, state)
         if resume is not None:
             log.warning("resuming from the checkpoint at iteration %d%s (saved by run %s)", resume.iteration,
-                     ", fit finished" if resume.finished else "", resume.run_id)
+                        ", fit finished" if resume.finished or resume.converged
+                        else f"; redoing iteration {resume.iteration} to rebuild the labels", resume.run_id)
         return self.checkpoint_, resume
 
     def commit(self) -> None:

@@ -18,7 +18,7 @@ from . import kmeans as km
 from .cluster import dask_client
 from .engine import RaftParams, choose_engine, fit_raft, parse_engine
 from .errors import InputError
-from .fit import DaskKMeans, fit
+from .fit import DaskKMeans
 from .manifest import RunResult, manifest_data, write_centroids, write_manifest
 from .checkpoint import fit_checkpointed
 from .guard import OutputGuard
@@ -247,11 +247,7 @@ class _Run:
         model = DaskKMeans(
             self.client, parts, rows, spec.n_clusters, spec.max_samples_per_batch, spec.random_state, self.progress
         )
-        if self.checkpoint is None:
-            return fit(model, spec.init, spec.oversampling_factor, spec.max_iter, tol_abs), choice
-        fitted = fit_checkpointed(model, spec, tol_abs, self.checkpoint, self.resume)
-        self.timings["checkpoint"] = self.checkpoint.save_seconds
-        return fitted, choice
+        return fit_checkpointed(model, spec, tol_abs, self.checkpoint, self.resume), choice
 
     def count_duplicate_ids(self, parts, n_buckets: int = 16) -> list:
         """Futures of per-bucket duplicate-id counts: id hashes never leave the workers whole."""
