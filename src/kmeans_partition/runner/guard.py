@@ -7,6 +7,7 @@ run may replace. An output holding only the lease and nothing else is empty. Any
 equals ``KMP_OWNER_UID`` (a Job retry of the same resource) and there is no manifest. Someone
 else's partial output is refused, naming its owner.
 
+`clear_previous` deletes those files once the fit is done, after checking the lease.
 `checkpoint` (after the inputs are listed) returns the `Checkpoint` to save to and, when the
 saved state matches the spec and the input listing, the state to resume from; a checkpoint
 of another spec or input listing is deleted (the run may replace it). `commit` checks the
@@ -28,6 +29,7 @@ from .output import (
     OutputError,
     OutputLocation,
     check_not_inside_inputs,
+    clear_previous,
     existing_entries,
     open_output,
     owned_listing,
@@ -124,6 +126,11 @@ class OutputGuard:
                         ", fit finished" if resume.finished or resume.converged
                         else f"; redoing iteration {resume.iteration} to rebuild the labels", resume.run_id)
         return self.checkpoint_, resume
+
+    def clear_previous(self) -> None:
+        """Delete what `overwrite` (or our own retry) replaces, while the lease is still ours."""
+        self.lease.check()
+        clear_previous(self.out, self.replace)
 
     def commit(self) -> None:
         """Before writing the manifest: the lease must still be ours."""

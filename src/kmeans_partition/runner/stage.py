@@ -160,7 +160,7 @@ class _Run:
         )
         fitted, choice = self.fit(parts, stats, dim, tol_abs)
         self.timings.update(fitted.timings)
-        clear_previous(self.out, replace)
+        self.guard.clear_previous() if self.guard else clear_previous(self.out, replace)
         counts, inertia, files_written, summary = self.write(parts, fitted.centroids, column_schema)
         write_centroids(self.out, fitted.centroids)
         self.timings["total"] = time.perf_counter() - started
