@@ -135,3 +135,30 @@ def test_run_on_a_held_output_fails_before_any_work(tmp_path, dask_client):  # n
     holder.release()
     assert stage.run(client=dask_client)["n_rows"] == 200
     assert not (tmp_path / "out" / LEASE).exists()
+
+
+def test_a_run_whose_lease_was_taken_deletes_nothing_and_commits_nothing(tmp_path, monkeypatch):
+    from kmeans_partition.runner.guard import OutputGuard
+    from kmeans_partition.spec import parse_job_spec
+
+    out = tmp_path / "out"
+    (out / "centroid=0").mkdir(parents=True)
+    (out / "centroid=0" / "part-00000.parquet").write_bytes(b"previous")
+    (out / "_manifest.json").write_text("{}")
+    monkeypatch.setenv("KMP_LEASE_SECONDS", "0.3")
+    spec = parse_job_spec({"n_clusters": 2, "id_field": "id", "embedding_field": "e",
+                           "input_path": str(tmp_path / "in"), "output_path": str(out), "overwrite": True})
+    guard = OutputGuard.prepare(spec)
+    assert guard.replace == ["_manifest.json", "centroid=0/part-00000.parquet"]
+    guard.lease._stop.set()  # as if the runner stalled and stopped renewing
+    time.sleep(0.5)
+    thief = Lease(guard.out, "uid-other", 60)
+    thief.take()
+    with pytest.raises(LeaseError, match=f"taken by run {thief.holder.run_id}"):
+        guard.clear_previous()
+    with pytest.raises(LeaseError):
+        guard.commit()
+    assert (out / "centroid=0" / "part-00000.parquet").read_bytes() == b"previous"
+    guard.close()
+    assert _holder(guard.out)["run_id"] == thief.holder.run_id
+    thief.release()
