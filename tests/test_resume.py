@@ -182,3 +182,53 @@ def test_a_retry_after_the_fit_skips_the_fit(tmp_path, dask_client, monkeypatch,
     assert again["n_iter"] == first["n_iter"] and again["iterations"] == first["iterations"]
     assert again["rows_per_centroid"] == first["rows_per_centroid"] and again["inertia"] == first["inertia"]
     assert again["timings"]["fit"] < first["timings"]["fit"] and not (out / FOLDER).exists()
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_fit_interrupted_on_s3_resumes_to_the_same_output(s3_server, dask_client, monkeypatch):  # noqa: F811
+    """Checkpoints on S3 (moto server): a run failing mid-fit leaves its checkpoint and releases its
+    lease; the retry of the same resource resumes and writes what an undisturbed run writes."""
+    import s3fs
+    from s3_support import create_bucket
+
+    from kmeans_partition.runner.sample import write_sample
+
+    endpoint, options = s3_server
+    bucket = create_bucket(endpoint, "kmp-resume")
+    write_sample(f"{bucket}/in", rows=4000, dim=16, clusters=40, duplicates=0.0, files=2, seed=9,
+                 storage_options=options)
+    fs = s3fs.S3FileSystem(**options)
+
+    def stage(out):
+        return KMeansStage(n_clusters=24, id_field="id", embedding_field="embedding", input_path=f"{bucket}/in",
+                           output_path=f"{bucket}/{out}", storage_options=options, tol=0, max_iter=30,
+                           init="random", report=False, checkpoint_seconds=0, checkpoint_iterations=3)
+
+    monkeypatch.setenv("KMP_OWNER_UID", "uid-s3")
+    plain = stage("plain").run(client=dask_client)
+    real_call = Checkpoint.__call__
+
+    def crash_after_a_save(self, result, previous):
+        real_call(self, result, previous)
+        if result.n_iter == 7:
+            raise _Crash("runner died")
+
+    monkeypatch.setattr(Checkpoint, "__call__", crash_after_a_save)
+    with pytest.raises(_Crash):
+        stage("out").run(client=dask_client)
+    fs.invalidate_cache()
+    assert sorted(p.rsplit("/", 1)[1] for p in fs.find(f"{bucket}/out")) == ["centroids-000006.npy", "state.json"]
+    monkeypatch.setattr(Checkpoint, "__call__", real_call)
+    resumed = stage("out").run(client=dask_client)
+    fs.invalidate_cache()
+    results = lambda run: [(h["iteration"], h["inertia"], h["centroid_shift"]) for h in run["iterations"]]  # noqa: E731
+    assert results(resumed) == results(plain)
+    for key in ("n_iter", "inertia", "rows_per_centroid", "n_reseeded"):
+        assert resumed[key] == plain[key], key
+    out_files = {p.split("/out/", 1)[1]: fs.info(p)["ETag"] for p in fs.find(f"{bucket}/out")}
+    plain_files = {p.split("/plain/", 1)[1]: fs.info(p)["ETag"] for p in fs.find(f"{bucket}/plain")}
+    out_files.pop("_manifest.json"), plain_files.pop("_manifest.json")
+    assert out_files == plain_files  # parquet files and centroids: the same bytes (MD5 ETags)
