@@ -162,3 +162,15 @@ def test_a_run_whose_lease_was_taken_deletes_nothing_and_commits_nothing(tmp_pat
     guard.close()
     assert _holder(guard.out)["run_id"] == thief.holder.run_id
     thief.release()
+
+
+def test_an_output_that_is_a_file_is_named_before_any_lease(tmp_path):
+    from kmeans_partition.runner.guard import OutputGuard
+    from kmeans_partition.runner.output import OutputError
+    from kmeans_partition.spec import parse_job_spec
+
+    (tmp_path / "out").write_text("a file")
+    spec = parse_job_spec({"n_clusters": 2, "id_field": "id", "embedding_field": "e",
+                           "input_path": str(tmp_path / "in"), "output_path": str(tmp_path / "out")})
+    with pytest.raises(OutputError, match="exists and is a file"):
+        OutputGuard.prepare(spec)

@@ -62,6 +62,7 @@ class OutputGuard:
     def prepare(cls, spec) -> "OutputGuard":
         out = open_output(spec.output_path, spec.storage_options)
         check_not_inside_inputs(out, spec.input_paths, spec.storage_options)
+        existing_entries(out)  # a file there: a clear error before the lease is tried
         lease = Lease(out, settings.owner_uid(), settings.lease_seconds())
         lease.take()
         guard = cls(spec, out, lease)
