@@ -15,13 +15,13 @@ import numpy as np
 from distributed import Client, as_completed, wait
 
 from . import kmeans as km
+from .checkpoint import fit_checkpointed
 from .cluster import dask_client
 from .engine import RaftParams, choose_engine, fit_raft, parse_engine
 from .errors import InputError
 from .fit import DaskKMeans
-from .manifest import RunResult, manifest_data, write_centroids, write_manifest
-from .checkpoint import fit_checkpointed
 from .guard import OutputGuard
+from .manifest import RunResult, manifest_data, write_centroids, write_manifest
 from .output import REPORT, clear_previous, open_output
 from .partition import count_duplicates, hash_buckets, load_partition, partition_stats, unify_column_types
 from .progress import Progress
