@@ -68,7 +68,7 @@ def _timed(cmd: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--dim", type=int, default=64)
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=5, help="checkpoint interval (iterations) of the killed run")
     parser.add_argument("--kill-at", type=int, default=10, help="kill after the checkpoint at this iteration or later")
     parser.add_argument("--kill-after", type=float, default=2.5, help="...and this many iterations' seconds later")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="kmp-resume-") as tmp:
         root = Path(tmp)
@@ -105,7 +105,9 @@ def main() -> None:
             time.sleep(0.02)
         time.sleep(args.kill_after * per_iter)
         killed_at = time.time()
-        os.killpg(runner.pid, signal.SIGKILL)
+        if runner.poll() is not None:
+            sys.exit(f"the run ended (exit {runner.returncode}) before it could be killed: raise --max-iter")
+        os.killpg(runner.pid, signal.SIGKILL)  # the runner and its LocalCluster: our own process group
         runner.wait()
         wall_killed = time.perf_counter() - started
         state = json.loads(state_file.read_text())
