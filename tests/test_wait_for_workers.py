@@ -93,3 +93,12 @@ def test_bad_expected_workers_is_named(monkeypatch, value):
     monkeypatch.setenv("KMP_EXPECTED_WORKERS", value)
     with pytest.raises(ValueError, match="KMP_EXPECTED_WORKERS must be a whole number"):
         settings.expected_workers()
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon"])
+def test_lease_seconds_must_be_positive(monkeypatch, value):
+    from kmeans_partition import settings
+
+    monkeypatch.setenv("KMP_LEASE_SECONDS", value)
+    with pytest.raises(ValueError, match="KMP_LEASE_SECONDS must be a positive number of seconds"):
+        settings.lease_seconds()

@@ -49,6 +49,13 @@ def _seconds(raw: str) -> float:
     return float(raw)
 
 
+def _positive_seconds(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError(raw)
+    return value
+
+
 def _names(raw: str) -> tuple[str, ...]:
     """``a,b,c`` -> ('a', 'b', 'c') (blanks dropped)."""
     names = tuple(item.strip() for item in raw.split(",") if item.strip())
@@ -140,7 +147,7 @@ WORKERS_TIMEOUT: Setting[float] = Setting(
 LEASE_SECONDS: Setting[float] = Setting(
     "KMP_LEASE_SECONDS", 120.0, "runner",
     "Lifetime of the output lease (`_lease.json`); the runner renews it every third of that. An expired "
-    "lease (its holder died) may be taken over.", _seconds, "a number of seconds",
+    "lease (its holder died) may be taken over.", _positive_seconds, "a positive number of seconds",
 )
 
 DASK_OPERATOR_POD_LABELS: Setting[dict[str, str]] = Setting(
