@@ -75,13 +75,23 @@ def test_overwrite_lists_exact_files_and_refuses_a_foreign_file_inside_a_centroi
 
 
 @pytest.mark.parametrize("name", ["centroid=1/part-1.parquet", "centroid=x/part-00000.parquet",
-                                  "centroid=1/sub/part-00000.parquet", "kmeans_centroids.npy.bak"])
+                                  "centroid=1/sub/part-00000.parquet", "kmeans_centroids.npy.bak",
+                                  "_checkpoint/notes.txt", "_lease.json.bak", "_checkpoint/sub/state.json"])
 def test_names_this_tool_does_not_write_are_foreign(tmp_path, name):
     out = tmp_path / "out"
     (out / name).parent.mkdir(parents=True, exist_ok=True)
     (out / name).write_bytes(b"x")
     with pytest.raises(OutputError, match="did not write"):
         check_writable(open_output(str(out), {}), overwrite=True)
+
+
+def test_the_lease_and_checkpoint_are_names_this_tool_writes(tmp_path):
+    out = tmp_path / "out"
+    (out / "_checkpoint").mkdir(parents=True)
+    for name in ("_lease.json", "_checkpoint/state.json", "_checkpoint/centroids-000012.npy", "_manifest.json"):
+        (out / name).write_bytes(b"x")
+    assert check_writable(open_output(str(out), {}), overwrite=True) == [
+        "_checkpoint/centroids-000012.npy", "_checkpoint/state.json", "_lease.json", "_manifest.json"]
 
 
 def test_a_file_written_after_the_listing_is_not_deleted(tmp_path):

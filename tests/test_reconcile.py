@@ -152,6 +152,25 @@ def test_failure_reports_job_reason_and_runner_message(api):
     assert any(e.type == "Warning" and e.reason == "BackoffLimitExceeded" for e in out.events)
 
 
+def test_failure_message_keeps_the_first_attempts_reason(api):
+    """A retried runner pod failing otherwise (e.g. the first left an output) must not hide the first reason."""
+    api.add_resource(NAME, {**SPEC, "backoffLimit": 1})
+    step(api)
+    dask_running(api)
+    step(api)
+    job_finished(api, "Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+    for name, created, message in [("docs-runner-b", "2026-01-01T00:05:00Z", "output_path: 's3://b/out' is not empty"),
+                                   ("docs-runner-a", "2026-01-01T00:00:00Z", "OSError: File too short")]:
+        api.objects[("Pod", "default", name)] = {
+            "kind": "Pod",
+            "metadata": {"name": name, "creationTimestamp": created, "labels": {"batch.kubernetes.io/job-name": JOB}},
+            "status": {"containerStatuses": [{"state": {"terminated": {"exitCode": 1, "message": message}}}]},
+        }
+    step(api)
+    message = conditions(api)["Failed"]["message"]
+    assert "runner: OSError: File too short (first of 2 attempts; last: output_path: 's3://b/out' is not empty)" in message
+
+
 def test_cleanup_never_keeps_the_cluster(api):
     api.add_resource(NAME, {**SPEC, "cleanupPolicy": "Never"})
     step(api)

@@ -125,6 +125,11 @@ def test_render_equals_what_the_reconcile_creates(kube, monkeypatch, tmp_path, c
         for ref in want["metadata"]["ownerReferences"]:
             assert ref["uid"] == PLACEHOLDER_UID
             ref["uid"] = uid
+        if want["kind"] == "Job":  # the runner records the resource's uid as its output's owner
+            (owner,) = [e for e in want["spec"]["template"]["spec"]["containers"][0]["env"]
+                        if e["name"] == "KMP_OWNER_UID"]
+            assert owner["value"] == PLACEHOLDER_UID
+            owner["value"] = uid
         got = kube.get(want["apiVersion"], PLURALS[want["kind"]], "default", want["metadata"]["name"])
         if want["kind"] == "Secret":  # rendered: placeholders; created: the generated material, same keys
             assert set(want.pop("stringData")) == set(got.pop("data")) == {"ca.crt", "tls.crt", "tls.key"}

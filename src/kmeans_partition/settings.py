@@ -49,6 +49,13 @@ def _seconds(raw: str) -> float:
     return float(raw)
 
 
+def _positive_seconds(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError(raw)
+    return value
+
+
 def _names(raw: str) -> tuple[str, ...]:
     """``a,b,c`` -> ('a', 'b', 'c') (blanks dropped)."""
     names = tuple(item.strip() for item in raw.split(",") if item.strip())
@@ -121,6 +128,27 @@ SCHEDULER_ADDRESS: Setting[Optional[str]] = Setting(
     "`tls://` unless `cluster.tls: false`, on the runner and, with TLS, on workers; else the "
     "dask-kubernetes operator sets a `tcp://` one on workers); unset: a LocalCluster.", str,
 )
+OWNER_UID: Setting[Optional[str]] = Setting(
+    "KMP_OWNER_UID", None, "runner",
+    "uid of the KMeansPartition the runner works for (set by the operator): recorded as the owner of the "
+    "output's lease and checkpoint, so a retry of the same resource may resume or clear its own partial "
+    "output; unset (the CLI): only `overwrite` replaces a partial output.", str,
+)
+EXPECTED_WORKERS: Setting[Optional[int]] = Setting(
+    "KMP_EXPECTED_WORKERS", None, "runner",
+    "Dask workers the runner waits for before planning partitions (the operator sets `cluster.workers` "
+    "x max(1, `cluster.gpusPerWorker`)); unset: one.", _count, "a whole number",
+)
+WORKERS_TIMEOUT: Setting[float] = Setting(
+    "KMP_WORKERS_TIMEOUT", 300.0, "runner",
+    "Seconds the runner waits for `KMP_EXPECTED_WORKERS` workers; then it goes on with those present "
+    "(at least one) and logs a warning saying how many.", _seconds, "a number of seconds",
+)
+LEASE_SECONDS: Setting[float] = Setting(
+    "KMP_LEASE_SECONDS", 120.0, "runner",
+    "Lifetime of the output lease (`_lease.json`); the runner renews it every third of that. An expired "
+    "lease (its holder died) may be taken over.", _positive_seconds, "a positive number of seconds",
+)
 
 DASK_OPERATOR_POD_LABELS: Setting[dict[str, str]] = Setting(
     "KMP_DASK_OPERATOR_POD_LABELS", {"app.kubernetes.io/name": "dask-kubernetes-operator"}, "operator",
@@ -181,7 +209,8 @@ POLICY_SETTINGS = (
 
 SETTINGS: tuple[Setting[Any], ...] = (
     DEFAULT_IMAGE, RECONCILE_INTERVAL, RESOURCE_NAME, RESOURCE_NAMESPACE, TERMINATION_MESSAGE_PATH,
-    CONNECT_TIMEOUT, SCHEDULER_ADDRESS, DASK_OPERATOR_POD_LABELS, DASK_OPERATOR_NAMESPACE, *POLICY_SETTINGS,
+    CONNECT_TIMEOUT, SCHEDULER_ADDRESS, OWNER_UID, EXPECTED_WORKERS, WORKERS_TIMEOUT, LEASE_SECONDS,
+    DASK_OPERATOR_POD_LABELS, DASK_OPERATOR_NAMESPACE, *POLICY_SETTINGS,
 )
 
 
@@ -211,6 +240,22 @@ def connect_timeout(environ: Environ = None) -> float:
 
 def scheduler_address(environ: Environ = None) -> Optional[str]:
     return SCHEDULER_ADDRESS.get(environ)
+
+
+def owner_uid(environ: Environ = None) -> Optional[str]:
+    return OWNER_UID.get(environ)
+
+
+def expected_workers(environ: Environ = None) -> Optional[int]:
+    return EXPECTED_WORKERS.get(environ)
+
+
+def workers_timeout(environ: Environ = None) -> float:
+    return WORKERS_TIMEOUT.get(environ)
+
+
+def lease_seconds(environ: Environ = None) -> float:
+    return LEASE_SECONDS.get(environ)
 
 
 def dask_operator_pod_labels(environ: Environ = None) -> dict[str, str]:

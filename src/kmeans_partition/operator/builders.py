@@ -272,6 +272,10 @@ def build_job(
         S.RESOURCE_NAMESPACE.env(namespace),
         S.TERMINATION_MESSAGE_PATH.env(TERMINATION_LOG),
         S.CONNECT_TIMEOUT.env(RUNNER_CONNECT_TIMEOUT_SECONDS),
+        S.OWNER_UID.env(uid),
+        S.EXPECTED_WORKERS.env(spec.cluster.workers * max(1, spec.cluster.gpus_per_worker)),
+        S.WORKERS_TIMEOUT.env(RUNNER_CONNECT_TIMEOUT_SECONDS),
+        S.LEASE_SECONDS.env(S.LEASE_SECONDS.default),
     ))
     runner = _container(
         "runner",

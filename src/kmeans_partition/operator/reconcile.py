@@ -107,7 +107,8 @@ def _job_condition(job: Optional[Mapping[str, Any]], type_: str) -> Optional[dic
 
 
 def termination_message(api: Api, job: Mapping[str, Any]) -> str:
-    """The runner pod's termination message (last terminated container), or ''."""
+    """The runner pods' termination messages, or '': the first failure's (a retry's "is not
+    empty" or the like must not hide why the first pod failed), then the last one's if it differs."""
     meta = job["metadata"]
     pods = []
     for label in JOB_NAME_LABELS:
@@ -115,12 +116,15 @@ def termination_message(api: Api, job: Mapping[str, Any]) -> str:
         if pods:
             break
     pods.sort(key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
-    for pod in reversed(pods):
+    messages = []
+    for pod in pods:
         for status in ((pod.get("status") or {}).get("containerStatuses")) or []:
             terminated = (status.get("state") or {}).get("terminated") or {}
             if terminated.get("message"):
-                return str(terminated["message"]).strip()
-    return ""
+                messages.append(str(terminated["message"]).strip())
+    if len(messages) > 1 and messages[-1] != messages[0]:
+        return f"{messages[0]} (first of {len(messages)} attempts; last: {messages[-1]})"
+    return messages[0] if messages else ""
 
 
 def scheduler_ready(api: Api, namespace: str, cluster_name: str) -> bool:

@@ -2,8 +2,8 @@
 
 Like ``helm template``, for reviews and GitOps previews. The children come from
 `builders.build_children`, the same function the reconcile creates them from. A
-resource has no uid before the API server stores it, so the ownerReferences carry
-`PLACEHOLDER_UID`: the output is a preview, not something to apply. The TLS Secret shows
+resource has no uid before the API server stores it, so the ownerReferences (and the runner's
+``KMP_OWNER_UID``) carry `PLACEHOLDER_UID`: the output is a preview, not something to apply. The TLS Secret shows
 placeholders where the operator puts the key material it generates for each resource when it
 creates the Secret (a comment above it says so): render never prints a private key.
 """

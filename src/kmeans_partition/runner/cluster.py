@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import contextmanager
 from typing import Iterator, Optional
@@ -19,6 +20,23 @@ def scheduler_address(explicit: Optional[str]) -> Optional[str]:
     return explicit or settings.scheduler_address()
 
 
+def wait_for_expected_workers(client: Client, expected: Optional[int], timeout: float) -> int:
+    """Wait up to `timeout` seconds for `expected` workers; go on with those present, saying so.
+
+    Partitions are planned from the workers present (two per worker), so a run that starts
+    before its workers arrive splits its input more coarsely. Returns the workers present."""
+    if expected and expected > 1:
+        try:
+            client.wait_for_workers(expected, timeout=timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            present = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+            log.warning("%d of the %d requested Dask workers arrived within %gs; going on with %d",
+                        present, expected, timeout, present)
+    present = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+    log.info("%d Dask worker(s) present", present)
+    return present
+
+
 @contextmanager
 def dask_client(address: Optional[str], n_workers: Optional[int] = None) -> Iterator[Client]:
     """A client for `address`, or for a LocalCluster with one single-threaded worker process per core.
@@ -34,6 +52,7 @@ def dask_client(address: Optional[str], n_workers: Optional[int] = None) -> Iter
         client = Client(address, timeout=timeout)
         try:
             client.wait_for_workers(1, timeout=timeout)
+            wait_for_expected_workers(client, settings.expected_workers(), settings.workers_timeout())
             yield client
         finally:
             client.close()

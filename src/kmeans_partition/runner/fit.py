@@ -221,13 +221,22 @@ class DaskKMeans:
             reduction.add(index[future.key], partial)
         return reduction.finish(previous)
 
-    def lloyd(self, centroids: np.ndarray, max_iter: int, tol_abs: float) -> FitResult:
-        """scikit-learn's Lloyd loop: stop on unchanged labels or shift <= tol_abs."""
+    def lloyd(self, centroids: np.ndarray, max_iter: int, tol_abs: float,
+              resume: Optional[tuple[FitResult, list]] = None, on_iteration=None) -> FitResult:
+        """scikit-learn's Lloyd loop: stop on unchanged labels or shift <= tol_abs.
+
+        ``resume``: (the result so far, the last step's futures, bounds dropped) to continue
+        from (checkpoint.py); ``on_iteration(result, previous centroids)`` after each iteration."""
         steps: list = [None] * len(self.parts)
         drift = None
         result = FitResult(centroids=centroids.astype(np.float32), n_iter=0, converged=False)
-        for iteration in range(1, max_iter + 1):
+        if resume is not None:
+            result, steps = resume
+            if result.converged:
+                return result
+        for iteration in range(result.n_iter + 1, max_iter + 1):
             started = time.perf_counter()
+            previous = result.centroids
             c_f = self._scatter(result.centroids)
             steps = self._map(_lloyd_step, self.parts, steps, centroids=c_f, drift=drift, batch=self.batch)
             update = self._reduce(steps, result.centroids)
@@ -247,8 +256,10 @@ class DaskKMeans:
             self.progress.iteration(
                 iteration, update.inertia, update.shift_sq, update.n_recomputed / max(int(self.rows.sum()), 1)
             )
-            if update.n_changed == 0 or update.shift_sq <= tol_abs:
-                result.converged = True
+            result.converged = update.n_changed == 0 or update.shift_sq <= tol_abs
+            if on_iteration is not None:
+                on_iteration(result, previous)
+            if result.converged:
                 break
         return result
 
@@ -260,11 +271,15 @@ def fit(
     max_iter: int,
     tol_abs: float,
     initial_centroids: Optional[np.ndarray] = None,
+    resume: Optional[tuple[FitResult, list]] = None,
+    on_iteration=None,
 ) -> FitResult:
-    """Initialise (unless centroids are given) and run Lloyd; timings per phase."""
+    """Initialise (unless centroids are given or a fit is resumed) and run Lloyd; timings per phase."""
     started = time.perf_counter()
     model.progress.stage("initialising")
-    if initial_centroids is not None:
+    if resume is not None:
+        centroids = resume[0].centroids
+    elif initial_centroids is not None:
         centroids = np.asarray(initial_centroids, dtype=np.float32)
     elif init == "random":
         centroids = model.init_random()
@@ -272,6 +287,6 @@ def fit(
         centroids = model.init_kmeans_parallel(oversampling_factor)
     init_seconds = time.perf_counter() - started
     model.progress.stage("fitting", max_iter=max_iter)
-    result = model.lloyd(centroids, max_iter, tol_abs)
+    result = model.lloyd(centroids, max_iter, tol_abs, resume, on_iteration)
     result.timings = {"init": init_seconds, "fit": time.perf_counter() - started - init_seconds}
     return result

@@ -1,9 +1,10 @@
 """The output location: where it is, whether it may be written, what `overwrite` replaces.
 
 An output directory written by this tool holds only ``centroid=N/part-NNNNN.parquet``
-files, ``kmeans_centroids.npy``, ``_manifest.json``, ``report.html`` and, while writing, ``_tmp-*/``
-folders. ``overwrite=True`` deletes exactly the files of such a listing, by their full
-names (never a pattern, never a recursive delete); a directory holding anything else,
+files, ``kmeans_centroids.npy``, ``_manifest.json``, ``report.html`` and, while running,
+``_tmp-*/`` folders, the lease ``_lease.json`` and the checkpoint ``_checkpoint/`` (both kept
+by `guard.py`, never part of what is replaced). ``overwrite=True`` deletes exactly the files
+of such a listing, by their full names (never a pattern, never a recursive delete); a directory holding anything else,
 at any depth (``centroid=1/notes.txt``), is refused even with ``overwrite`` so that a
 wrong path can never delete unrelated data. Glob characters are refused in the output
 path: fsspec would expand them (``s3://bkt/out*`` matches ``out-prod``).
@@ -24,9 +25,14 @@ REPORT = "report.html"
 TMP_PREFIX = "_tmp-"
 GLOB_CHARACTERS = "*?[]{}"
 # Top-level names this tool writes, and (relative to the output root) the files.
-_OWNED = re.compile(r"^(centroid=\d+|_tmp-[\w.-]+|_manifest\.json|kmeans_centroids\.npy|report\.html)$")
-_OWNED_DIR = re.compile(r"^(centroid=\d+|_tmp-[\w.-]+(/.+)?)$")
-_OWNED_FILE = re.compile(r"^(centroid=\d+/part-\d{5}\.parquet|_tmp-[\w.-]+/.+|_manifest\.json|kmeans_centroids\.npy|report\.html)$")
+# While running: the lease (``_lease.json``, runner/lease.py) and the checkpoint (``_checkpoint/``,
+# runner/checkpoint.py); local temporaries end in ``.<run id>.tmp``, the local lease lock is ``_lease.json.lock``.
+_RUN_STATE_FILE = r"_lease\.json(\.\w+\.tmp|\.lock)?|_checkpoint/(state\.json|centroids-\d{6}(-final)?\.npy)(\.\w+\.tmp)?"
+_OWNED = re.compile(r"^(centroid=\d+|_tmp-[\w.-]+|_manifest\.json|kmeans_centroids\.npy|report\.html|_checkpoint"
+                    r"|_lease\.json(\.\w+\.tmp|\.lock)?)$")
+_OWNED_DIR = re.compile(r"^(centroid=\d+|_tmp-[\w.-]+(/.+)?|_checkpoint)$")
+_OWNED_FILE = re.compile(r"^(centroid=\d+/part-\d{5}\.parquet|_tmp-[\w.-]+/.+|_manifest\.json|kmeans_centroids\.npy"
+                         r"|report\.html|" + _RUN_STATE_FILE + r")$")
 
 
 class OutputError(ValueError):

@@ -15,12 +15,14 @@ import numpy as np
 from distributed import Client, as_completed, wait
 
 from . import kmeans as km
+from .checkpoint import fit_checkpointed
 from .cluster import dask_client
 from .engine import RaftParams, choose_engine, fit_raft, parse_engine
 from .errors import InputError
-from .fit import DaskKMeans, fit
+from .fit import DaskKMeans
+from .guard import OutputGuard
 from .manifest import RunResult, manifest_data, write_centroids, write_manifest
-from .output import REPORT, check_not_inside_inputs, check_writable, clear_previous, open_output
+from .output import REPORT, clear_previous, open_output
 from .partition import count_duplicates, hash_buckets, load_partition, partition_stats, unify_column_types
 from .progress import Progress
 from .read import discover_files, plan_partitions
@@ -74,6 +76,8 @@ class KMeansStage:
         write_second_centroid: bool = False,
         report: bool = True,
         distance_precision: str = "float32",
+        checkpoint_seconds: float = 60.0,
+        checkpoint_iterations: int = 0,
     ):
         fields = dict(locals())
         fields.pop("self")
@@ -95,11 +99,14 @@ class KMeansStage:
         progress = progress or Progress()
         if self.spec.verbose:
             logging.getLogger("kmeans_partition").setLevel(logging.DEBUG)
-        replace = check_output_before_work(self.spec)  # before any work, and before starting a cluster
-        if client is not None:
-            return _Run(self.spec, client, progress, engine).execute(replace)
-        with dask_client(self.spec.scheduler_address) as own_client:
-            return _Run(self.spec, own_client, progress, engine).execute(replace)
+        guard = OutputGuard.prepare(self.spec)  # lease + what may be replaced: before any work and cluster
+        try:
+            if client is not None:
+                return _Run(self.spec, client, progress, engine, guard).execute(guard.replace)
+            with dask_client(self.spec.scheduler_address) as own_client:
+                return _Run(self.spec, own_client, progress, engine, guard).execute(guard.replace)
+        finally:
+            guard.close()
 
 
 def check_field_names(spec: JobSpec) -> None:
@@ -117,20 +124,17 @@ def check_field_names(spec: JobSpec) -> None:
             raise SpecError("metadata_fields", f"{name!r} is an output column of this job")
 
 
-def check_output_before_work(spec: JobSpec) -> list[str]:
-    out = open_output(spec.output_path, spec.storage_options)
-    check_not_inside_inputs(out, spec.input_paths, spec.storage_options)
-    return check_writable(out, spec.overwrite)
-
-
 class _Run:
     """One execution of a spec on a client; each method is one stage of the data flow."""
 
-    def __init__(self, spec: JobSpec, client: Client, progress: Progress, engine: Engine = DEFAULT_ENGINE):
+    def __init__(self, spec: JobSpec, client: Client, progress: Progress, engine: Engine = DEFAULT_ENGINE,
+                 guard: Optional[OutputGuard] = None):
         self.spec = spec
         self.client = client
         self.progress = progress
         self.engine = engine
+        self.guard = guard  # None: no lease, no checkpoint (tests of single stages)
+        self.checkpoint = self.resume = None
         self.out = open_output(spec.output_path, spec.storage_options)
         self.timings: dict[str, float] = {}
 
@@ -139,6 +143,7 @@ class _Run:
         spec = self.spec
         started = time.perf_counter()
         files = discover_files(spec.input_paths, spec.input_filetype, spec.storage_options)
+        self.checkpoint, self.resume = self.guard.checkpoint(files) if self.guard else (None, None)
         refs = self.plan(files)
         parts, stats = self.read(refs)
         column_schema = unify_column_types(stats, spec.id_field)  # before any work, like check_shapes
@@ -155,7 +160,7 @@ class _Run:
         )
         fitted, choice = self.fit(parts, stats, dim, tol_abs)
         self.timings.update(fitted.timings)
-        clear_previous(self.out, replace)
+        self.guard.clear_previous() if self.guard else clear_previous(self.out, replace)
         counts, inertia, files_written, summary = self.write(parts, fitted.centroids, column_schema)
         write_centroids(self.out, fitted.centroids)
         self.timings["total"] = time.perf_counter() - started
@@ -182,7 +187,11 @@ class _Run:
         )
         if spec.report:
             result.report_path = self.write_report(manifest_data(spec, result))
+        if self.guard:
+            self.guard.commit()
         write_manifest(self.out, spec, result)
+        if self.guard:
+            self.guard.committed()
         self.progress.result(result.to_dict())
         return result.to_dict()
 
@@ -238,7 +247,7 @@ class _Run:
         model = DaskKMeans(
             self.client, parts, rows, spec.n_clusters, spec.max_samples_per_batch, spec.random_state, self.progress
         )
-        return fit(model, spec.init, spec.oversampling_factor, spec.max_iter, tol_abs), choice
+        return fit_checkpointed(model, spec, tol_abs, self.checkpoint, self.resume), choice
 
     def count_duplicate_ids(self, parts, n_buckets: int = 16) -> list:
         """Futures of per-bucket duplicate-id counts: id hashes never leave the workers whole."""
