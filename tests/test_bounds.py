@@ -145,8 +145,9 @@ def test_farthest_selects_like_a_full_sort_with_ties():
         computed.append(len(rows))
         return values[rows]
 
-    chosen = bd.farthest(partial_values, known.copy(), upper, 16, compute)
+    chosen, chosen_values = bd.farthest(partial_values, known.copy(), upper, 16, compute)
     np.testing.assert_array_equal(chosen, reference)
+    np.testing.assert_array_equal(chosen_values, values[reference])
     assert sum(computed) < (~known).sum()  # only rows that could enter the top were computed
 
 
