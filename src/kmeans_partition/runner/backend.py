@@ -101,6 +101,11 @@ def to_host(a) -> np.ndarray:
     return np.asarray(a)
 
 
+def onto(values: np.ndarray, xp: ModuleType):
+    """A host array copied once onto ``xp``'s current device (NumPy: the array itself)."""
+    return values if is_numpy(xp) else xp.asarray(values)
+
+
 def like(values, ref, dtype=None):
     """``values`` (host or same-device array) as an array of ``ref``'s library and device."""
     xp = namespace(ref)

@@ -83,7 +83,7 @@ def load_partition(index: int, ref, options: dict, backend: Optional[str] = None
     """
     raw = read_partition(ref, **options)
     xp = be.partition_namespace(backend or ARRAY_BACKEND)
-    embeddings = raw.embeddings if be.is_numpy(xp) else xp.asarray(raw.embeddings)
+    embeddings = be.onto(raw.embeddings, xp)
     raw.embeddings = None
     x = normalise_rows(embeddings, raw.source, raw.row_offset) if len(raw.ids) else embeddings
     del embeddings
