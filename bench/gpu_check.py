@@ -1,11 +1,13 @@
 """Every GPU check in one run: GEMM floor, plain CuPy / PyTorch Lloyd, labels vs the NumPy engine,
-TF32 label changes, and our engine under a LocalCUDACluster when dask_cuda imports.
+TF32 label changes, and our engine on CuPy-resident partitions (a LocalCUDACluster when dask_cuda
+imports, else an in-process LocalCluster with one worker on GPU 0).
 
     python bench/gpu_check.py --out gpu-check.md                  # 8M x 768, k=1000 and 10000
     python bench/gpu_check.py --out small.md --rows 500000        # a quicker look
 
-Needs CuPy and a GPU; PyTorch (peer Lloyd, TF32 labels) and dask_cuda + this package's
-dependencies (our engine) are optional: what cannot run is named in the output, with the reason.
+Needs CuPy and a GPU; PyTorch (peer Lloyd, TF32 labels), dask_cuda and this package's pure-Python
+dependencies (dask, distributed, array-api-compat, pyarrow: our engine) are optional: what cannot
+run is named in the output, with the reason. About 5 minutes on one H200 at the defaults.
 Synthetic data: unit-norm float32 rows around ``--true-clusters`` Gaussian centres, generated on
 the GPU in chunks with per-chunk seeds (any process regenerates the same chunk). Every method
 starts from the same initial centroids (``k`` distinct rows) and runs ``--iters`` Lloyd iterations.
@@ -13,10 +15,14 @@ starts from the same initial centroids (``k`` distinct rows) and runs ``--iters`
 Columns, per k (seconds per iteration; ratios to the float32 GEMM floor):
 - floor: best of two passes of ``X_block @ C.T`` (float32, TF32 off) over all rows;
 - cupy / torch: a plain blocked Lloyd (GEMM, argmin, scatter-add, divide), TF32 off;
-- engine (bounds off / on): our engine's Lloyd, one Dask-CUDA worker per GPU;
-- labels: rows of a ``--sample`` subsample whose CuPy label differs from the NumPy engine's
-  (``runner.kmeans.nearest``, float32 on the CPU) for the same centroids, and how many of those
-  are ties within the rounding bound the engine uses (``runner.bounds.score_error``, twice);
+- engine (bounds off / on): our engine's Lloyd (``DaskKMeans.lloyd``) on CuPy partitions, one
+  Dask-CUDA worker per GPU; peak device memory: what CuPy's pool holds after the runs on the
+  busiest worker (the pool keeps freed blocks, so it is the peak) over that worker's share of the
+  float32 embeddings;
+- labels: rows of a ``--sample`` subsample whose label from our engine's kernel on CuPy
+  (``runner.kmeans.nearest`` on device arrays) differs from the NumPy engine's (the same kernel on
+  NumPy, float32 on the CPU) for the same centroids, and how many of those are ties within the
+  rounding bound the engine uses (``runner.bounds.score_error``, twice);
 - tf32: rows of the subsample whose label changes when the distance GEMM uses TF32 (PyTorch).
 
 ``--cpu-smoke`` runs the same code with NumPy on tiny shapes (the CI smoke test); its numbers mean
@@ -181,6 +187,17 @@ def tie_bound(x_sq: np.ndarray, c: np.ndarray) -> np.ndarray:
     return 2.0 * (d + 2) * 2.0**-24 * (np.sqrt(x_sq.astype(np.float64)) + c_max) ** 2
 
 
+def engine_labels(xp, x, c: np.ndarray, block: int):
+    """Labels from our engine's kernel on ``xp`` arrays (CuPy on the GPU); None without the package."""
+    try:
+        from kmeans_partition.runner import kmeans as km
+    except Exception:
+        return None
+    xa = km.augment_rows(x)
+    labels, _ = km.nearest(xa, km.row_sq_norms(x), km.augment_centroids(c, ref=xa), block)
+    return to_host(xp, labels)
+
+
 def numpy_engine_labels(x: np.ndarray, c: np.ndarray, block: int) -> tuple[np.ndarray, str]:
     """Labels from our NumPy engine's ``nearest`` (float32), or a float32 NumPy argmin without the package."""
     try:
@@ -233,10 +250,37 @@ def _on_device(part) -> bool:
     return hasattr(part.x, "__cuda_array_interface__")
 
 
-def our_engine(args, k: int, c0: np.ndarray) -> dict[str, Any]:
-    """Seconds per iteration of our engine (bounds off, on) on a LocalCUDACluster, or why it did not run."""
+def _device_memory(parts_bytes: int = 0) -> dict[str, int]:
+    """On a worker: bytes CuPy's pool holds (its peak: freed blocks stay pooled) and device use."""
+    import cupy
+
+    free, total = cupy.cuda.runtime.memGetInfo()
+    return {"pool": int(cupy.get_default_memory_pool().total_bytes()), "used": int(total - free)}
+
+
+def _part_bytes(part) -> int:
+    return int(part.x.shape[0] * part.x.shape[1] * 4)
+
+
+def engine_cluster():
+    """(cluster, description): a LocalCUDACluster (one worker per GPU) when dask_cuda imports, else an
+    in-process LocalCluster with one worker (GPU 0; partitions are CuPy arrays all the same)."""
     try:
         from dask_cuda import LocalCUDACluster
+
+        return LocalCUDACluster(), "LocalCUDACluster (dask_cuda), one worker per GPU"
+    except Exception as err:
+        from distributed import LocalCluster
+
+        why = f"dask_cuda not importable ({type(err).__name__})"
+        return (LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"),
+                f"LocalCluster, one in-process worker on GPU 0: {why}")
+
+
+def our_engine(args, k: int, c0: np.ndarray) -> dict[str, Any]:
+    """Seconds per iteration of our engine (bounds off, on) on CuPy partitions, peak device memory,
+    or why it did not run."""
+    try:
         from distributed import Client
 
         from kmeans_partition.runner.fit import DaskKMeans
@@ -244,7 +288,8 @@ def our_engine(args, k: int, c0: np.ndarray) -> dict[str, Any]:
         return {"note": f"not run: {type(err).__name__}: {err}"}
     out: dict[str, Any] = {}
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
-    with LocalCUDACluster() as cluster, Client(cluster) as client:  # one worker per GPU
+    cluster, out["cluster"] = engine_cluster()
+    with cluster, Client(cluster) as client:
         starts = list(range(0, args.rows, args.chunk))
         sizes = [min(args.chunk, args.rows - s) for s in starts]
         parts = [client.submit(_engine_partition, i, s, n, args.dim, args.true_clusters, args.seed, args.spread,
@@ -259,7 +304,16 @@ def our_engine(args, k: int, c0: np.ndarray) -> dict[str, Any]:
             model = DaskKMeans(client, parts, sizes, k, args.block, args.seed, bounds=bounds)
             fitted = model.lloyd(c0, args.iters, 0.0)
             out["bounds_on" if bounds else "bounds_off"] = float(np.median([h["seconds"] for h in fitted.history]))
+            if bounds:
+                out["rows_computed"] = fitted.rows_computed / max(fitted.n_iter * args.rows, 1)
         out["workers"] = len(client.scheduler_info()["workers"])
+        held = client.run(_device_memory)
+        share: dict[str, int] = {}
+        for part, nbytes in zip(parts, client.gather([client.submit(_part_bytes, p, pure=False) for p in parts])):
+            worker = next(iter(client.who_has([part])[part.key]))
+            share[worker] = share.get(worker, 0) + nbytes
+        busiest = max(share, key=share.get)
+        out["memory"] = (held[busiest]["pool"], share[busiest])
     return out
 
 
@@ -282,8 +336,10 @@ def run_checks(args, xp, torch=None) -> dict[str, Any]:
         if torch is not None:
             row["torch"] = torch_lloyd(torch, x, c0, args.iters, args.block)
             row["tf32"] = tf32_label_changes(torch, x_sample, c_final)
-        gpu_labels = to_host(xp, lloyd_step(xp, xp.asarray(x_sample), xp.asarray(c_final), args.block,
-                                            xp.empty((min(args.block, len(x_sample)), k), xp.float32))[1])
+        gpu_labels = engine_labels(xp, xp.asarray(x_sample), c_final, args.block)
+        if gpu_labels is None:  # without the package: the plain Lloyd's labels on the device
+            gpu_labels = to_host(xp, lloyd_step(xp, xp.asarray(x_sample), xp.asarray(c_final), args.block,
+                                                xp.empty((min(args.block, len(x_sample)), k), xp.float32))[1])
         cpu_labels, row["reference"] = numpy_engine_labels(x_sample, c_final, args.block)
         row["labels"] = label_differences(x_sample, c_final, gpu_labels, cpu_labels)
         row["engine"] = our_engine(args, k, c0) if args.engine else {"note": "not run (--no-engine / --cpu-smoke)"}
@@ -307,6 +363,12 @@ def render(results: dict[str, Any], environment: dict[str, str], args) -> str:
         engine, floor = row["engine"], row["floor"]
         if "note" in engine:
             notes.append(f"- engine, k={k}: {engine['note']}")
+        else:
+            pool, data = engine["memory"]
+            notes.append(f"- engine, k={k}: {engine['cluster']}, {engine['workers']} worker(s); peak device memory "
+                         f"(CuPy pool, busiest worker) {pool / 2**30:.1f} GiB = {pool / data:.2f}x its float32 "
+                         f"embeddings ({data / 2**30:.1f} GiB); bounds on: {engine['rows_computed']:.0%} of the "
+                         f"rows computed per iteration")
         diff, ties = row["labels"]
         tf32 = row.get("tf32")
         lines.append(

@@ -198,6 +198,18 @@ def bincount(xp: ModuleType, labels, k: int, weights=None):
     return xp.sum(xp.where(hit, xp.astype(weights, xp.float64)[None, :], 0.0), axis=1)
 
 
+#: Rows per one-hot product on NumPy (cache-sized, measured on CPUs); on a GPU one product per
+#: `DEVICE_SUM_BLOCK` rows keeps the launch and sparse-build overhead small. Products are float32,
+#: accumulated in float64 (`kmeans.BlockSums`).
+HOST_SUM_BLOCK = 4096
+DEVICE_SUM_BLOCK = 65536
+
+
+def sum_block(xp: ModuleType) -> int:
+    """Rows per float32 block sum for ``xp`` (see `HOST_SUM_BLOCK`)."""
+    return HOST_SUM_BLOCK if is_numpy(xp) or not _native(xp) else DEVICE_SUM_BLOCK
+
+
 def segment_sum(xp: ModuleType, labels, rows, k: int, ones=None):
     """Per-label sums of ``rows`` (n, d) -> (k, d) in the rows' dtype (float32 products).
 

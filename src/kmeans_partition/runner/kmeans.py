@@ -97,8 +97,9 @@ def nearest_two(xa, ca_t, scores):
     return xp.astype(labels, xp.int32), first, second
 
 
-#: Rows per one-hot product in `cluster_sums`: float32 products, accumulated in float64.
-SUM_BLOCK = 4096
+#: Rows per one-hot product in `cluster_sums` on NumPy: float32 products, accumulated in float64
+#: (on CuPy: `backend.sum_block`).
+SUM_BLOCK = be.HOST_SUM_BLOCK
 
 
 class BlockSums:
@@ -116,7 +117,8 @@ class BlockSums:
         self.xp, self.xa, self.labels, self.k = xp, xa, labels, k
         self.sums = xp.zeros((k, xa.shape[1]), dtype=xp.float64, device=be.device(xa))
         self.done = 0
-        self.ones = xp.ones(min(xa.shape[0], SUM_BLOCK), dtype=xa.dtype, device=be.device(xa))
+        self.block = SUM_BLOCK if be.is_numpy(xp) else be.sum_block(xp)
+        self.ones = xp.ones(min(xa.shape[0], self.block), dtype=xa.dtype, device=be.device(xa))
 
     @classmethod
     def for_rows(cls, xa, k: int) -> "BlockSums":
@@ -127,8 +129,8 @@ class BlockSums:
     def advance(self, stop: int) -> None:
         """Add every block whose rows all lie below ``stop`` (all rows once ``stop`` >= n)."""
         n = self.xa.shape[0]
-        while self.done < n and (self.done + SUM_BLOCK <= stop or stop >= n):
-            end = min(self.done + SUM_BLOCK, n)
+        while self.done < n and (self.done + self.block <= stop or stop >= n):
+            end = min(self.done + self.block, n)
             block = be.segment_sum(self.xp, self.labels[self.done:end], self.xa[self.done:end, :], self.k, self.ones)
             self.sums += self.xp.astype(block, self.xp.float64)
             self.done = end
