@@ -25,8 +25,9 @@ Columns, per k (seconds per iteration; ratios to the float32 GEMM floor):
   rounding bound the engine uses (``runner.bounds.score_error``, twice);
 - tf32: rows of the subsample whose label changes when the distance GEMM uses TF32 (PyTorch).
 
-``--cpu-smoke`` runs the same code with NumPy on tiny shapes (the CI smoke test); its numbers mean
-nothing.
+``--cpu-smoke`` runs the same code with NumPy on tiny shapes, our engine on NumPy partitions in a
+CPU LocalCluster (the CI smoke test); its numbers mean nothing. The engine part is in
+``bench/gpu_engine.py``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ import numpy as np
 SRC = Path(__file__).resolve().parents[1] / "src"
 if SRC.is_dir() and str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))  # our package from the source tree; it need not be installed
+BENCH = Path(__file__).resolve().parent
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
 
 
 def sync(xp) -> None:
@@ -233,90 +237,6 @@ def tf32_label_changes(torch, x_sample: np.ndarray, c: np.ndarray) -> tuple[int,
     return label_differences(x_sample, c, labels[False], labels[True])
 
 
-# ----------------------------------------------------------------- our engine
-
-
-def _engine_partition(index, start, rows, d, true_k, seed, spread):
-    import cupy
-    import pyarrow as pa
-
-    from kmeans_partition.runner.partition import Partition
-
-    x = make_chunk(cupy, index, rows, d, true_k, seed, spread)
-    return Partition.from_normalised(index, f"synthetic://{index}", start, pa.array(np.arange(start, start + rows)), x)
-
-
-def _on_device(part) -> bool:
-    return hasattr(part.x, "__cuda_array_interface__")
-
-
-def _device_memory(parts_bytes: int = 0) -> dict[str, int]:
-    """On a worker: bytes CuPy's pool holds (its peak: freed blocks stay pooled) and device use."""
-    import cupy
-
-    free, total = cupy.cuda.runtime.memGetInfo()
-    return {"pool": int(cupy.get_default_memory_pool().total_bytes()), "used": int(total - free)}
-
-
-def _part_bytes(part) -> int:
-    return int(part.x.shape[0] * part.x.shape[1] * 4)
-
-
-def engine_cluster():
-    """(cluster, description): a LocalCUDACluster (one worker per GPU) when dask_cuda imports, else an
-    in-process LocalCluster with one worker (GPU 0; partitions are CuPy arrays all the same)."""
-    try:
-        from dask_cuda import LocalCUDACluster
-
-        return LocalCUDACluster(), "LocalCUDACluster (dask_cuda), one worker per GPU"
-    except Exception as err:
-        from distributed import LocalCluster
-
-        why = f"dask_cuda not importable ({type(err).__name__})"
-        return (LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"),
-                f"LocalCluster, one in-process worker on GPU 0: {why}")
-
-
-def our_engine(args, k: int, c0: np.ndarray) -> dict[str, Any]:
-    """Seconds per iteration of our engine (bounds off, on) on CuPy partitions, peak device memory,
-    or why it did not run."""
-    try:
-        from distributed import Client
-
-        from kmeans_partition.runner.fit import DaskKMeans
-    except Exception as err:
-        return {"note": f"not run: {type(err).__name__}: {err}"}
-    out: dict[str, Any] = {}
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
-    cluster, out["cluster"] = engine_cluster()
-    with cluster, Client(cluster) as client:
-        starts = list(range(0, args.rows, args.chunk))
-        sizes = [min(args.chunk, args.rows - s) for s in starts]
-        parts = [client.submit(_engine_partition, i, s, n, args.dim, args.true_clusters, args.seed, args.spread,
-                               pure=False) for i, (s, n) in enumerate(zip(starts, sizes))]
-        try:
-            device = all(client.gather([client.submit(_on_device, p, pure=False) for p in parts]))
-        except Exception as err:
-            return {"note": f"not run: partitions from device chunks failed: {type(err).__name__}: {err}"}
-        if not device:
-            return {"note": "not run: the engine keeps partitions in host memory (no CuPy engine in this tree)"}
-        for bounds in (False, True):
-            model = DaskKMeans(client, parts, sizes, k, args.block, args.seed, bounds=bounds)
-            fitted = model.lloyd(c0, args.iters, 0.0)
-            out["bounds_on" if bounds else "bounds_off"] = float(np.median([h["seconds"] for h in fitted.history]))
-            if bounds:
-                out["rows_computed"] = fitted.rows_computed / max(fitted.n_iter * args.rows, 1)
-        out["workers"] = len(client.scheduler_info()["workers"])
-        held = client.run(_device_memory)
-        share: dict[str, int] = {}
-        for part, nbytes in zip(parts, client.gather([client.submit(_part_bytes, p, pure=False) for p in parts])):
-            worker = next(iter(client.who_has([part])[part.key]))
-            share[worker] = share.get(worker, 0) + nbytes
-        busiest = max(share, key=share.get)
-        out["memory"] = (held[busiest]["pool"], share[busiest])
-    return out
-
-
 # ----------------------------------------------------------------- the run
 
 
@@ -342,7 +262,14 @@ def run_checks(args, xp, torch=None) -> dict[str, Any]:
                                                 xp.empty((min(args.block, len(x_sample)), k), xp.float32))[1])
         cpu_labels, row["reference"] = numpy_engine_labels(x_sample, c_final, args.block)
         row["labels"] = label_differences(x_sample, c_final, gpu_labels, cpu_labels)
-        row["engine"] = our_engine(args, k, c0) if args.engine else {"note": "not run (--no-engine / --cpu-smoke)"}
+        if args.engine:
+            import gpu_engine
+
+            row["engine"] = gpu_engine.our_engine(args, k, c0, "numpy" if args.cpu_smoke else "cupy")
+            if "centroids" in row["engine"]:  # the same Lloyd from the same start: the same centroids
+                row["engine"]["centroid_gap"] = float(np.abs(row["engine"].pop("centroids") - c_final).max())
+        else:
+            row["engine"] = {"note": "not run (--no-engine)"}
         results["ks"][k] = row
     return results
 
@@ -368,7 +295,8 @@ def render(results: dict[str, Any], environment: dict[str, str], args) -> str:
             notes.append(f"- engine, k={k}: {engine['cluster']}, {engine['workers']} worker(s); peak device memory "
                          f"(CuPy pool, busiest worker) {pool / 2**30:.1f} GiB = {pool / data:.2f}x its float32 "
                          f"embeddings ({data / 2**30:.1f} GiB); bounds on: {engine['rows_computed']:.0%} of the "
-                         f"rows computed per iteration")
+                         f"rows computed per iteration; centroids after {args.iters} iterations within "
+                         f"{engine['centroid_gap']:.1e} of the plain Lloyd's")
         diff, ties = row["labels"]
         tf32 = row.get("tf32")
         lines.append(
@@ -410,7 +338,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--spread", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-engine", dest="engine", action="store_false", help="skip our engine")
-    parser.add_argument("--cpu-smoke", action="store_true", help="NumPy instead of CuPy (CI smoke test only)")
+    parser.add_argument("--cpu-smoke", action="store_true",
+                        help="NumPy instead of CuPy, engine on a CPU LocalCluster (CI smoke test only)")
     args = parser.parse_args(argv)
     args.ks = [int(k) for k in args.ks.split(",")]
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -421,7 +350,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     if args.cpu_smoke:
         xp, torch = np, None
-        args.engine = False
     else:
         import cupy as xp
 
