@@ -132,7 +132,7 @@ class BlockSums:
         while self.done < n and (self.done + self.block <= stop or stop >= n):
             end = min(self.done + self.block, n)
             block = be.segment_sum(self.xp, self.labels[self.done:end], self.xa[self.done:end, :], self.k, self.ones)
-            self.sums += self.xp.astype(block, self.xp.float64)
+            self.sums += block  # float32 block sums added into float64 (no float64 temporary)
             self.done = end
 
     def result(self):
