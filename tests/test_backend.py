@@ -105,6 +105,24 @@ def test_segment_sum_and_bincount(on):
                                np.bincount(labels, weights, minlength=5))
 
 
+def test_rowdot_in_blocks(on, monkeypatch):
+    monkeypatch.setattr(be, "ROWDOT_ROWS", 7)
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((30, 4)), rng.standard_normal((30, 4))
+    np.testing.assert_allclose(on.check(be.rowdot(on.xp, on(a), on(b))), (a * b).sum(1), rtol=1e-12)
+    got = on.check(be.rowdot(on.xp, on(a.astype(np.float32)), on(b.astype(np.float32)), dtype=on.xp.float32))
+    assert got.dtype == np.float32
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_normalise_names_the_row_of_a_non_finite_value(on, bad):
+    x = np.ones((20, 3), np.float32)
+    x[13, 2] = bad
+    with pytest.raises(Exception, match="NaN or Inf") as caught:
+        normalise_rows(on(x), "s3://b/k.parquet", 40)
+    assert (caught.value.source, caught.value.row) == ("s3://b/k.parquet", 53)
+
+
 def test_normalise(on):
     x = (np.random.default_rng(8).standard_normal((200, 9)) * 3).astype(np.float64)
     x[3] *= 1e-160  # squares underflow: the rescaled path

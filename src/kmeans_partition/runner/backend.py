@@ -153,12 +153,24 @@ def maximum_(xp: ModuleType, a, value: float):
     return xp.maximum(a, xp.asarray(value, dtype=a.dtype, device=device(a)))
 
 
+#: Rows per product in `rowdot` off NumPy (bounds its (rows, d) temporary).
+ROWDOT_ROWS = 65536
+
+
 def rowdot(xp: ModuleType, a, b, dtype=None):
-    """Row-wise dot products of two (n, d) arrays."""
+    """Row-wise dot products (n,) of two (n, d) arrays (NumPy: einsum, no temporary; others: in
+    blocks of `ROWDOT_ROWS` rows)."""
     if is_numpy(xp):
         return np.einsum("ij,ij->i", a, b, dtype=dtype)
-    out = xp.sum(a * b, axis=1)
-    return out if dtype is None else xp.astype(out, dtype)
+    n = a.shape[0]
+    if n <= ROWDOT_ROWS:
+        out = xp.sum(a * b, axis=1)
+        return out if dtype is None else xp.astype(out, dtype)
+    out = xp.empty(n, dtype=dtype or xp.result_type(a, b), device=device(a))
+    for start in range(0, n, ROWDOT_ROWS):
+        stop = min(start + ROWDOT_ROWS, n)
+        out[start:stop] = xp.astype(xp.sum(a[start:stop, :] * b[start:stop, :], axis=1), out.dtype)
+    return out
 
 
 def put(xp: ModuleType, a, index, values) -> Any:
