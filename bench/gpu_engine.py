@@ -66,8 +66,9 @@ def engine_cluster(library: str):
         return LocalCUDACluster(), "LocalCUDACluster (dask_cuda), one worker per GPU"
     except Exception as err:
         why = f"dask_cuda not importable ({type(err).__name__})"
-        return (LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"),
-                f"LocalCluster, one in-process worker on GPU 0: {why}")
+        # memory_limit=0: Dask counts CuPy arrays as worker memory; never spill the partitions to disk
+        return (LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
+                             memory_limit=0), f"LocalCluster, one in-process worker on GPU 0: {why}")
 
 
 def our_engine(args, k: int, c0: np.ndarray, library: str = "cupy") -> dict[str, Any]:
