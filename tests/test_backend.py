@@ -16,9 +16,10 @@ from kmeans_partition.runner import backend as be
 from kmeans_partition.runner import bounds as bd
 from kmeans_partition.runner import kmeans as km
 from kmeans_partition.runner.lloyd import PruningCosts, lloyd_partial, reduce_lloyd
+from kmeans_partition.runner import normalise
 from kmeans_partition.runner.normalise import normalise_rows
 from kmeans_partition.runner.partition import Partition, partition_stats
-from array_support import on  # noqa: F401  (fixture)
+from array_support import OnDevice, on  # noqa: F401  (fixture)
 from dask_support import blobs
 
 
@@ -35,9 +36,8 @@ def near_tie(x, c, labels_a, labels_b):
     return gap <= 2 * bd.score_error(km.row_sq_norms(x), c)
 
 
-def test_strict_device_refuses_host_mixing(on):
-    if on.name == "numpy":
-        pytest.skip("the strict library only")
+def test_strict_device_refuses_host_mixing():
+    on = OnDevice("strict")
     a = on(np.ones(3, np.float32))
     with pytest.raises(ValueError):
         a + on.xp.asarray(np.ones(3, np.float32))  # default device
@@ -135,6 +135,18 @@ def test_normalise(on):
     with pytest.raises(Exception, match="zero vector") as caught:
         normalise_rows(on(bad), "mem://x", 10)
     assert caught.value.row == 17
+
+
+def test_normalise_host_rows_into_a_device_buffer(on, monkeypatch):
+    """As a partition loads: host blocks go to the buffer's device one at a time."""
+    monkeypatch.setattr(normalise, "BLOCK_ROWS", 16)
+    x = (np.random.default_rng(8).standard_normal((50, 6)) * 3).astype(np.float32)
+    xa = on(np.full((50, 7), 7.0, np.float32))
+    normalise_rows(x, "mem://x", 0, out=xa[:, :-1])
+    got = on.check(xa)
+    np.testing.assert_allclose(got[:, :-1], x / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True),
+                               atol=2e-7)
+    assert (got[:, -1] == 7.0).all()  # the ones column is left alone
 
 
 def test_partition_stats(on):

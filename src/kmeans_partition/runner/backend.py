@@ -101,9 +101,9 @@ def to_host(a) -> np.ndarray:
     return np.asarray(a)
 
 
-def onto(values: np.ndarray, xp: ModuleType):
-    """A host array copied once onto ``xp``'s current device (NumPy: the array itself)."""
-    return values if is_numpy(xp) else xp.asarray(values)
+def empty_on(xp: ModuleType, shape: tuple[int, ...]):
+    """An uninitialised float32 array of ``shape`` on ``xp``'s current device (a partition's buffer)."""
+    return xp.empty(shape, dtype=xp.float32)
 
 
 def like(values, ref, dtype=None):

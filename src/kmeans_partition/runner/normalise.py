@@ -35,20 +35,27 @@ def _unit_rows(block):
     return unit, zero
 
 
-def normalise_rows(x, source: str, row_offset: int):
-    """A float32, C-contiguous (n, d) copy of `x` (n, d) with every row scaled to unit L2 norm.
+def normalise_rows(x, source: str, row_offset: int, out=None):
+    """A float32 (n, d) copy of `x` (n, d) with every row scaled to unit L2 norm (C-contiguous
+    unless ``out`` is given).
 
-    Computed where `x` lives (NumPy, or CuPy on a GPU worker). `x` is never modified. Norms are computed in float64 (robust for float16/float32
-    origin data). A row holding NaN/Inf, or a zero vector, raises `InputError`
-    naming `source` and the row (``row_offset`` + index).
+    Computed where `x` lives; with ``out`` (a float32 (n, d) array, e.g. a view of a partition's
+    buffer on a GPU), where ``out`` lives: each block of `BLOCK_ROWS` host rows is copied there
+    and normalised there, so the device holds ``out`` and one block, never a copy of `x`. `x` is
+    never modified. Norms are computed in float64 (robust for float16/float32 origin data). A row
+    holding NaN/Inf, or a zero vector, raises `InputError` naming `source` and the row
+    (``row_offset`` + index).
     """
     if x.ndim != 2:
         raise ValueError(f"expected a 2-D array of embeddings, got shape {x.shape}")
-    xp = be.namespace(x)
-    out = xp.empty(x.shape, dtype=xp.float32, device=be.device(x))
+    if out is None:
+        xp = be.namespace(x)
+        out = xp.empty(x.shape, dtype=xp.float32, device=be.device(x))
+    xp = be.namespace(out)
+    moved = be.namespace(x) is not xp or be.device(x) != be.device(out)
     for start in range(0, x.shape[0], BLOCK_ROWS):
         stop = min(start + BLOCK_ROWS, x.shape[0])
-        block = x[start:stop, :]
+        block = be.like(x[start:stop, ...], out) if moved else x[start:stop, :]
         finite = xp.all(xp.isfinite(block), axis=1)
         if not bool(xp.all(finite)):
             row = row_offset + start + int(be.nonzero(xp, ~finite)[0])

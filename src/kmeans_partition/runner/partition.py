@@ -76,18 +76,20 @@ ARRAY_BACKEND = "auto"
 
 
 def load_partition(index: int, ref, options: dict, backend: Optional[str] = None) -> Partition:
-    """Read one `PartitionRef` on the host and normalise it on the worker's device (runs on a worker).
+    """Read one `PartitionRef` on the host and normalise it onto the worker's device (runs on a worker).
 
-    The raw embeddings are copied to the device once (nothing on a CPU worker); the host copy
-    is dropped when this returns.
+    The rows go to the device once, block by block, straight into the partition's augmented
+    buffer (`normalise_rows` with ``out``): the device holds that buffer and one block; the host
+    copy is dropped when this returns.
     """
     raw = read_partition(ref, **options)
     xp = be.partition_namespace(backend or ARRAY_BACKEND)
-    embeddings = be.onto(raw.embeddings, xp)
-    raw.embeddings = None
-    x = normalise_rows(embeddings, raw.source, raw.row_offset) if len(raw.ids) else embeddings
-    del embeddings
-    return Partition.from_normalised(index, raw.source, raw.row_offset, raw.ids, x, raw.metadata)
+    n, d = raw.embeddings.shape
+    xa = be.empty_on(xp, (n, d + 1))
+    normalise_rows(raw.embeddings, raw.source, raw.row_offset, out=xa[:, :-1])
+    xa[:, -1] = 1.0
+    meta = raw.metadata if raw.metadata is not None else pa.table({})
+    return Partition(index, raw.source, raw.row_offset, raw.ids, xa, row_sq_norms(xa[:, :-1]), meta)
 
 
 ID_COLUMN = "id"
