@@ -1,11 +1,13 @@
 """Every GPU check in one run: GEMM floor, plain CuPy / PyTorch Lloyd, labels vs the NumPy engine,
-TF32 label changes, and our engine under a LocalCUDACluster when dask_cuda imports.
+TF32 label changes, and our engine on CuPy-resident partitions (a LocalCUDACluster when dask_cuda
+imports, else an in-process LocalCluster with one worker on GPU 0).
 
     python bench/gpu_check.py --out gpu-check.md                  # 8M x 768, k=1000 and 10000
     python bench/gpu_check.py --out small.md --rows 500000        # a quicker look
 
-Needs CuPy and a GPU; PyTorch (peer Lloyd, TF32 labels) and dask_cuda + this package's
-dependencies (our engine) are optional: what cannot run is named in the output, with the reason.
+Needs CuPy and a GPU; PyTorch (peer Lloyd, TF32 labels), dask_cuda and this package's pure-Python
+dependencies (dask, distributed, array-api-compat, pyarrow: our engine) are optional: what cannot
+run is named in the output, with the reason. About 5 minutes on one H200 at the defaults.
 Synthetic data: unit-norm float32 rows around ``--true-clusters`` Gaussian centres, generated on
 the GPU in chunks with per-chunk seeds (any process regenerates the same chunk). Every method
 starts from the same initial centroids (``k`` distinct rows) and runs ``--iters`` Lloyd iterations.
@@ -13,14 +15,19 @@ starts from the same initial centroids (``k`` distinct rows) and runs ``--iters`
 Columns, per k (seconds per iteration; ratios to the float32 GEMM floor):
 - floor: best of two passes of ``X_block @ C.T`` (float32, TF32 off) over all rows;
 - cupy / torch: a plain blocked Lloyd (GEMM, argmin, scatter-add, divide), TF32 off;
-- engine (bounds off / on): our engine's Lloyd, one Dask-CUDA worker per GPU;
-- labels: rows of a ``--sample`` subsample whose CuPy label differs from the NumPy engine's
-  (``runner.kmeans.nearest``, float32 on the CPU) for the same centroids, and how many of those
-  are ties within the rounding bound the engine uses (``runner.bounds.score_error``, twice);
+- engine (bounds off / on): our engine's Lloyd (``DaskKMeans.lloyd``) on CuPy partitions, one
+  Dask-CUDA worker per GPU; peak device memory: what CuPy's pool holds after the runs on the
+  busiest worker (the pool keeps freed blocks, so it is the peak) over that worker's share of the
+  float32 embeddings;
+- labels: rows of a ``--sample`` subsample whose label from our engine's kernel on CuPy
+  (``runner.kmeans.nearest`` on device arrays) differs from the NumPy engine's (the same kernel on
+  NumPy, float32 on the CPU) for the same centroids, and how many of those are ties within the
+  rounding bound the engine uses (``runner.bounds.score_error``, twice);
 - tf32: rows of the subsample whose label changes when the distance GEMM uses TF32 (PyTorch).
 
-``--cpu-smoke`` runs the same code with NumPy on tiny shapes (the CI smoke test); its numbers mean
-nothing.
+``--cpu-smoke`` runs the same code with NumPy on tiny shapes, our engine on NumPy partitions in a
+CPU LocalCluster (the CI smoke test); its numbers mean nothing. The engine part is in
+``bench/gpu_engine.py``.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ import numpy as np
 SRC = Path(__file__).resolve().parents[1] / "src"
 if SRC.is_dir() and str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))  # our package from the source tree; it need not be installed
+BENCH = Path(__file__).resolve().parent
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
 
 
 def sync(xp) -> None:
@@ -181,6 +191,17 @@ def tie_bound(x_sq: np.ndarray, c: np.ndarray) -> np.ndarray:
     return 2.0 * (d + 2) * 2.0**-24 * (np.sqrt(x_sq.astype(np.float64)) + c_max) ** 2
 
 
+def engine_labels(xp, x, c: np.ndarray, block: int):
+    """Labels from our engine's kernel on ``xp`` arrays (CuPy on the GPU); None without the package."""
+    try:
+        from kmeans_partition.runner import kmeans as km
+    except Exception:
+        return None
+    xa = km.augment_rows(x)
+    labels, _ = km.nearest(xa, km.row_sq_norms(x), km.augment_centroids(c, ref=xa), block)
+    return to_host(xp, labels)
+
+
 def numpy_engine_labels(x: np.ndarray, c: np.ndarray, block: int) -> tuple[np.ndarray, str]:
     """Labels from our NumPy engine's ``nearest`` (float32), or a float32 NumPy argmin without the package."""
     try:
@@ -216,53 +237,6 @@ def tf32_label_changes(torch, x_sample: np.ndarray, c: np.ndarray) -> tuple[int,
     return label_differences(x_sample, c, labels[False], labels[True])
 
 
-# ----------------------------------------------------------------- our engine
-
-
-def _engine_partition(index, start, rows, d, true_k, seed, spread):
-    import cupy
-    import pyarrow as pa
-
-    from kmeans_partition.runner.partition import Partition
-
-    x = make_chunk(cupy, index, rows, d, true_k, seed, spread)
-    return Partition.from_normalised(index, f"synthetic://{index}", start, pa.array(np.arange(start, start + rows)), x)
-
-
-def _on_device(part) -> bool:
-    return hasattr(part.x, "__cuda_array_interface__")
-
-
-def our_engine(args, k: int, c0: np.ndarray) -> dict[str, Any]:
-    """Seconds per iteration of our engine (bounds off, on) on a LocalCUDACluster, or why it did not run."""
-    try:
-        from dask_cuda import LocalCUDACluster
-        from distributed import Client
-
-        from kmeans_partition.runner.fit import DaskKMeans
-    except Exception as err:
-        return {"note": f"not run: {type(err).__name__}: {err}"}
-    out: dict[str, Any] = {}
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
-    with LocalCUDACluster() as cluster, Client(cluster) as client:  # one worker per GPU
-        starts = list(range(0, args.rows, args.chunk))
-        sizes = [min(args.chunk, args.rows - s) for s in starts]
-        parts = [client.submit(_engine_partition, i, s, n, args.dim, args.true_clusters, args.seed, args.spread,
-                               pure=False) for i, (s, n) in enumerate(zip(starts, sizes))]
-        try:
-            device = all(client.gather([client.submit(_on_device, p, pure=False) for p in parts]))
-        except Exception as err:
-            return {"note": f"not run: partitions from device chunks failed: {type(err).__name__}: {err}"}
-        if not device:
-            return {"note": "not run: the engine keeps partitions in host memory (no CuPy engine in this tree)"}
-        for bounds in (False, True):
-            model = DaskKMeans(client, parts, sizes, k, args.block, args.seed, bounds=bounds)
-            fitted = model.lloyd(c0, args.iters, 0.0)
-            out["bounds_on" if bounds else "bounds_off"] = float(np.median([h["seconds"] for h in fitted.history]))
-        out["workers"] = len(client.scheduler_info()["workers"])
-    return out
-
-
 # ----------------------------------------------------------------- the run
 
 
@@ -282,11 +256,20 @@ def run_checks(args, xp, torch=None) -> dict[str, Any]:
         if torch is not None:
             row["torch"] = torch_lloyd(torch, x, c0, args.iters, args.block)
             row["tf32"] = tf32_label_changes(torch, x_sample, c_final)
-        gpu_labels = to_host(xp, lloyd_step(xp, xp.asarray(x_sample), xp.asarray(c_final), args.block,
-                                            xp.empty((min(args.block, len(x_sample)), k), xp.float32))[1])
+        gpu_labels = engine_labels(xp, xp.asarray(x_sample), c_final, args.block)
+        if gpu_labels is None:  # without the package: the plain Lloyd's labels on the device
+            gpu_labels = to_host(xp, lloyd_step(xp, xp.asarray(x_sample), xp.asarray(c_final), args.block,
+                                                xp.empty((min(args.block, len(x_sample)), k), xp.float32))[1])
         cpu_labels, row["reference"] = numpy_engine_labels(x_sample, c_final, args.block)
         row["labels"] = label_differences(x_sample, c_final, gpu_labels, cpu_labels)
-        row["engine"] = our_engine(args, k, c0) if args.engine else {"note": "not run (--no-engine / --cpu-smoke)"}
+        if args.engine:
+            import gpu_engine
+
+            row["engine"] = gpu_engine.our_engine(args, k, c0, "numpy" if args.cpu_smoke else "cupy")
+            if "centroids" in row["engine"]:  # the same Lloyd from the same start: the same centroids
+                row["engine"]["centroid_gap"] = float(np.abs(row["engine"].pop("centroids") - c_final).max())
+        else:
+            row["engine"] = {"note": "not run (--no-engine)"}
         results["ks"][k] = row
     return results
 
@@ -307,6 +290,13 @@ def render(results: dict[str, Any], environment: dict[str, str], args) -> str:
         engine, floor = row["engine"], row["floor"]
         if "note" in engine:
             notes.append(f"- engine, k={k}: {engine['note']}")
+        else:
+            pool, data = engine["memory"]
+            notes.append(f"- engine, k={k}: {engine['cluster']}, {engine['workers']} worker(s); peak device memory "
+                         f"(CuPy pool, busiest worker) {pool / 2**30:.1f} GiB = {pool / data:.2f}x its float32 "
+                         f"embeddings ({data / 2**30:.1f} GiB); bounds on: {engine['rows_computed']:.0%} of the "
+                         f"rows computed per iteration; centroids after {args.iters} iterations within "
+                         f"{engine['centroid_gap']:.1e} of the plain Lloyd's")
         diff, ties = row["labels"]
         tf32 = row.get("tf32")
         lines.append(
@@ -348,7 +338,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--spread", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-engine", dest="engine", action="store_false", help="skip our engine")
-    parser.add_argument("--cpu-smoke", action="store_true", help="NumPy instead of CuPy (CI smoke test only)")
+    parser.add_argument("--cpu-smoke", action="store_true",
+                        help="NumPy instead of CuPy, engine on a CPU LocalCluster (CI smoke test only)")
     args = parser.parse_args(argv)
     args.ks = [int(k) for k in args.ks.split(",")]
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -359,7 +350,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     if args.cpu_smoke:
         xp, torch = np, None
-        args.engine = False
     else:
         import cupy as xp
 

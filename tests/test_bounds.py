@@ -10,12 +10,13 @@ import pytest
 from kmeans_partition.runner import bounds as bd
 from kmeans_partition.runner import kmeans as km
 from kmeans_partition.runner.lloyd import LloydReduction, PruningCosts, lloyd_partial, reduce_lloyd
+from array_support import on  # noqa: F401  (fixture: NumPy, array-api-strict on a non-default device)
 from dask_support import blobs
 
 
-def run_steps(x, centroids, steps, batch, pruned, costs=PruningCosts()):
-    """Lloyd steps on one partition; yields (centroids used, partial, bounds) per step."""
-    xa, x_sq = km.augment_rows(x), km.row_sq_norms(x)
+def run_steps(x, centroids, steps, batch, pruned, costs=PruningCosts(), on=np.asarray):
+    """Lloyd steps on one partition (rows moved by ``on``); yields (centroids used, partial, bounds) per step."""
+    xa, x_sq = on(km.augment_rows(x)), on(km.row_sq_norms(x))
     previous, drift = None, None
     for _ in range(steps):
         partial, bounds = lloyd_partial(xa, x_sq, centroids, batch, previous if pruned else None, drift, costs)
@@ -51,22 +52,23 @@ def test_pruned_steps_equal_full_steps(k, batch):
     assert all(p.n_recomputed == len(x) for _, p, _ in full)
 
 
-def test_bounds_hold_for_exact_distances():
+def test_bounds_hold_for_exact_distances(on):
     keep_bounds = PruningCosts(upkeep=-1.0)  # pruning always "pays": bounds every step
     x = blobs(2000, 24, 10, seed=13, spread=0.4)
     c0 = x[np.random.default_rng(14).choice(len(x), 30, replace=False)]
     checked = 0
-    for centroids, _, bounds in run_steps(x, c0, 10, 128, pruned=True, costs=keep_bounds):
+    for centroids, _, bounds in run_steps(x, c0, 10, 128, pruned=True, costs=keep_bounds, on=on):
         if bounds.upper is None:  # a step that kept no bounds (the first one)
             continue
         checked += 1
+        labels, upper, lower = on.check(bounds.labels), on.check(bounds.upper), on.check(bounds.lower)
         dist = true_distances(x, centroids)
         rows = np.arange(len(x))
-        own = dist[rows, bounds.labels]
-        dist[rows, bounds.labels] = np.inf
-        assert (bounds.upper >= own).all()
-        assert (bounds.assigned_lower <= own).all()
-        assert (bounds.lower <= dist.min(axis=1)).all()
+        own = dist[rows, labels]
+        dist[rows, labels] = np.inf
+        assert (upper >= own).all()
+        assert (on.check(bounds.assigned_lower) <= own).all()
+        assert (lower <= dist.min(axis=1)).all()
     assert checked >= 8
 
 
@@ -113,20 +115,20 @@ def test_check_costs_change_the_work_never_the_result():
     assert work["cheap"] < work["dear"] == 12 * len(x)
 
 
-def test_labels_are_nearest_in_float64_where_no_near_tie():
+def test_labels_are_nearest_in_float64_where_no_near_tie(on):
     x = blobs(1500, 20, 8, seed=15)
     c0 = x[:25].copy()
-    for centroids, _, bounds in run_steps(x, c0, 8, 64, pruned=True):
+    for centroids, _, bounds in run_steps(x, c0, 8, 64, pruned=True, on=on):
         dist = np.sort(true_distances(x, centroids) ** 2, axis=1)
         clear = dist[:, 1] - dist[:, 0] > 1e-5
         reference = (true_distances(x, centroids) ** 2).argmin(axis=1)
-        np.testing.assert_array_equal(bounds.labels[clear], reference[clear])
+        np.testing.assert_array_equal(on.check(bounds.labels)[clear], reference[clear])
 
 
-def test_inertia_equals_sum_of_squared_distances():
+def test_inertia_equals_sum_of_squared_distances(on):
     x = blobs(800, 10, 5, seed=16)
     c = x[:7] * 0.8
-    partial, bounds = lloyd_partial(km.augment_rows(x), km.row_sq_norms(x), c, 100)
+    partial, bounds = lloyd_partial(on(km.augment_rows(x)), on(km.row_sq_norms(x)), c, 100)
     reference = (true_distances(x, c).min(axis=1) ** 2).sum()
     assert partial.inertia == pytest.approx(reference, rel=1e-6)
 
@@ -145,8 +147,9 @@ def test_farthest_selects_like_a_full_sort_with_ties():
         computed.append(len(rows))
         return values[rows]
 
-    chosen = bd.farthest(partial_values, known.copy(), upper, 16, compute)
+    chosen, chosen_values = bd.farthest(partial_values, known.copy(), upper, 16, compute)
     np.testing.assert_array_equal(chosen, reference)
+    np.testing.assert_array_equal(chosen_values, values[reference])
     assert sum(computed) < (~known).sum()  # only rows that could enter the top were computed
 
 

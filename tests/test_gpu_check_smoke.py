@@ -24,19 +24,23 @@ def check():
 
 
 def test_cpu_smoke_writes_the_table(check, tmp_path):
+    """The whole script on NumPy, our engine included (NumPy partitions on a CPU LocalCluster)."""
     out = tmp_path / "gpu.md"
     argv = ["--out", str(out), "--cpu-smoke", "--rows", "3000", "--dim", "16", "--ks", "8,20", "--iters", "2",
             "--sample", "500", "--block", "700", "--chunk", "1000", "--true-clusters", "10"]
     assert check.main(argv) == 0
     text = out.read_text()
-    rows = re.findall(r"^\| (\d+) \| ([0-9.]+) \| ([0-9.]+) \(([0-9.]+)x\) \| - \| - \| - \| (\d+) of 500 \((\d+)\) \| - \|$",
-                      text, flags=re.MULTILINE)
+    number = r"([0-9.]+) \(([0-9.]+)x\)"
+    rows = re.findall(rf"^\| (\d+) \| ([0-9.]+) \| {number} \| - \| {number} \| {number} "
+                      r"\| (\d+) of 500 \((\d+)\) \| - \|$", text, flags=re.MULTILINE)
     assert [r[0] for r in rows] == ["8", "20"], text
-    for _, floor, lloyd, ratio, differ, ties in rows:
-        assert float(lloyd) > 0 and float(floor) >= 0
+    for _, floor, lloyd, ratio, off, off_ratio, on, on_ratio, differ, ties in rows:
+        assert float(lloyd) > 0 and float(floor) >= 0 and float(off) > 0 and float(on) > 0
         assert int(differ) == int(ties) == 0  # NumPy against the NumPy engine: the same labels
     assert "labels reference, k=8: runner.kmeans.nearest" in text
-    assert "not run (--no-engine / --cpu-smoke)" in text and "--cpu-smoke" in text.splitlines()[-1]
+    gaps = re.findall(r"centroids after 2 iterations within ([0-9.e+-]+) of the plain Lloyd's", text)
+    assert len(gaps) == 2 and all(float(g) < 1e-4 for g in gaps), text  # our engine = the plain Lloyd
+    assert "LocalCluster, 2 CPU worker processes" in text and "--cpu-smoke" in text.splitlines()[-1]
 
 
 def test_chunks_are_reproducible_and_unit_norm(check):

@@ -5,6 +5,7 @@ import pytest
 
 from kmeans_partition.runner import kmeans as km
 from kmeans_partition.runner.lloyd import lloyd_partial, reduce_lloyd
+from array_support import on  # noqa: F401  (fixture: NumPy, array-api-strict on a non-default device)
 from dask_support import blobs
 
 
@@ -14,10 +15,11 @@ def brute_force(x, c):
 
 
 @pytest.mark.parametrize("batch", [1, 7, 1000])
-def test_nearest_matches_float64_brute_force(batch):
+def test_nearest_matches_float64_brute_force(batch, on):
     x = blobs(500, 12, 6, seed=1)
     c = x[np.random.default_rng(2).choice(500, 9, replace=False)] * 0.9
-    labels, d2 = km.nearest(km.augment_rows(x), km.row_sq_norms(x), km.augment_centroids(c), batch)
+    labels, d2 = km.nearest(on(km.augment_rows(x)), on(km.row_sq_norms(x)), on(km.augment_centroids(c)), batch)
+    labels, d2 = on.check(labels), on.check(d2)
     ref_labels, ref_d2 = brute_force(x, c)
     sorted_d2 = np.sort(((x[:, None, :].astype(np.float64) - c[None]) ** 2).sum(-1), axis=1)
     clear = sorted_d2[:, 1] - sorted_d2[:, 0] > 1e-5  # rows without a near-tie
@@ -26,10 +28,11 @@ def test_nearest_matches_float64_brute_force(batch):
     assert labels.dtype == np.int32 and d2.dtype == np.float32 and (d2 >= 0).all()
 
 
-def test_cluster_sums_match_numpy():
+def test_cluster_sums_match_numpy(on):
     x = blobs(300, 5, 3, seed=3)
     labels = np.random.default_rng(4).integers(7, size=300).astype(np.int32)
-    sums, counts = km.cluster_sums(x, labels, 7)
+    sums, counts = km.cluster_sums(on(x), on(labels), 7)
+    sums, counts = on.check(sums), on.check(counts)
     for j in range(7):
         np.testing.assert_allclose(sums[j], x[labels == j].astype(np.float64).sum(0), rtol=1e-5, atol=1e-5)
         assert counts[j] == np.count_nonzero(labels == j)
@@ -42,10 +45,10 @@ def test_tolerance_is_sklearn_definition():
     assert km.tolerance(x.sum(0), (x * x).sum(0), len(x), 0.0) == 0.0
 
 
-def test_reduce_reseeds_empty_cluster_at_farthest_row_never_nan():
+def test_reduce_reseeds_empty_cluster_at_farthest_row_never_nan(on):
     x = blobs(200, 4, 2, seed=6)
     centroids = np.stack([x[0], x[0], x[1]])  # centroid 1 duplicates 0: it gets no rows
-    partial, _ = lloyd_partial(km.augment_rows(x), km.row_sq_norms(x), centroids, 64)
+    partial, _ = lloyd_partial(on(km.augment_rows(x)), on(km.row_sq_norms(x)), centroids, 64)
     update = reduce_lloyd([partial], centroids)
     assert update.n_reseeded == 1
     assert np.isfinite(update.centroids).all()
@@ -53,10 +56,10 @@ def test_reduce_reseeds_empty_cluster_at_farthest_row_never_nan():
     np.testing.assert_allclose(update.centroids[1], x[np.argmax(d2)], atol=1e-6)
 
 
-def test_reduce_keeps_position_when_no_candidate_left():
+def test_reduce_keeps_position_when_no_candidate_left(on):
     x = (np.ones((1, 3)) / np.sqrt(3)).astype(np.float32)
     centroids = np.stack([x[0], x[0] * 0.5, -x[0]])
-    partial, _ = lloyd_partial(km.augment_rows(x), km.row_sq_norms(x), centroids, 8)
+    partial, _ = lloyd_partial(on(km.augment_rows(x)), on(km.row_sq_norms(x)), centroids, 8)
     update = reduce_lloyd([partial], centroids)
     assert np.isfinite(update.centroids).all()
     assert update.n_reseeded == 2

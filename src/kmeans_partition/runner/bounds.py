@@ -11,6 +11,9 @@ changes nothing (``test_bounds.py`` checks labels against the full computation).
 Rounding: a float32 score ``||c||^2 - 2 x.c`` over ``d + 1`` terms is off by at most
 ``score_error`` (the classic ``gamma_n`` dot-product bound, doubled), and bounds are
 stored rounded outwards, so they hold for the exact distances.
+
+Per-row arrays live with the partition (NumPy or CuPy, `backend.py`); ``drift`` and the
+centroids come from the client as NumPy and are small.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+
+from . import backend as be
 
 #: Relative widening applied whenever a bound is stored in float32 (> float32 rounding).
 WIDEN = 1e-6
@@ -49,19 +54,23 @@ def score_error(x_sq: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     ``2|x||c| + |c|^2``, the rounding of ``||c||^2`` and ``||x||^2``, times 2 for safety.
     """
     d = centroids.shape[1]
-    c_max = float(np.sqrt(np.einsum("ij,ij->i", centroids, centroids, dtype=np.float64).max()))
+    c_host = be.to_host(centroids)
+    c_max = float(np.sqrt(np.einsum("ij,ij->i", c_host, c_host, dtype=np.float64).max()))
     gamma = 2.0 * (d + 2) * 2.0**-24
-    return gamma * (np.sqrt(x_sq.astype(np.float64)) + c_max) ** 2
+    xp = be.namespace(x_sq)
+    return gamma * (xp.sqrt(xp.astype(x_sq, xp.float64)) + c_max) ** 2
 
 
 def upper_from_distance(dist_sq: np.ndarray, err: np.ndarray) -> np.ndarray:
     """Upper bound on the true distance given a computed squared distance."""
-    return (np.sqrt(np.maximum(dist_sq.astype(np.float64), 0.0) + err) * (1 + WIDEN)).astype(np.float32)
+    xp = be.namespace(dist_sq)
+    return xp.astype(xp.sqrt(xp.maximum(xp.astype(dist_sq, xp.float64), 0.0) + err) * (1 + WIDEN), xp.float32)
 
 
 def lower_from_distance(dist_sq: np.ndarray, err: np.ndarray) -> np.ndarray:
     """Lower bound on the true distance given a computed squared distance."""
-    return (np.sqrt(np.maximum(dist_sq.astype(np.float64) - err, 0.0)) * (1 - WIDEN)).astype(np.float32)
+    xp = be.namespace(dist_sq)
+    return xp.astype(xp.sqrt(xp.maximum(xp.astype(dist_sq, xp.float64) - err, 0.0)) * (1 - WIDEN), xp.float32)
 
 
 def from_distances(first_sq: np.ndarray, second_sq: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -77,20 +86,21 @@ def shifted(
     With ``skip`` (centroid indices), ``lower`` bounds only the distance to the other
     centroids not in ``skip``: the caller measures the skipped ones directly.
     """
-    rest = drift.astype(np.float64, copy=True)
+    xp = be.namespace(bounds.labels)
+    rest = np.asarray(drift, dtype=np.float64).copy()  # (k,) on the host
     if skip is not None:
         rest[skip] = -np.inf
     order = np.argsort(rest, kind="stable")
     largest = max(float(rest[order[-1]]), 0.0)
     runner_up = max(float(rest[order[-2]]), 0.0) if rest.shape[0] > 1 else 0.0
-    others = np.where(bounds.labels == order[-1], runner_up, largest)
-    upper = (bounds.upper.astype(np.float64) + drift[bounds.labels]) * (1 + WIDEN)
-    lower = np.maximum(bounds.lower.astype(np.float64) - others, 0.0) * (1 - WIDEN)
+    others = xp.where(bounds.labels == int(order[-1]), be.like(np.float64(runner_up), bounds.labels), largest)
+    own_drift = xp.take(be.like(np.asarray(drift, dtype=np.float64), bounds.labels), bounds.labels)
+    upper = (xp.astype(bounds.upper, xp.float64) + own_drift) * (1 + WIDEN)
+    lower = xp.maximum(xp.astype(bounds.lower, xp.float64) - others, 0.0) * (1 - WIDEN)
     if skip is not None and skip.size == drift.shape[0]:
-        lower[:] = np.inf  # nothing left to bound
-    own_drift = drift[bounds.labels]
-    assigned_lower = np.maximum(bounds.assigned_lower.astype(np.float64) - own_drift, 0.0) * (1 - WIDEN)
-    return upper.astype(np.float32), lower.astype(np.float32), assigned_lower.astype(np.float32)
+        lower = xp.full_like(lower, xp.inf)  # nothing left to bound
+    assigned_lower = xp.maximum(xp.astype(bounds.assigned_lower, xp.float64) - own_drift, 0.0) * (1 - WIDEN)
+    return xp.astype(upper, xp.float32), xp.astype(lower, xp.float32), xp.astype(assigned_lower, xp.float32)
 
 
 def most_drifted(drift: np.ndarray) -> np.ndarray:
@@ -106,34 +116,43 @@ def most_drifted(drift: np.ndarray) -> np.ndarray:
 
 def settled(upper: np.ndarray, lower: np.ndarray, err: np.ndarray) -> np.ndarray:
     """Rows whose label is certain: ``upper^2 + 2 err < lower^2`` (float64)."""
-    u = upper.astype(np.float64)
-    lo = lower.astype(np.float64)
+    xp = be.namespace(upper)
+    u = xp.astype(upper, xp.float64)
+    lo = xp.astype(lower, xp.float64)
     return u * u + 2.0 * err < lo * lo
 
 
-def farthest(values: np.ndarray, known: np.ndarray, upper_sq: Optional[np.ndarray], r: int, compute) -> np.ndarray:
-    """Indices of the ``r`` largest ``values``, farthest first, ties by lower index.
+def farthest(values, known, upper_sq, r: int, compute) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the ``r`` largest ``values``, farthest first, ties by lower index, and those values.
 
     ``values`` holds computed squared distances where ``known``; elsewhere only
     ``upper_sq`` (>= the computed value) is known, and ``compute(indices)`` returns the
     computed values. Only rows that could enter the top ``r`` are computed, so the result
-    equals selecting from fully computed values. ``values``/``known`` are updated in place.
+    equals selecting from fully computed values. ``values``/``known`` are updated in place
+    on NumPy/CuPy; both results are NumPy arrays (of at most ``r`` rows).
     """
+    xp = be.namespace(values)
     n = values.shape[0]
     r = min(r, n)
     if r == 0:
-        return np.empty(0, dtype=np.int64)
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
 
-    def rth_largest_known() -> float:
+    def rth_largest_known(values, known) -> float:
         pool = values[known]
-        return float(np.partition(pool, pool.size - r)[pool.size - r]) if pool.size >= r else -np.inf
+        size = pool.shape[0]
+        if size < r:
+            return -np.inf
+        if be.is_numpy(xp):
+            return float(np.partition(pool, size - r)[size - r])
+        return float(xp.sort(pool)[size - r])
 
-    if not known.all():
-        threshold = rth_largest_known()
-        need = np.flatnonzero(~known & (upper_sq >= threshold))
-        if need.size:
-            values[need] = compute(need)
-            known[need] = True
-    candidates = np.flatnonzero(known & (values >= rth_largest_known()))
-    order = np.lexsort((candidates, -values[candidates].astype(np.float64)))[:r]
-    return candidates[order]
+    if not bool(xp.all(known)):
+        threshold = rth_largest_known(values, known)
+        need = be.nonzero(xp, ~known & (upper_sq >= threshold))
+        if need.shape[0]:
+            values = be.put(xp, values, need, compute(need))
+            known = be.put(xp, known, need, True)
+    candidates = be.nonzero(xp, known & (values >= rth_largest_known(values, known)))
+    order = xp.argsort(-xp.astype(xp.take(values, candidates), xp.float64), stable=True)[:r]
+    chosen = xp.take(candidates, order)
+    return be.to_host(chosen), be.to_host(xp.take(values, chosen))

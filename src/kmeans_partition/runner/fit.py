@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 from distributed import Client, Future, as_completed
 
+from . import backend as be
 from . import kmeans as km
 from .lloyd import LloydReduction, lloyd_partial
 from .partition import Partition
@@ -45,7 +46,9 @@ class FitResult:
 
 
 def _rows(part: Partition, local: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(part.x[local])
+    """Rows ``local`` (host indices) of the partition, as NumPy."""
+    xp = be.namespace(part.xa)
+    return np.ascontiguousarray(be.to_host(xp.take(part.x, be.like(np.asarray(local, np.int64), part.xa), axis=0)))
 
 
 def _lloyd_step(part: Partition, previous, centroids: np.ndarray, drift, batch: int) -> tuple:
@@ -61,42 +64,66 @@ def _nearest_candidate(part: Partition, state, own, cands: np.ndarray, offset: i
     get closer, so neither is computed: at large k the candidates are a sizeable share of the rows.
     """
     relax_malloc_trim()
+    xp = be.namespace(part.xa)
+    dev = be.device(part.xa)
     rows = max(1, min(batch, CANDIDATE_BLOCK_ENTRIES // max(len(cands), 1)))
-    ca = km.augment_centroids(cands)
+    ca = km.augment_centroids(cands, ref=part.xa)
     if state is None:
-        dist_sq, labels = np.full(part.n_rows, np.inf, dtype=np.float32), np.zeros(part.n_rows, dtype=np.int64)
+        dist_sq = xp.full(part.n_rows, xp.inf, dtype=xp.float32, device=dev)
+        labels = xp.zeros(part.n_rows, dtype=xp.int64, device=dev)
     else:
-        dist_sq, labels = state[0].copy(), state[1].copy()
+        dist_sq, labels = xp.asarray(state[0], copy=True), xp.asarray(state[1], copy=True)
     if own is not None:  # sampled rows had a distance > 0, so each is now its own nearest candidate
         local, first = own
-        dist_sq[local] = 0.0
-        labels[local] = first + np.arange(len(local))
-    todo = np.flatnonzero(dist_sq > 0)
-    if len(todo) > part.n_rows - part.n_rows // 16:  # little to skip: contiguous blocks, no gathering
+        local_dev = be.like(np.asarray(local, dtype=np.int64), part.xa)
+        dist_sq = be.put(xp, dist_sq, local_dev, 0.0)
+        labels = be.put(xp, labels, local_dev, be.like(first + np.arange(len(local), dtype=np.int64), part.xa))
+    todo = be.nonzero(xp, dist_sq > 0)
+    if todo.shape[0] > part.n_rows - part.n_rows // 16:  # little to skip: contiguous blocks, no gathering
         todo = None
-    for start in range(0, part.n_rows if todo is None else len(todo), rows):
-        block = slice(start, start + rows) if todo is None else todo[start : start + rows]
-        lab, dist = km.nearest(part.xa[block], part.x_sq[block], ca, rows)
-        closer = dist < dist_sq[block]  # ties keep the older (lower-index) candidate
-        labels[block] = np.where(closer, lab.astype(np.int64) + offset, labels[block])
-        dist_sq[block] = np.where(closer, dist, dist_sq[block])
+    total = part.n_rows if todo is None else todo.shape[0]
+    for start in range(0, total, rows):
+        stop = min(start + rows, total)
+        if todo is None:
+            block = slice(start, stop)
+            xa, x_sq, old_d, old_l = part.xa[block, :], part.x_sq[block], dist_sq[block], labels[block]
+        else:
+            block = todo[start:stop]
+            xa, x_sq = xp.take(part.xa, block, axis=0), xp.take(part.x_sq, block)
+            old_d, old_l = xp.take(dist_sq, block), xp.take(labels, block)
+        lab, dist = km.nearest(xa, x_sq, ca, rows)
+        closer = dist < old_d  # ties keep the older (lower-index) candidate
+        new_l = xp.where(closer, xp.astype(lab, xp.int64) + offset, old_l)
+        new_d = xp.where(closer, dist, old_d)
+        if todo is None:
+            labels[block], dist_sq[block] = new_l, new_d
+        else:
+            labels, dist_sq = be.put(xp, labels, block, new_l), be.put(xp, dist_sq, block, new_d)
     return dist_sq, labels
 
 
 def _state_cost(state) -> float:
-    return float(state[0].sum(dtype=np.float64))
+    xp = be.namespace(state[0])
+    return float(xp.sum(xp.astype(state[0], xp.float64)))
 
 
 def _oversample(part: Partition, state, seed: list[int], phi: float, expected: float) -> tuple:
-    """Bernoulli sample with probability min(1, expected * d^2 / phi) (Bahmani et al.): (rows, local indices)."""
-    rng = np.random.default_rng(seed)
-    prob = np.minimum(1.0, expected * state[0].astype(np.float64) / phi) if phi > 0 else 0.0
-    picked = np.flatnonzero(rng.random(part.n_rows) < prob)
-    return np.ascontiguousarray(part.x[picked]), picked
+    """Bernoulli sample with probability min(1, expected * d^2 / phi) (Bahmani et al.): (rows, local indices).
+
+    The uniform draws come from NumPy's generator on the host (the same sample on every backend);
+    the rows come back as NumPy."""
+    xp = be.namespace(part.xa)
+    draws = be.like(be.host_random(seed, part.n_rows), part.xa)
+    if phi > 0:
+        prob = xp.minimum(expected * xp.astype(state[0], xp.float64) / phi, 1.0)
+        picked = be.nonzero(xp, draws < prob)
+    else:
+        picked = be.nonzero(xp, draws < 0.0)
+    return np.ascontiguousarray(be.to_host(xp.take(part.x, picked, axis=0))), be.to_host(picked)
 
 
 def _candidate_weights(state, m: int) -> np.ndarray:
-    return np.bincount(state[1], minlength=m).astype(np.float64)
+    return be.to_host(be.bincount(be.namespace(state[1]), state[1], m)).astype(np.float64)
 
 
 # ---------------------------------------------------------------- client side

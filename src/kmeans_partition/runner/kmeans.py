@@ -1,7 +1,9 @@
-"""K-means numerics on one block of rows (NumPy, float32 data).
+"""K-means numerics on one block of rows (float32 data), on any array API library.
 
 Everything here is a pure function of arrays, so the Dask layer (`fit.py`)
-only moves arrays and reduces partial results in a fixed order.
+only moves arrays and reduces partial results in a fixed order. The kernels take
+the rows' namespace (`backend.namespace`): NumPy on CPU workers, CuPy on GPU workers;
+what the array API standard lacks comes from `backend.py`.
 
 Distances use one GEMM per block of ``batch`` rows. Rows are stored with an
 extra constant column of ones (``augment_rows``) and centroids as
@@ -11,141 +13,135 @@ extra constant column of ones (``augment_rows``) and centroids as
 
 from __future__ import annotations
 
-import threading
 from typing import Optional
 
 import numpy as np
-import scipy.sparse as sp
+
+from . import backend as be
 
 
-
-def augment_rows(x: np.ndarray) -> np.ndarray:
-    """(n, d) -> (n, d + 1) float32 with a trailing column of ones."""
-    out = np.empty((x.shape[0], x.shape[1] + 1), dtype=np.float32)
+def augment_rows(x):
+    """(n, d) -> (n, d + 1) float32 with a trailing column of ones (same library and device)."""
+    xp = be.namespace(x)
+    out = xp.empty((x.shape[0], x.shape[1] + 1), dtype=xp.float32, device=be.device(x))
     out[:, :-1] = x
     out[:, -1] = 1.0
     return out
 
 
-def augment_centroids(centroids: np.ndarray) -> np.ndarray:
-    """(k, d) -> (k, d + 1) float32 ``[-2c, ||c||^2]`` (norms computed in float64)."""
-    c64 = np.asarray(centroids, dtype=np.float64)
-    out = np.empty((c64.shape[0], c64.shape[1] + 1), dtype=np.float32)
-    out[:, :-1] = -2.0 * c64
-    out[:, -1] = np.einsum("ij,ij->i", c64, c64)
-    return out
+def augment_centroids(centroids, ref=None):
+    """(k, d) -> (k, d + 1) float32 ``[-2c, ||c||^2]`` (norms computed in float64).
+
+    Computed where ``centroids`` live; with ``ref`` (an array), returned on ``ref``'s device.
+    """
+    xp = be.namespace(centroids)
+    c64 = xp.astype(centroids, xp.float64)
+    k, d = c64.shape
+    out = xp.empty((k, d + 1), dtype=xp.float32, device=be.device(c64))
+    out[:, :-1] = xp.astype(-2.0 * c64, xp.float32)
+    out[:, -1] = xp.astype(be.rowdot(xp, c64, c64), xp.float32)
+    return out if ref is None else be.like(out, ref)
 
 
-def row_sq_norms(x: np.ndarray) -> np.ndarray:
+def row_sq_norms(x):
     """Squared L2 norm of each row, float32."""
-    x = np.asarray(x, dtype=np.float32)
-    return np.einsum("ij,ij->i", x, x, dtype=np.float32)
-
-
-_SCRATCH = threading.local()
+    xp = be.namespace(x)
+    x = xp.astype(x, xp.float32, copy=False)
+    return be.rowdot(xp, x, x, dtype=xp.float32)
 
 
 def scratch(size: int, name: str = "block") -> np.ndarray:
-    """A float32 buffer of at least `size` values, reused by this thread across calls.
-
-    Each Lloyd step needs a ``batch x k`` block (131 MB at the defaults); allocating it
-    afresh every step costs page faults on every touch.
-    """
-    buffer = getattr(_SCRATCH, name, None)
-    if buffer is None or buffer.size < size:
-        buffer = np.empty(size, dtype=np.float32)
-        setattr(_SCRATCH, name, buffer)
-    return buffer[:size]
+    """A NumPy float32 buffer of at least `size` values reused by this thread (`backend.scratch`)."""
+    return be.scratch(be.namespace(np.empty(0)), None, (size,), name)
 
 
-def nearest(
-    xa: np.ndarray, x_sq: np.ndarray, ca: np.ndarray, batch: int, sums: Optional["BlockSums"] = None
-) -> tuple[np.ndarray, np.ndarray]:
+def nearest(xa, x_sq, ca, batch: int, sums: Optional["BlockSums"] = None):
     """Labels (int32) and squared distances (float32, >= 0) to the nearest centroid.
 
-    ``xa``: augmented rows, ``x_sq``: their squared norms, ``ca``: augmented centroids.
-    Ties go to the lowest centroid index (as NumPy's argmin and scikit-learn do). With
-    ``sums`` (built on the same labels array, see `BlockSums.for_rows`), each block's rows
-    are added to the cluster sums right after they are labelled.
+    ``xa``: augmented rows (n, d + 1), ``x_sq``: their squared norms (n,), ``ca``: augmented
+    centroids (k, d + 1), all of one library and device. Ties go to the lowest centroid index
+    (as NumPy's argmin and scikit-learn do). With ``sums`` (built on the same labels array,
+    see `BlockSums.for_rows`), each block's rows are added to the cluster sums right after
+    they are labelled.
     """
+    xp = be.namespace(xa)
     n = xa.shape[0]
     k = ca.shape[0]
-    labels = sums.labels if sums is not None else np.empty(n, dtype=np.int32)
-    dist_sq = np.empty(n, dtype=np.float32)
-    block = scratch(min(batch, n) * k).reshape(min(batch, n), k)
+    dev = be.device(xa)
+    labels = sums.labels if sums is not None else xp.empty(n, dtype=xp.int32, device=dev)
+    dist_sq = xp.empty(n, dtype=xp.float32, device=dev)
+    block = be.scratch(xp, xa, (min(batch, n), k))
     ca_t = ca.T
     for start in range(0, n, batch):
         stop = min(start + batch, n)
-        scores = block[: stop - start]
-        np.matmul(xa[start:stop], ca_t, out=scores)
-        lab = scores.argmin(axis=1)
-        labels[start:stop] = lab
-        dist_sq[start:stop] = np.take_along_axis(scores, lab[:, None], axis=1)[:, 0] + x_sq[start:stop]
+        scores = be.matmul(xp, xa[start:stop, :], ca_t, out=block[: stop - start, :])
+        lab = xp.argmin(scores, axis=1)
+        labels[start:stop] = xp.astype(lab, xp.int32)
+        dist_sq[start:stop] = xp.take_along_axis(scores, lab[:, None], axis=1)[:, 0] + x_sq[start:stop]
         if sums is not None:
             sums.advance(stop)
-    np.maximum(dist_sq, 0.0, out=dist_sq)
-    return labels, dist_sq
+    return labels, be.maximum_(xp, dist_sq, 0.0)
 
 
-def nearest_two(xa: np.ndarray, ca_t: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def nearest_two(xa, ca_t, scores):
     """One block: labels (int32), smallest and second smallest score ``||c||^2 - 2x.c``.
 
     ``scores`` is a ``len(xa) x k`` float32 work buffer (overwritten). The second score is
     ``inf`` when there is one centroid. Ties go to the lowest index, as in `nearest`.
     """
-    np.matmul(xa, ca_t, out=scores)
-    labels = scores.argmin(axis=1)
-    rows = np.arange(len(labels))
-    first = scores[rows, labels]
-    scores[rows, labels] = np.inf
-    second = scores.min(axis=1)
-    return labels.astype(np.int32), first, second
+    xp = be.namespace(xa)
+    scores = be.matmul(xp, xa, ca_t, out=scores)
+    labels = xp.argmin(scores, axis=1)
+    first = xp.take_along_axis(scores, labels[:, None], axis=1)[:, 0]
+    second = xp.min(be.mask_labels(xp, scores, labels), axis=1)
+    return xp.astype(labels, xp.int32), first, second
 
 
-#: Rows per one-hot product in `cluster_sums`: float32 products, accumulated in float64.
-SUM_BLOCK = 4096
+#: Rows per one-hot product in `cluster_sums` on NumPy: float32 products, accumulated in float64
+#: (on CuPy: `backend.sum_block`).
+SUM_BLOCK = be.HOST_SUM_BLOCK
 
 
 class BlockSums:
     """Per-cluster row sums (float64) built block by block as the labels become final.
 
-    Each block of `SUM_BLOCK` rows is summed in float32 with a sparse one-hot product and
-    the block sums are accumulated in float64, in row order, so the rounding error does not
-    grow with the cluster size and the result does not depend on when `advance` is called
-    (adding a block right after its rows were labelled reads them while still in cache).
-    ``xa`` should be C-contiguous (scipy copies strided views).
+    Each block of `SUM_BLOCK` rows is summed in float32 with a one-hot product
+    (`backend.segment_sum`) and the block sums are accumulated in float64, in row order, so
+    the rounding error does not grow with the cluster size and the result does not depend on
+    when `advance` is called (adding a block right after its rows were labelled reads them
+    while still in cache). ``xa`` should be C-contiguous (scipy copies strided views).
     """
 
-    def __init__(self, xa: np.ndarray, labels: np.ndarray, k: int):
-        self.xa, self.labels, self.k = xa, labels, k
-        self.sums = np.zeros((k, xa.shape[1]), dtype=np.float64)
+    def __init__(self, xa, labels, k: int):
+        xp = be.namespace(xa)
+        self.xp, self.xa, self.labels, self.k = xp, xa, labels, k
+        self.sums = xp.zeros((k, xa.shape[1]), dtype=xp.float64, device=be.device(xa))
         self.done = 0
-        self.ones = np.ones(min(xa.shape[0], SUM_BLOCK), dtype=xa.dtype)
+        self.block = SUM_BLOCK if be.is_numpy(xp) else be.sum_block(xp)
+        self.ones = xp.ones(min(xa.shape[0], self.block), dtype=xa.dtype, device=be.device(xa))
 
     @classmethod
-    def for_rows(cls, xa: np.ndarray, k: int) -> "BlockSums":
+    def for_rows(cls, xa, k: int) -> "BlockSums":
         """Sums over a fresh labels array (``.labels``) that the caller fills in row order."""
-        return cls(xa, np.empty(xa.shape[0], dtype=np.int32), k)
+        xp = be.namespace(xa)
+        return cls(xa, xp.empty(xa.shape[0], dtype=xp.int32, device=be.device(xa)), k)
 
     def advance(self, stop: int) -> None:
         """Add every block whose rows all lie below ``stop`` (all rows once ``stop`` >= n)."""
         n = self.xa.shape[0]
-        while self.done < n and (self.done + SUM_BLOCK <= stop or stop >= n):
-            end = min(self.done + SUM_BLOCK, n)
-            rows = np.arange(end - self.done)
-            one_hot = sp.csr_matrix(
-                (self.ones[: end - self.done], (self.labels[self.done : end], rows)), shape=(self.k, end - self.done)
-            )
-            self.sums += one_hot @ self.xa[self.done : end]
+        while self.done < n and (self.done + self.block <= stop or stop >= n):
+            end = min(self.done + self.block, n)
+            block = be.segment_sum(self.xp, self.labels[self.done:end], self.xa[self.done:end, :], self.k, self.ones)
+            self.sums += block  # float32 block sums added into float64 (no float64 temporary)
             self.done = end
 
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """(sums (k, columns) float64, counts (k,) int64) over all rows."""
+    def result(self):
+        """(sums (k, columns) float64, counts (k,) int64) over all rows, on the rows' device."""
         self.advance(self.xa.shape[0])
-        return self.sums, np.bincount(self.labels, minlength=self.k).astype(np.int64)
+        return self.sums, be.bincount(self.xp, self.labels, self.k)
 
 
-def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def cluster_sums(x, labels, k: int):
     """Per-cluster row sums (float64, k x d) and counts (int64): `BlockSums` in one go.
 
     Pass the augmented rows (contiguous) and drop the last column of the sums.

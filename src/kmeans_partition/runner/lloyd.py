@@ -7,6 +7,9 @@ only rows still in doubt get the full GEMM against all centroids. Labels equal t
 of the full float32 computation; early steps (centroids moving a lot) skip nothing,
 late steps most rows (docs/benchmarks.md). A step without bounds (the first one, or
 when pruning does not pay) is the plain blocked GEMM + argmin.
+
+Rows and per-row state stay where the partition lives (NumPy or CuPy, `backend.py`); the
+centroids and drift arrive as NumPy and the partial comes back as NumPy.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from typing import Optional
 
 import numpy as np
 
+from . import backend as be
 from . import bounds as bd
-from .kmeans import BlockSums, augment_centroids, nearest, nearest_two, scratch
+from .kmeans import BlockSums, augment_centroids, nearest, nearest_two
 
 #: Farthest rows each partition offers per Lloyd step for re-seeding empty clusters.
 RESEED_CANDIDATES = 32
@@ -83,20 +87,21 @@ def lloyd_partial(
     (updating them with the rows that moved made centroids depend on the rounding history,
     which changed labels). ``costs`` decide when pruning and its checks pay.
     """
+    xp = be.namespace(xa)
     k, d = centroids.shape
     n = x_sq.shape[0]
-    ca = augment_centroids(centroids)
+    ca = augment_centroids(centroids, ref=xa)
     last = None if previous is None or drift is None else previous[1]
     if last is None or last.plain_left > 0:  # no bounds this step
         block_sums = BlockSums.for_rows(xa, k)
         labels, dist_sq = nearest(xa, x_sq, ca, batch, block_sums)
-        n_recomputed, known, err = n, np.ones(n, dtype=bool), None
+        n_recomputed, known, err = n, xp.ones(n, dtype=xp.bool, device=be.device(xa)), None
         state = bd.RowBounds(labels, plain_left=max(last.plain_left - 1, 0) if last else 0,
                              backoff=last.backoff if last else 1)
     else:
         err = bd.score_error(x_sq, centroids)
         if last.upper is None:  # the last step kept no bounds: compute them for the next
-            work, stale = RowWork.blank(n), np.ones(n, dtype=bool)
+            work, stale = RowWork.blank(x_sq), xp.ones(n, dtype=xp.bool, device=be.device(xa))
         else:
             work, stale = _settle(xa, x_sq, ca, err, last, drift, costs)
         block_sums = BlockSums(xa, work.labels, k)
@@ -108,18 +113,18 @@ def lloyd_partial(
         if last.upper is not None:
             _schedule(state, k, 1.0 - n_recomputed / max(n, 1), costs)
     sums, counts = block_sums.result()
-    sums = sums[:, :d]
-    upper_sq = None if err is None else state.upper.astype(np.float64) ** 2 + err
-    far = bd.farthest(
+    sums, counts = be.to_host(sums[:, :d]), be.to_host(counts)
+    upper_sq = None if err is None else xp.astype(state.upper, xp.float64) ** 2 + err
+    far, far_dist = bd.farthest(
         dist_sq, known, upper_sq, RESEED_CANDIDATES, lambda rows: _to_assigned(xa, x_sq, ca, labels, rows)
     )
     partial = LloydPartial(
         sums=sums,
         counts=counts,
         inertia=_inertia(sums, counts, labels, x_sq, centroids),
-        n_changed=-1 if previous is None else int(np.count_nonzero(previous[1].labels != labels)),
-        far_dist=dist_sq[far],
-        far_rows=np.ascontiguousarray(xa[far, :d]),
+        n_changed=-1 if previous is None else int(xp.sum(xp.astype(previous[1].labels != labels, xp.int64))),
+        far_dist=far_dist,
+        far_rows=np.ascontiguousarray(be.to_host(xp.take(xa, be.like(far, xa), axis=0))[:, :d]),
         n_recomputed=n_recomputed,
     )
     return partial, state
@@ -146,10 +151,13 @@ class RowWork:
     yields: tuple[float, float] = (1.0, 1.0)  # see bounds.RowBounds.yields
 
     @classmethod
-    def blank(cls, n: int, previous: Optional[bd.RowBounds] = None) -> "RowWork":
-        empty = np.empty(n, dtype=np.float32)
-        labels = np.zeros(n, dtype=np.int32) if previous is None else previous.labels.copy()
-        return cls(labels, empty, empty.copy(), empty.copy(), np.zeros(n, np.float32), np.zeros(n, bool))
+    def blank(cls, ref, previous: Optional[bd.RowBounds] = None) -> "RowWork":
+        """Fresh arrays for the rows of ``ref`` ((n,) array, for its length, library and device)."""
+        xp, dev, n = be.namespace(ref), be.device(ref), ref.shape[0]
+        empty = xp.empty(n, dtype=xp.float32, device=dev)
+        labels = xp.zeros(n, dtype=xp.int32, device=dev) if previous is None else xp.asarray(previous.labels, copy=True)
+        return cls(labels, empty, xp.empty_like(empty), xp.empty_like(empty), xp.zeros(n, dtype=xp.float32, device=dev),
+                   xp.zeros(n, dtype=xp.bool, device=dev))
 
 
 def _worth(yield_fraction: float, k: int, cost: float) -> bool:
@@ -168,8 +176,9 @@ def _settle(
 
     Also records in ``work.yields`` how many of the rows each check looked at it settled.
     """
+    xp = be.namespace(xa)
     k = ca.shape[0]
-    work = RowWork.blank(x_sq.shape[0], previous)
+    work = RowWork.blank(x_sq, previous)
     tighten_yield, measure_yield = previous.yields
     moved = bd.most_drifted(drift)
     if not _worth(measure_yield, k, costs.gather + moved.size):
@@ -177,53 +186,68 @@ def _settle(
     work.upper, work.lower, work.assigned_lower = bd.shifted(previous, drift, moved)
     stale = ~bd.settled(work.upper, work.lower, err)
     # Tighten (one dot product) only rows that the exact distance could settle.
-    doubt = np.flatnonzero(stale & bd.settled(work.assigned_lower, work.lower, err))
-    if doubt.size and _worth(tighten_yield, k, costs.tighten):
-        work.dist_sq[doubt] = _to_assigned(xa, x_sq, ca, work.labels, doubt)
-        work.known[doubt] = True
-        work.upper[doubt] = bd.upper_from_distance(work.dist_sq[doubt], err[doubt])
-        work.assigned_lower[doubt] = bd.lower_from_distance(work.dist_sq[doubt], err[doubt])
-        stale[doubt] = ~bd.settled(work.upper[doubt], work.lower[doubt], err[doubt])
-        tighten_yield = 1.0 - np.count_nonzero(stale[doubt]) / doubt.size
+    doubt = be.nonzero(xp, stale & bd.settled(work.assigned_lower, work.lower, err))
+    if doubt.shape[0] and _worth(tighten_yield, k, costs.tighten):
+        dist = _to_assigned(xa, x_sq, ca, work.labels, doubt)
+        err_d, lower_d = xp.take(err, doubt), xp.take(work.lower, doubt)
+        upper_d = bd.upper_from_distance(dist, err_d)
+        work.dist_sq = be.put(xp, work.dist_sq, doubt, dist)
+        work.known = be.put(xp, work.known, doubt, True)
+        work.upper = be.put(xp, work.upper, doubt, upper_d)
+        work.assigned_lower = be.put(xp, work.assigned_lower, doubt, bd.lower_from_distance(dist, err_d))
+        still = ~bd.settled(upper_d, lower_d, err_d)
+        stale = be.put(xp, stale, doubt, still)
+        tighten_yield = 1.0 - _count(xp, still) / doubt.shape[0]
     else:
         tighten_yield = _regrown(tighten_yield)
-    hopeful = np.flatnonzero(~stale)
+    hopeful = be.nonzero(xp, ~stale)
     if moved.size:  # the most-moved centroids were left out of `lower`: measure them
-        if hopeful.size:
+        if hopeful.shape[0]:
             near = _nearest_of(xa, x_sq, ca, work.labels, hopeful, moved)
-            work.lower[hopeful] = np.minimum(work.lower[hopeful], bd.lower_from_distance(near, err[hopeful]))
-            stale[hopeful] = ~bd.settled(work.upper[hopeful], work.lower[hopeful], err[hopeful])
-            measure_yield = 1.0 - np.count_nonzero(stale[hopeful]) / hopeful.size
+            err_h = xp.take(err, hopeful)
+            lower_h = xp.minimum(xp.take(work.lower, hopeful), bd.lower_from_distance(near, err_h))
+            work.lower = be.put(xp, work.lower, hopeful, lower_h)
+            still = ~bd.settled(xp.take(work.upper, hopeful), lower_h, err_h)
+            stale = be.put(xp, stale, hopeful, still)
+            measure_yield = 1.0 - _count(xp, still) / hopeful.shape[0]
     else:
         measure_yield = _regrown(measure_yield)
     work.yields = (float(tighten_yield), float(measure_yield))
     return work, stale
 
 
-def _to_assigned(xa, x_sq, ca, labels, rows) -> np.ndarray:
-    """Computed squared distances (float32, >= 0) of ``rows`` to their assigned centroids."""
-    out = np.empty(rows.shape[0], dtype=np.float32)
+def _count(xp, mask) -> int:
+    return int(xp.sum(xp.astype(mask, xp.int64)))
+
+
+def _to_assigned(xa, x_sq, ca, labels, rows):
+    """Computed squared distances (float32, >= 0) of ``rows`` (an index array) to their assigned centroids."""
+    xp = be.namespace(xa)
+    out = xp.empty(rows.shape[0], dtype=xp.float32, device=be.device(xa))
     for start in range(0, rows.shape[0], ASSIGNED_CHUNK):
-        chunk = rows[start : start + ASSIGNED_CHUNK]
-        scores = np.einsum("ij,ij->i", xa[chunk], ca[labels[chunk]], dtype=np.float32)
-        out[start : start + chunk.shape[0]] = np.maximum(scores + x_sq[chunk], 0.0)
+        chunk = rows[start : min(start + ASSIGNED_CHUNK, rows.shape[0])]
+        assigned = xp.take(ca, xp.take(labels, chunk), axis=0)
+        scores = be.rowdot(xp, xp.take(xa, chunk, axis=0), assigned, dtype=xp.float32)
+        out[start : start + chunk.shape[0]] = xp.maximum(scores + xp.take(x_sq, chunk), 0.0)
     return out
 
 
-def _nearest_of(xa, x_sq, ca, labels, rows, subset) -> np.ndarray:
-    """Computed squared distance of each of ``rows`` to its nearest centroid in ``subset``,
-    leaving out its own centroid (``inf`` when none is left)."""
+def _nearest_of(xa, x_sq, ca, labels, rows, subset):
+    """Computed squared distance of each of ``rows`` to its nearest centroid in ``subset``
+    (host indices), leaving out its own centroid (``inf`` when none is left)."""
+    xp = be.namespace(xa)
     position = np.full(ca.shape[0], -1, dtype=np.int64)
     position[subset] = np.arange(subset.size)
-    sub_t = ca[subset].T
-    out = np.empty(rows.shape[0], dtype=np.float32)
+    position = be.like(position, xa)
+    sub_t = xp.take(ca, be.like(np.asarray(subset, dtype=np.int64), xa), axis=0).T
+    cols = xp.arange(subset.size, device=be.device(xa))
+    out = xp.empty(rows.shape[0], dtype=xp.float32, device=be.device(xa))
     for start in range(0, rows.shape[0], ASSIGNED_CHUNK):
-        chunk = rows[start : start + ASSIGNED_CHUNK]
-        scores = xa[chunk] @ sub_t
-        own = position[labels[chunk]]
-        mine = np.flatnonzero(own >= 0)
-        scores[mine, own[mine]] = np.inf
-        out[start : start + chunk.shape[0]] = scores.min(axis=1) + x_sq[chunk]
+        chunk = rows[start : min(start + ASSIGNED_CHUNK, rows.shape[0])]
+        scores = xp.take(xa, chunk, axis=0) @ sub_t
+        own = xp.take(position, xp.take(labels, chunk))
+        scores = xp.where(cols[None, :] == own[:, None], xp.inf, scores)
+        out[start : start + chunk.shape[0]] = xp.min(scores, axis=1) + xp.take(x_sq, chunk)
     return out
 
 
@@ -236,41 +260,53 @@ def _recompute(
     is computed whole in place; otherwise its stale rows are gathered first. Returns how
     many rows were computed. Each block's rows are added to ``block_sums`` once labelled.
     """
+    xp = be.namespace(xa)
     n, k = x_sq.shape[0], ca.shape[0]
     ca_t = ca.T
     size = min(batch, n)
     done = 0
     for start in range(0, n, size):
         stop = min(start + size, n)
-        count = int(np.count_nonzero(stale[start:stop]))
+        count = _count(xp, stale[start:stop])
         if count == 0:
             block_sums.advance(stop)
             continue
         if count * (k + costs.gather) >= (stop - start) * k:
-            rows = np.arange(start, stop)
-            block = xa[start:stop]
+            rows = slice(start, stop)
+            block = xa[start:stop, :]
+            count = stop - start
         else:
-            rows = start + np.flatnonzero(stale[start:stop])
-            block = scratch(count * xa.shape[1], "rows").reshape(count, xa.shape[1])
-            np.take(xa, rows, axis=0, out=block)
-        scores = scratch(rows.shape[0] * k).reshape(rows.shape[0], k)
+            rows = start + be.nonzero(xp, stale[start:stop])
+            if be.is_numpy(xp):
+                block = be.scratch(xp, xa, (count, xa.shape[1]), "rows")
+                np.take(xa, rows, axis=0, out=block)
+            else:
+                block = xp.take(xa, rows, axis=0)
+        x_sq_rows = x_sq[rows] if isinstance(rows, slice) else xp.take(x_sq, rows)
+        err_rows = err[rows] if isinstance(rows, slice) else xp.take(err, rows)
+        scores = be.scratch(xp, xa, (count, k))
         lab, first, second = nearest_two(block, ca_t, scores)
-        first += x_sq[rows]
-        second += x_sq[rows]
-        work.labels[rows] = lab
-        work.dist_sq[rows] = np.maximum(first, 0.0)
-        work.known[rows] = True
-        work.upper[rows], work.lower[rows] = bd.from_distances(first, second, err[rows])
-        work.assigned_lower[rows] = bd.lower_from_distance(first, err[rows])
+        first = first + x_sq_rows
+        second = second + x_sq_rows
+        upper, lower = bd.from_distances(first, second, err_rows)
+        for name, values in (("labels", lab), ("dist_sq", xp.maximum(first, 0.0)), ("known", True),
+                             ("upper", upper), ("lower", lower),
+                             ("assigned_lower", bd.lower_from_distance(first, err_rows))):
+            target = getattr(work, name)
+            if isinstance(rows, slice):
+                target[rows] = values
+            else:
+                setattr(work, name, be.put(xp, target, rows, values))
+        block_sums.labels = work.labels  # a new array where `put` cannot write in place
         block_sums.advance(stop)
-        done += rows.shape[0]
+        done += count
     return done
 
 
 def _inertia(sums, counts, labels, x_sq, centroids) -> float:
-    """Sum of squared distances to the assigned centroids, from the cluster sums (float64)."""
-    c = centroids.astype(np.float64)
-    row_sq = np.bincount(labels, weights=x_sq.astype(np.float64), minlength=c.shape[0])
+    """Sum of squared distances to the assigned centroids, from the cluster sums (float64, host)."""
+    c = np.asarray(centroids, dtype=np.float64)
+    row_sq = be.to_host(be.bincount(be.namespace(labels), labels, c.shape[0], weights=x_sq))
     total = row_sq.sum() - 2.0 * np.einsum("ij,ij->", c, sums) + float(counts @ np.einsum("ij,ij->i", c, c))
     return max(float(total), 0.0)
 

@@ -1,56 +1,68 @@
-"""NORMALISE stage: L2-normalise embedding rows to float32 (pure, vectorised)."""
+"""NORMALISE stage: L2-normalise embedding rows to float32 (pure, vectorised, any array API library)."""
 
 from __future__ import annotations
 
-import numpy as np
-
+from . import backend as be
 from .errors import InputError
 
 BLOCK_ROWS = 16384  # rows per float64 scratch block (bounds extra memory to ~BLOCK_ROWS x d x 8 bytes)
 TINY_NORM = 1e-150  # below this (or non-finite) the squared norm may have under/overflowed
 
 
-def _unit_rows(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Float64 unit rows of a finite block and a mask of its zero rows.
+def _unit_rows(block):
+    """Float64 unit rows (n, d) of a finite block and a mask (n,) of its zero rows.
 
     Rows whose squared norm under- or overflows float64 are first divided by their
     largest |value|, so any finite non-zero row normalises correctly.
     """
-    wide = block.astype(np.float64, copy=False)
-    norms = np.sqrt(np.einsum("ij,ij->i", wide, wide))
-    safe = np.isfinite(norms) & (norms >= TINY_NORM)
-    unit = wide / np.where(safe, norms, 1.0)[:, None]
-    zero = np.zeros(len(block), dtype=bool)
-    if not safe.all():
+    xp = be.namespace(block)
+    wide = xp.astype(block, xp.float64, copy=False)
+    norms = xp.sqrt(be.rowdot(xp, wide, wide))
+    safe = xp.isfinite(norms) & (norms >= TINY_NORM)
+    unit = wide / xp.where(safe, norms, 1.0)[:, None]
+    zero = xp.zeros(block.shape[0], dtype=xp.bool, device=be.device(block))
+    if not bool(xp.all(safe)):
         rows = wide[~safe]
-        scale = np.abs(rows).max(axis=1) if rows.shape[1] else np.zeros(len(rows))
+        if rows.shape[1]:
+            scale = xp.max(xp.abs(rows), axis=1)
+        else:
+            scale = xp.zeros(rows.shape[0], dtype=xp.float64, device=be.device(block))
         is_zero = scale == 0
-        scaled = rows / np.where(is_zero, 1.0, scale)[:, None]
-        scaled_norms = np.sqrt(np.einsum("ij,ij->i", scaled, scaled))
-        unit[~safe] = scaled / np.where(is_zero, 1.0, scaled_norms)[:, None]
+        scaled = rows / xp.where(is_zero, 1.0, scale)[:, None]
+        scaled_norms = xp.sqrt(be.rowdot(xp, scaled, scaled))
+        unit[~safe] = scaled / xp.where(is_zero, 1.0, scaled_norms)[:, None]
         zero[~safe] = is_zero
     return unit, zero
 
 
-def normalise_rows(x: np.ndarray, source: str, row_offset: int) -> np.ndarray:
-    """A float32, C-contiguous copy of `x` with every row scaled to unit L2 norm.
+def normalise_rows(x, source: str, row_offset: int, out=None):
+    """A float32 (n, d) copy of `x` (n, d) with every row scaled to unit L2 norm (C-contiguous
+    unless ``out`` is given).
 
-    `x` is never modified. Norms are computed in float64 (robust for float16/float32
-    origin data). A row holding NaN/Inf, or a zero vector, raises `InputError`
-    naming `source` and the row (``row_offset`` + index).
+    Computed where `x` lives; with ``out`` (a float32 (n, d) array, e.g. a view of a partition's
+    buffer on a GPU), where ``out`` lives: each block of `BLOCK_ROWS` host rows is copied there
+    and normalised there, so the device holds ``out`` and one block, never a copy of `x`. `x` is
+    never modified. Norms are computed in float64 (robust for float16/float32 origin data). A row
+    holding NaN/Inf, or a zero vector, raises `InputError` naming `source` and the row
+    (``row_offset`` + index).
     """
     if x.ndim != 2:
         raise ValueError(f"expected a 2-D array of embeddings, got shape {x.shape}")
-    out = np.empty(x.shape, dtype=np.float32)
+    if out is None:
+        xp = be.namespace(x)
+        out = xp.empty(x.shape, dtype=xp.float32, device=be.device(x))
+    xp = be.namespace(out)
+    moved = be.namespace(x) is not xp or be.device(x) != be.device(out)
     for start in range(0, x.shape[0], BLOCK_ROWS):
-        block = x[start : start + BLOCK_ROWS]
-        finite = np.isfinite(block).all(axis=1)
-        if not finite.all():
-            row = row_offset + start + int(np.flatnonzero(~finite)[0])
+        stop = min(start + BLOCK_ROWS, x.shape[0])
+        block = be.like(x[start:stop, ...], out) if moved else x[start:stop, :]
+        finite = xp.all(xp.isfinite(block), axis=1)
+        if not bool(xp.all(finite)):
+            row = row_offset + start + int(be.nonzero(xp, ~finite)[0])
             raise InputError("embedding contains NaN or Inf", source, row=row)
         unit, zero = _unit_rows(block)
-        if zero.any():
-            row = row_offset + start + int(np.flatnonzero(zero)[0])
+        if bool(xp.any(zero)):
+            row = row_offset + start + int(be.nonzero(xp, zero)[0])
             raise InputError("embedding is a zero vector and cannot be normalised", source, row=row)
-        out[start : start + BLOCK_ROWS] = unit
+        out[start:stop, :] = xp.astype(unit, xp.float32)
     return out

@@ -1,7 +1,9 @@
 """A partition of the dataset as it lives in a Dask worker's memory.
 
 Reading and normalising happen on the worker (`load_partition`); the client
-only ever sees `PartitionStats` and small per-step partials.
+only ever sees `PartitionStats` and small per-step partials. The embeddings are
+held by the worker's array library (`backend.partition_namespace`): NumPy on CPU
+workers, CuPy (device memory) on dask-cuda workers; ids and metadata stay in Arrow.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from . import backend as be
 from .errors import InputError
 from .kmeans import augment_rows, row_sq_norms
 from .normalise import normalise_rows
@@ -27,8 +30,8 @@ class Partition:
     source: str
     row_offset: int
     ids: pa.Array
-    xa: np.ndarray  # (n, d + 1) float32: normalised rows plus a column of ones
-    x_sq: np.ndarray  # (n,) float32 squared norms of the normalised rows
+    xa: np.ndarray  # (n, d + 1) float32: normalised rows plus a column of ones (NumPy or CuPy)
+    x_sq: np.ndarray  # (n,) float32 squared norms of the normalised rows (same library)
     metadata: pa.Table
 
     @property
@@ -68,25 +71,42 @@ class PartitionStats:
     column_schema: pa.Schema  # the id (as "id") and metadata columns' types
 
 
-def load_partition(index: int, ref, options: dict) -> Partition:
-    """Read one `PartitionRef` and normalise it (runs on a worker)."""
+#: The array library partitions are loaded into: "auto" (`backend.partition_namespace`), "numpy", "cupy".
+ARRAY_BACKEND = "auto"
+
+
+def load_partition(index: int, ref, options: dict, backend: Optional[str] = None) -> Partition:
+    """Read one `PartitionRef` on the host and normalise it onto the worker's device (runs on a worker).
+
+    The rows go to the device once, block by block, straight into the partition's augmented
+    buffer (`normalise_rows` with ``out``): the device holds that buffer and one block; the host
+    copy is dropped when this returns.
+    """
     raw = read_partition(ref, **options)
-    x = normalise_rows(raw.embeddings, raw.source, raw.row_offset) if len(raw.ids) else raw.embeddings
-    return Partition.from_normalised(index, raw.source, raw.row_offset, raw.ids, x, raw.metadata)
+    xp = be.partition_namespace(backend or ARRAY_BACKEND)
+    n, d = raw.embeddings.shape
+    xa = be.empty_on(xp, (n, d + 1))
+    normalise_rows(raw.embeddings, raw.source, raw.row_offset, out=xa[:, :-1])
+    xa[:, -1] = 1.0
+    meta = raw.metadata if raw.metadata is not None else pa.table({})
+    return Partition(index, raw.source, raw.row_offset, raw.ids, xa, row_sq_norms(xa[:, :-1]), meta)
 
 
 ID_COLUMN = "id"
 
 
 def partition_stats(part: Partition, block: int = 65536) -> PartitionStats:
-    """Row count, dimension, per-feature sums (float64, block by block) and column types."""
+    """Row count, dimension, per-feature sums (d,) (float64, block by block, on the rows' device)
+    and column types; the sums come back as NumPy."""
     x = part.x
-    feature_sum = np.zeros(x.shape[1])
-    feature_sq_sum = np.zeros(x.shape[1])
+    xp = be.namespace(x)
+    feature_sum = xp.zeros(x.shape[1], dtype=xp.float64, device=be.device(x))
+    feature_sq_sum = xp.zeros(x.shape[1], dtype=xp.float64, device=be.device(x))
     for start in range(0, x.shape[0], block):
-        x64 = x[start:start + block].astype(np.float64)
-        feature_sum += x64.sum(axis=0)
-        feature_sq_sum += np.einsum("ij,ij->j", x64, x64)
+        x64 = xp.astype(x[start:min(start + block, x.shape[0]), :], xp.float64)
+        feature_sum += xp.sum(x64, axis=0)
+        feature_sq_sum += np.einsum("ij,ij->j", x64, x64) if be.is_numpy(xp) else xp.sum(x64 * x64, axis=0)
+    feature_sum, feature_sq_sum = be.to_host(feature_sum), be.to_host(feature_sq_sum)
     columns = pa.schema([pa.field(ID_COLUMN, part.ids.type)] + list(part.metadata.schema))
     return PartitionStats(part.index, part.source, part.n_rows, x.shape[1], feature_sum, feature_sq_sum, columns)
 

@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from . import backend as be
 from . import kmeans as km
 
 #: A row with a margin below a threshold counts as a boundary row at that threshold.
@@ -34,32 +35,29 @@ MARGIN_EDGES = np.linspace(0.0, 0.2, 201)
 DISTANCE_EDGES = np.linspace(0.0, 1.0, 201)
 
 
-def nearest_with_second(
-    xa: np.ndarray, x_sq: np.ndarray, ca: np.ndarray, batch: int
-) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+def nearest_with_second(xa, x_sq, ca, batch: int):
     """`kmeans.nearest` plus each row's second-nearest centroid (int32; None when k == 1).
 
-    Same distance block and tie rule as `kmeans.nearest`, so the labels are the same.
+    Same distance block and tie rule as `kmeans.nearest`, so the labels are the same. Runs
+    where the rows live (NumPy or CuPy); the results stay there.
     """
+    xp = be.namespace(xa)
     n, k = xa.shape[0], ca.shape[0]
-    labels = np.empty(n, dtype=np.int32)
-    second = np.empty(n, dtype=np.int32) if k > 1 else None
-    dist_sq = np.empty(n, dtype=np.float32)
-    block = km.scratch(min(batch, n) * k).reshape(min(batch, n), k)
+    dev = be.device(xa)
+    labels = xp.empty(n, dtype=xp.int32, device=dev)
+    second = xp.empty(n, dtype=xp.int32, device=dev) if k > 1 else None
+    dist_sq = xp.empty(n, dtype=xp.float32, device=dev)
+    block = be.scratch(xp, xa, (min(batch, n), k))
     ca_t = ca.T
     for start in range(0, n, batch):
         stop = min(start + batch, n)
-        scores = block[: stop - start]
-        np.matmul(xa[start:stop], ca_t, out=scores)
-        lab = scores.argmin(axis=1)
-        rows = np.arange(stop - start)
-        labels[start:stop] = lab
-        dist_sq[start:stop] = scores[rows, lab] + x_sq[start:stop]
+        scores = be.matmul(xp, xa[start:stop, :], ca_t, out=block[: stop - start, :])
+        lab = xp.argmin(scores, axis=1)
+        labels[start:stop] = xp.astype(lab, xp.int32)
+        dist_sq[start:stop] = xp.take_along_axis(scores, lab[:, None], axis=1)[:, 0] + x_sq[start:stop]
         if second is not None:
-            scores[rows, lab] = np.inf
-            second[start:stop] = scores.argmin(axis=1)
-    np.maximum(dist_sq, 0.0, out=dist_sq)
-    return labels, dist_sq, second
+            second[start:stop] = xp.astype(xp.argmin(be.mask_labels(xp, scores, lab), axis=1), xp.int32)
+    return labels, be.maximum_(xp, dist_sq, 0.0), second
 
 
 def second_nearest(
@@ -79,21 +77,28 @@ def second_nearest(
     return second
 
 
-def cosine_margins(
-    x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, second: Optional[np.ndarray], batch: int
-) -> np.ndarray:
-    """Margins (float32, computed in float64); all NaN when `second` is None."""
-    margin = np.full(len(labels), np.nan, dtype=np.float32)
+def unit_centroids(centroids, ref):
+    """(k, d) float64 centroids scaled to unit length, on ``ref``'s device."""
+    xp = be.namespace(ref)
+    c64 = be.like(np.asarray(be.to_host(centroids), dtype=np.float64), ref)
+    norms = xp.sqrt(be.rowdot(xp, c64, c64))
+    return c64 / xp.maximum(norms, float(np.finfo(np.float64).tiny))[:, None]
+
+
+def cosine_margins(x, centroids, labels, second, batch: int):
+    """Margins (n,) float32 (computed in float64 where ``x`` lives); all NaN when `second` is None."""
+    xp = be.namespace(x)
+    n = labels.shape[0]
+    margin = xp.full(n, xp.nan, dtype=xp.float32, device=be.device(x))
     if second is None:
         return margin
-    c64 = np.asarray(centroids, dtype=np.float64)
-    c_unit = c64 / np.maximum(np.linalg.norm(c64, axis=1, keepdims=True), np.finfo(np.float64).tiny)
-    for start in range(0, len(labels), batch):
-        stop = min(start + batch, len(labels))
-        xb = x[start:stop].astype(np.float64)
-        own = np.einsum("ij,ij->i", xb, c_unit[labels[start:stop]])
-        other = np.einsum("ij,ij->i", xb, c_unit[second[start:stop]])
-        margin[start:stop] = own - other  # (1 - other) - (1 - own)
+    c_unit = unit_centroids(centroids, x)
+    for start in range(0, n, batch):
+        stop = min(start + batch, n)
+        xb = xp.astype(x[start:stop, :], xp.float64)
+        own = be.rowdot(xp, xb, xp.take(c_unit, labels[start:stop], axis=0))
+        other = be.rowdot(xp, xb, xp.take(c_unit, second[start:stop], axis=0))
+        margin[start:stop] = xp.astype(own - other, xp.float32)  # (1 - other) - (1 - own)
     return margin
 
 

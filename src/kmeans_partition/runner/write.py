@@ -30,10 +30,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from . import backend as be
 from . import kmeans as km
 from .output import is_local
 from .partition import ID_COLUMN, Partition
-from .summary import AssignSummary, cosine_margins, nearest_with_second
+from .summary import AssignSummary, cosine_margins, nearest_with_second, unit_centroids
 
 #: A centroid's rows are split into several files past this many rows.
 ROWS_PER_FILE = 1_000_000
@@ -71,7 +72,7 @@ class PartitionAssigned:
 
 @dataclass
 class Assignment:
-    """One partition's labels and distances; stays on its worker until the rows are split."""
+    """One partition's labels and distances; stays on its worker (and device) until the rows are split."""
 
     labels: np.ndarray  # (n,) int32
     l2: np.ndarray  # (n,) float32
@@ -80,32 +81,40 @@ class Assignment:
     second: Optional[np.ndarray] = None  # (n,) int32 second-nearest centroid; None when k == 1
     margin: Optional[np.ndarray] = None  # (n,) float32; set only when the columns are written
 
-    def columns(self, rows: np.ndarray) -> dict[str, pa.Array]:
-        """The per-row output columns that follow the input's, for `rows`, in output order."""
-        out = {L2_COLUMN: pa.array(self.l2[rows]), COSINE_COLUMN: pa.array(self.cosine[rows])}
+    def columns(self, rows) -> dict[str, pa.Array]:
+        """The per-row output columns that follow the input's, for `rows` (indices on the
+        assignment's device), in output order; gathered there, then copied to the host."""
+        xp = be.namespace(self.labels)
+
+        def host(values) -> pa.Array:
+            return pa.array(be.to_host(xp.take(values, rows)))
+
+        out = {L2_COLUMN: host(self.l2), COSINE_COLUMN: host(self.cosine)}
         if self.margin is not None:
-            n = len(rows)
-            out[SECOND_CENTROID_COLUMN] = pa.nulls(n, pa.int32()) if self.second is None else pa.array(self.second[rows])
-            out[MARGIN_COLUMN] = pa.nulls(n, pa.float32()) if self.second is None else pa.array(self.margin[rows])
+            n = rows.shape[0]
+            out[SECOND_CENTROID_COLUMN] = pa.nulls(n, pa.int32()) if self.second is None else host(self.second)
+            out[MARGIN_COLUMN] = pa.nulls(n, pa.float32()) if self.second is None else host(self.margin)
         return out
 
 
-def distances_to_assigned(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, batch: int):
-    """(l2, cosine) distances of each row to its centroid, float32 (computed in float64).
+def distances_to_assigned(x, centroids, labels, batch: int):
+    """(l2, cosine) distances (n,) of each row to its centroid, float32 (computed in float64 where ``x`` lives).
 
     ``l2 = ||x - c||``; ``cosine = 1 - x.c / ||c||`` (rows are unit-norm).
     """
-    c64 = centroids.astype(np.float64)
-    c_unit = c64 / np.maximum(np.linalg.norm(c64, axis=1, keepdims=True), np.finfo(np.float64).tiny)
-    l2 = np.empty(len(labels), dtype=np.float32)
-    cosine = np.empty(len(labels), dtype=np.float32)
-    for start in range(0, len(labels), batch):
-        stop = min(start + batch, len(labels))
-        xb = x[start:stop].astype(np.float64)
+    xp = be.namespace(x)
+    n = labels.shape[0]
+    c64 = be.like(np.asarray(be.to_host(centroids), dtype=np.float64), x)
+    c_unit = unit_centroids(centroids, x)
+    l2 = xp.empty(n, dtype=xp.float32, device=be.device(x))
+    cosine = xp.empty(n, dtype=xp.float32, device=be.device(x))
+    for start in range(0, n, batch):
+        stop = min(start + batch, n)
+        xb = xp.astype(x[start:stop, :], xp.float64)
         lab = labels[start:stop]
-        diff = xb - c64[lab]
-        l2[start:stop] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-        cosine[start:stop] = 1.0 - np.einsum("ij,ij->i", xb, c_unit[lab])
+        diff = xb - xp.take(c64, lab, axis=0)
+        l2[start:stop] = xp.astype(xp.sqrt(be.rowdot(xp, diff, diff)), xp.float32)
+        cosine[start:stop] = xp.astype(1.0 - be.rowdot(xp, xb, xp.take(c_unit, lab, axis=0)), xp.float32)
     return l2, cosine
 
 
@@ -114,15 +123,21 @@ def assign_partition(
 ) -> Assignment:
     """Nearest centroid of every row, its distances and margin, and the partition's summary (on a worker).
 
-    ``second_centroid``: keep the `SECOND_CENTROID_COLUMN` and `MARGIN_COLUMN` columns for the output.
+    Runs where the partition lives (NumPy, or CuPy on a GPU worker); the per-row results stay
+    there. The summary is computed on the host from copies of the labels, distances and margins
+    (12 bytes a row). ``second_centroid``: keep the `SECOND_CENTROID_COLUMN` and `MARGIN_COLUMN`
+    columns for the output.
     """
+    xp = be.namespace(part.xa)
     k = centroids.shape[0]
-    labels, dist_sq, second = nearest_with_second(part.xa, part.x_sq, km.augment_centroids(centroids), batch)
+    ca = km.augment_centroids(np.asarray(centroids), ref=part.xa)
+    labels, dist_sq, second = nearest_with_second(part.xa, part.x_sq, ca, batch)
     l2, cosine = distances_to_assigned(part.x, centroids, labels, batch)
     margin = cosine_margins(part.x, centroids, labels, second, batch)
-    counts = np.bincount(labels, minlength=k).astype(np.int64)
-    stats = AssignSummary.from_rows(labels, cosine, margin, k)
-    summary = PartitionAssigned(part.index, counts, float(dist_sq.sum(dtype=np.float64)), stats)
+    host_labels = be.to_host(labels)
+    counts = np.bincount(host_labels, minlength=k).astype(np.int64)
+    stats = AssignSummary.from_rows(host_labels, be.to_host(cosine), be.to_host(margin), k)
+    summary = PartitionAssigned(part.index, counts, float(xp.sum(xp.astype(dist_sq, xp.float64))), stats)
     if not second_centroid:
         return Assignment(labels, l2, cosine, summary)
     return Assignment(labels, l2, cosine, summary, second, margin)
@@ -244,13 +259,16 @@ def embedding_array(x: np.ndarray, max_values: int = MAX_LIST_VALUES) -> pa.Chun
     return pa.chunked_array(chunks, type=pa.list_(pa.float32()))
 
 
-def output_table(part: Partition, rows: np.ndarray, assignment: Assignment, columns: OutputColumns) -> pa.Table:
-    """The partition's `rows`, in that order; id and metadata cast to the unified types."""
-    idx = pa.array(rows)
+def output_table(part: Partition, rows, assignment: Assignment, columns: OutputColumns) -> pa.Table:
+    """The partition's `rows` (indices on the partition's device), in that order; id and metadata
+    cast to the unified types. Embeddings and distances are gathered on the device, then copied
+    to the host."""
+    xp = be.namespace(part.xa)
+    idx = pa.array(be.to_host(rows))
     schema = columns.column_schema
     table = {
         columns.id_field: part.ids.take(idx).cast(schema.field(ID_COLUMN).type),
-        columns.embedding_field: embedding_array(part.x[rows]),
+        columns.embedding_field: embedding_array(be.to_host(xp.take(part.x, rows, axis=0))),
     }
     for name in part.metadata.column_names:
         table[name] = part.metadata.column(name).take(idx).cast(schema.field(name).type)
@@ -263,10 +281,12 @@ def split_partition(
 ) -> list[pa.Table]:
     """The rows sorted by centroid (stable), one table per write group (`bounds` from the plan).
 
-    Each table owns its buffers, so each is freed once its group is written.
+    Each table owns its buffers, so each is freed once its group is written. The sort runs
+    where the partition lives (NumPy or CuPy); only each group's rows come back to the host.
     """
-    order = np.argsort(assignment.labels, kind="stable")
-    return [output_table(part, order[bounds[g]:bounds[g + 1]], assignment, columns) for g in range(len(bounds) - 1)]
+    xp = be.namespace(assignment.labels)
+    order = xp.argsort(assignment.labels, stable=True)
+    return [output_table(part, order[int(bounds[g]):int(bounds[g + 1])], assignment, columns) for g in range(len(bounds) - 1)]
 
 
 # ---------------------------------------------------------------- 4. write (workers)
