@@ -23,6 +23,7 @@ from .manifest import RunResult, manifest_data, write_centroids, write_manifest
 from .output import REPORT, check_not_inside_inputs, check_writable, clear_previous, open_output
 from .partition import count_duplicates, hash_buckets, load_partition, partition_stats, unify_column_types
 from .progress import Progress
+from .recovery import is_lost_error, note
 from .read import discover_files, plan_partitions
 from ..spec import DEFAULT_ENGINE, Engine, JobSpec, SpecError, parse_job_spec
 from .summary import MergeInOrder
@@ -133,6 +134,12 @@ class _Run:
         self.engine = engine
         self.out = open_output(spec.output_path, spec.storage_options)
         self.timings: dict[str, float] = {}
+        self.sources: list = []  # (partition index, PartitionRef, options) of each kept partition
+
+    def reload_partition(self, i: int):
+        """Kept partition i submitted again (read from its source), after it was lost with a worker."""
+        index, ref, options = self.sources[i]
+        return self.client.submit(load_partition, index, ref, options, pure=False)
 
     def execute(self, replace: list[str]) -> dict:
         """``replace``: the previous output's entries that `overwrite` will delete."""
@@ -143,6 +150,7 @@ class _Run:
         parts, stats = self.read(refs)
         column_schema = unify_column_types(stats, spec.id_field)  # before any work, like check_shapes
         duplicates = self.count_duplicate_ids(parts)
+        parts_for_duplicates = list(parts)  # `write` empties `parts`
         n_rows = sum(s.n_rows for s in stats)
         dim = stats[0].dim
         if spec.n_clusters > n_rows:
@@ -172,7 +180,7 @@ class _Run:
             rows_per_centroid=[int(c) for c in counts],
             files=files_written,
             input_files=files,
-            n_duplicate_ids=sum(self.client.gather(duplicates)),
+            n_duplicate_ids=self.duplicate_count(duplicates, parts_for_duplicates),
             n_reseeded=fitted.n_reseeded,
             engine=choice.to_dict(),
             timings=self.timings,
@@ -224,6 +232,7 @@ class _Run:
             raise
         check_shapes(stats, spec)
         keep = [i for i, s in enumerate(stats) if s.n_rows > 0]
+        self.sources = [(i, refs[i], options) for i in keep]
         self.timings["read"] = time.perf_counter() - started
         return [parts[i] for i in keep], [stats[i] for i in keep]
 
@@ -236,7 +245,8 @@ class _Run:
             self.progress.stage("fitting", max_iter=spec.max_iter)
             return fit_raft(self.client, parts, rows, dim, RaftParams.from_spec(spec, tol_abs)), choice
         model = DaskKMeans(
-            self.client, parts, rows, spec.n_clusters, spec.max_samples_per_batch, spec.random_state, self.progress
+            self.client, parts, rows, spec.n_clusters, spec.max_samples_per_batch, spec.random_state, self.progress,
+            reload=self.reload_partition,
         )
         return fit(model, spec.init, spec.oversampling_factor, spec.max_iter, tol_abs), choice
 
@@ -249,6 +259,16 @@ class _Run:
             )
             for i in range(n_buckets)
         ]
+
+    def duplicate_count(self, duplicates: list, parts: list) -> int:
+        """The duplicate-id count; counted again if its futures were lost with a worker."""
+        try:
+            return sum(self.client.gather(duplicates))
+        except Exception as err:
+            if not is_lost_error(err):
+                raise
+            note("the duplicate-id count", 0, repr(err))
+            return sum(self.client.gather(self.count_duplicate_ids(parts)))
 
     def write(self, parts, centroids: np.ndarray, column_schema):
         """Assign where the partitions live, move rows to their write group in memory, write each file once.
