@@ -36,6 +36,7 @@ from .write import (
     WritePlan,
     assign_partition,
     plan_writes,
+    remove_attempts,
     remove_planned,
     rows_per_write_task,
     split_partition,
@@ -150,7 +151,6 @@ class _Run:
         parts, stats = self.read(refs)
         column_schema = unify_column_types(stats, spec.id_field)  # before any work, like check_shapes
         duplicates = self.count_duplicate_ids(parts)
-        parts_for_duplicates = list(parts)  # `write` empties `parts`
         n_rows = sum(s.n_rows for s in stats)
         dim = stats[0].dim
         if spec.n_clusters > n_rows:
@@ -163,6 +163,7 @@ class _Run:
         )
         fitted, choice = self.fit(parts, stats, dim, tol_abs)
         self.timings.update(fitted.timings)
+        n_duplicates = self.duplicate_count(duplicates, parts)  # before `write` releases the partitions
         clear_previous(self.out, replace)
         counts, inertia, files_written, summary = self.write(parts, fitted.centroids, column_schema)
         write_centroids(self.out, fitted.centroids)
@@ -180,7 +181,7 @@ class _Run:
             rows_per_centroid=[int(c) for c in counts],
             files=files_written,
             input_files=files,
-            n_duplicate_ids=self.duplicate_count(duplicates, parts_for_duplicates),
+            n_duplicate_ids=n_duplicates,
             n_reseeded=fitted.n_reseeded,
             engine=choice.to_dict(),
             timings=self.timings,
@@ -368,6 +369,7 @@ class _Run:
             submitted_files = [f.path for g in range(next_group) for f in plan.group_files(g)]
             self.remove_after_failure(list(in_flight), submitted_files)
             raise
+        remove_attempts(self.out.fs, self.out.root)  # what attempts killed with their worker left
         return written
 
     def remove_after_failure(self, running: list, paths: list[str]) -> None:
@@ -381,6 +383,7 @@ class _Run:
             log.warning("write tasks still running after %d s: %s", CLEANUP_WAIT_S, err)
         try:
             removed = remove_planned(self.out.fs, self.out.root, paths)
+            remove_attempts(self.out.fs, self.out.root)
             log.info("removed %d file(s) of the failed write", len(removed))
         except Exception as err:
             log.warning("could not remove the failed write's files under %s: %s", self.out.uri, err)
