@@ -29,45 +29,70 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def dask_processes(n_workers: int, tmp: Path):
-    """Yields (scheduler address, {worker name: Popen}); every process started here is ended here."""
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    procs = []
-    log = open(tmp / "dask.log", "ab")
-    try:
-        procs.append(subprocess.Popen(
-            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0",
-             "--no-show"], stdout=log, stderr=log, env=env,
-        ))
-        workers = {}
-        for i in range(n_workers):
-            name = f"w{i}"
-            workers[name] = subprocess.Popen(
-                [DASK, "worker", address, "--name", name, "--nthreads", "1", "--no-nanny",
-                 "--host", "127.0.0.1", "--no-dashboard", "--local-directory", str(tmp / name)],
-                stdout=log, stderr=log, env=env,
+class DaskProcesses:
+    """A `dask scheduler` and `dask worker` processes on 127.0.0.1 (no nanny: a SIGKILL ends a
+    worker for good); `replenish` starts new workers in place of killed ones."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.address = f"tcp://127.0.0.1:{free_port()}"
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self.log = open(tmp / "dask.log", "ab")
+        self.started = 0
+        self.workers: dict[str, subprocess.Popen] = {}  # the live ones, by name
+        port = self.address.rsplit(":", 1)[1]
+        self.scheduler = self._popen(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", port, "--dashboard-address", ":0", "--no-show"]
+        )
+
+    def _popen(self, args: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(args, stdout=self.log, stderr=self.log, env=self.env)
+
+    def replenish(self, n: int) -> None:
+        """Start workers until `n` live ones were started (a killed one is dropped from `workers`)."""
+        self.workers = {name: p for name, p in self.workers.items() if p.poll() is None}
+        while len(self.workers) < n:
+            name = f"w{self.started}"
+            self.started += 1
+            self.workers[name] = self._popen(
+                [DASK, "worker", self.address, "--name", name, "--nthreads", "1", "--no-nanny",
+                 "--host", "127.0.0.1", "--no-dashboard", "--local-directory", str(self.tmp / name)]
             )
-            procs.append(workers[name])
-        yield address, workers
-    finally:
-        for proc in reversed(procs):
+
+    def close(self) -> None:
+        procs = [*self.workers.values(), self.scheduler]
+        for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
         for proc in procs:
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        log.close()
+        self.log.close()
+
+
+@contextmanager
+def dask_processes(n_workers: int, tmp: Path):
+    """Yields a `DaskProcesses` with `n_workers` started; every process started here is ended here."""
+    procs = DaskProcesses(tmp)
+    try:
+        procs.replenish(n_workers)
+        yield procs
+    finally:
+        procs.close()
 
 
 def connect(address: str, n_workers: int, timeout: float = 60) -> Client:
+    """A client once exactly `n_workers` workers are connected (killed ones gone)."""
     client = Client(address, timeout=timeout)
-    client.wait_for_workers(n_workers, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while len(client.scheduler_info(n_workers=-1)["workers"]) != n_workers:
+        if time.monotonic() > deadline:
+            client.close()
+            raise TimeoutError(f"{n_workers} workers did not connect to {address}")
+        time.sleep(0.1)
     return client
 
 

@@ -8,12 +8,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
+import fsspec
+import pyarrow as pa
 import pytest
 
+from kmeans_partition.runner import write
+from kmeans_partition.runner.partition import Partition, partition_stats
 from kmeans_partition.runner.progress import Progress
 from kmeans_partition.runner.sample import write_sample
 from kmeans_partition.runner.stage import KMeansStage
+from kmeans_partition.runner.write import OutputColumns, assign_partition, plan_writes, split_partition
+from dask_support import blobs
 from fault_support import KillWorker, connect, dask_processes
 from io_support import tree_hash
 
@@ -60,16 +65,24 @@ def sample(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(sample):
-    with dask_processes(3, sample) as (address, _), connect(address, 3) as client:
+def cluster(sample):
+    """One scheduler for the module; each test replaces the worker the previous one killed."""
+    with dask_processes(3, sample) as procs:
+        yield procs
+
+
+@pytest.fixture(scope="module")
+def reference(sample, cluster):
+    with connect(cluster.address, 3) as client:
         job(sample / "in", sample / "ref").run(client=client)
     return outputs(sample / "ref")
 
 
 @pytest.mark.parametrize("phase", list(PHASES))
-def test_run_survives_a_killed_worker(phase, sample, reference, tmp_path):
-    with dask_processes(3, tmp_path) as (address, workers), connect(address, 3) as client:
-        killer = KillWorker(client, workers, *PHASES[phase])
+def test_run_survives_a_killed_worker(phase, sample, cluster, reference, tmp_path):
+    cluster.replenish(3)
+    with connect(cluster.address, 3) as client:
+        killer = KillWorker(client, cluster.workers, *PHASES[phase])
         job(sample / "in", tmp_path / "out").run(client=client, progress=Progress([killer]))
         killer.watcher.join()
     assert killer.killed is not None, f"no worker was killed during {phase}"
@@ -77,3 +90,46 @@ def test_run_survives_a_killed_worker(phase, sample, reference, tmp_path):
     assert got["manifest"] == reference["manifest"]
     assert got["files"] == reference["files"]
     assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(("_attempt", "."))]
+
+
+# ---------------------------------------------------------------- write attempts (no Dask)
+
+
+def one_group(x):
+    part = Partition.from_normalised(0, "mem://0", 0, pa.array([f"doc-{i}" for i in range(len(x))]), x,
+                                     pa.table({"text": [f"t{i}" for i in range(len(x))]}))
+    columns = OutputColumns("id", "embedding", partition_stats(part).column_schema)
+    assignment = assign_partition(part, x[[0, 100, 200]], 64)
+    plan = plan_writes(assignment.summary.counts[None], max_rows=10_000)
+    (piece,) = split_partition(part, assignment, plan.partition_bounds(0), columns)
+    _, rows = plan.group_pieces(0)
+    return plan.group_files(0), rows, piece
+
+
+def test_a_write_attempt_never_leaves_a_partial_final_file(tmp_path, monkeypatch):
+    files, rows, piece = one_group(blobs(300, 4, 3, seed=6))
+    out = tmp_path / "out"
+    real, targets = write.write_file, []
+
+    def dies_midway(fs, path, table):  # a worker killed while writing: partial bytes, no cleanup
+        targets.append(path)
+        if len(targets) == 2:
+            with fs.open_output_stream(path) as handle:
+                handle.write(b"PAR1")
+            raise KeyboardInterrupt("killed")
+        real(fs, path, table)
+
+    monkeypatch.setattr(write, "write_file", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        write.write_group(files, rows, str(out), {}, piece)
+    assert all(f"/{write.ATTEMPTS_DIR}/" in t for t in targets)  # never the final name
+    monkeypatch.setattr(write, "write_file", real)
+    first = write.write_group(files, rows, str(out), {}, piece)  # Dask's re-run
+    again = tree_hash(out)
+    second = write.write_group(files, rows, str(out), {}, piece)  # a late duplicate attempt
+    assert first == second and tree_hash(out) == again
+    assert sorted(again) == sorted(f.path for f in files)  # the attempts' folders are gone
+    (out / write.ATTEMPTS_DIR / "dead" / "centroid=0").mkdir(parents=True)  # one killed before its finally
+    (out / write.ATTEMPTS_DIR / "dead" / "centroid=0" / "part-00000.parquet").write_bytes(b"PAR1")
+    write.remove_attempts(fsspec.filesystem("file"), str(out))
+    assert sorted(tree_hash(out)) == sorted(f.path for f in files)
