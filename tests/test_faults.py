@@ -7,18 +7,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import fsspec
 import pyarrow as pa
 import pytest
 
+from distributed import Client, LocalCluster
+from distributed.scheduler import KilledWorker
+
+from kmeans_partition.runner import stage as stage_module
 from kmeans_partition.runner import write
 from kmeans_partition.runner.partition import Partition, partition_stats
 from kmeans_partition.runner.progress import Progress
 from kmeans_partition.runner.sample import write_sample
 from kmeans_partition.runner.stage import KMeansStage
 from kmeans_partition.runner.write import OutputColumns, assign_partition, plan_writes, split_partition
-from dask_support import blobs
+from dask_support import blobs, write_input
 from fault_support import KillWorker, connect, dask_processes
 from io_support import tree_hash
 
@@ -133,3 +138,34 @@ def test_a_write_attempt_never_leaves_a_partial_final_file(tmp_path, monkeypatch
     (out / write.ATTEMPTS_DIR / "dead" / "centroid=0" / "part-00000.parquet").write_bytes(b"PAR1")
     write.remove_attempts(fsspec.filesystem("file"), str(out))
     assert sorted(tree_hash(out)) == sorted(f.path for f in files)
+
+
+LOST_ONCE = []
+
+
+def write_group_lost_once(files, *args):
+    """The first attempt of the group holding centroid 0 comes back as if its worker died."""
+    if files[0].centroid == 0 and not LOST_ONCE:
+        LOST_ONCE.append(files[0].path)
+        raise KilledWorker("write_group-x", SimpleNamespace(address="tcp://127.0.0.1:1"), 3)
+    return write.write_group(files, *args)
+
+
+def test_a_write_group_lost_with_its_pieces_is_rebuilt_from_the_sources(tmp_path, monkeypatch):
+    """Pieces Dask cannot recompute (partitions released): the group is written from a re-read."""
+    x = blobs(2000, 8, 5, seed=23)
+    write_input(tmp_path / "in", x, files=3)
+    monkeypatch.setattr(stage_module, "rows_per_write_task", lambda *args: 300)
+
+    def run(out, client):
+        return KMeansStage(n_clusters=5, id_field="id", embedding_field="embedding", input_path=str(tmp_path / "in"),
+                           output_path=str(out), metadata_fields=["text"], max_iter=5, report=False).run(client=client)
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        run(tmp_path / "ref", client)
+        monkeypatch.setattr(stage_module, "write_group", write_group_lost_once)
+        LOST_ONCE.clear()
+        run(tmp_path / "out", client)
+    assert LOST_ONCE
+    assert outputs(tmp_path / "out") == outputs(tmp_path / "ref")

@@ -23,7 +23,7 @@ from .manifest import RunResult, manifest_data, write_centroids, write_manifest
 from .output import REPORT, check_not_inside_inputs, check_writable, clear_previous, open_output
 from .partition import count_duplicates, hash_buckets, load_partition, partition_stats, unify_column_types
 from .progress import Progress
-from .recovery import is_lost_error, note
+from .recovery import is_lost, is_lost_error, note
 from .read import discover_files, plan_partitions
 from ..spec import DEFAULT_ENGINE, Engine, JobSpec, SpecError, parse_job_spec
 from .summary import MergeInOrder
@@ -313,7 +313,18 @@ class _Run:
         self.timings["assign"] = time.perf_counter() - started
         started = time.perf_counter()
         self.progress.stage("writing", centroids_total=sum(f.last for f in plan.files))
-        written = self.write_groups(plan, pieces)
+
+        def rebuild(groups: list[int]) -> dict[int, list]:
+            """The pieces of `groups` again, each partition read once more, after pieces were lost."""
+            present = {g: plan.group_pieces(g)[0] for g in groups}
+            splits = {}
+            for p in sorted({p for ps in present.values() for p in ps}):
+                part = self.reload_partition(p)
+                a = self.client.submit(assign_partition, part, c_future, batch, spec.write_second_centroid, pure=False)
+                splits[p] = self.client.submit(split_partition, part, a, plan.partition_bounds(p), columns, pure=False)
+            return {g: [self.client.submit(getitem, splits[p], g, pure=False) for p in ps] for g, ps in present.items()}
+
+        written = self.write_groups(plan, pieces, rebuild)
         self.timings["write"] = time.perf_counter() - started
         files = [{"centroid": c, "path": p, "rows": r} for c, p, r in sorted(written)]
         inertia = float(sum(s.inertia for s in summaries))
@@ -332,9 +343,12 @@ class _Run:
         self.timings["report"] = time.perf_counter() - started
         return url
 
-    def write_groups(self, plan: WritePlan, pieces: list) -> list[tuple[int, str, int]]:
+    def write_groups(self, plan: WritePlan, pieces: list, rebuild=None) -> list[tuple[int, str, int]]:
         """One `write_group` task per group, a few per worker thread at a time (bounds memory).
 
+        A group whose pieces were lost with a worker (Dask cannot recompute them: the partitions
+        were released) is written again from `rebuild(groups)`: every partition still needed read
+        again once, for all the groups not yet written.
         On failure: no new task starts, the running ones end, then this run's files are removed.
         """
         window = 2 * max(1, sum(self.client.nthreads().values()))
@@ -342,23 +356,42 @@ class _Run:
         queue, in_flight, written = as_completed(), {}, []
         next_group = 0
 
-        def submit_next() -> None:
-            nonlocal next_group
-            g, next_group = next_group, next_group + 1
-            group_pieces, rows = pieces[g]
-            pieces[g] = None  # the task holds them now; released when it is done
+        def submit(g: int, group_pieces: list, rows) -> None:
             future = self.client.submit(
                 write_group, plan.group_files(g), rows, out_url, options, *group_pieces, pure=False
             )
             in_flight[future] = g
             queue.add(future)
 
+        def submit_next() -> None:
+            nonlocal next_group
+            g, next_group = next_group, next_group + 1
+            group_pieces, rows = pieces[g]
+            pieces[g] = None  # the task holds them now; released when it is done
+            submit(g, again.pop(g, group_pieces), rows)  # rebuilt pieces, if any: the first may be lost
+
+        rebuilt, again, done = 0, {}, set()
+
+        def pieces_again(g: int) -> list:
+            """Group g's pieces from one re-read of every partition still needed (shared by the groups)."""
+            nonlocal rebuilt, again
+            if g not in again or any(is_lost(f) for f in again[g]):
+                note("the write", rebuilt, f"group {g} lost its pieces")
+                rebuilt += 1
+                again = rebuild([h for h in range(plan.n_groups) if h not in done])
+            return again.pop(g)
+
         try:
             while next_group < min(window, plan.n_groups):
                 submit_next()
             for future in queue:
-                files = future.result()
                 g = in_flight.pop(future)
+                if rebuild is not None and is_lost(future):
+                    submit(g, pieces_again(g), plan.group_pieces(g)[1])
+                    continue
+                files = future.result()
+                done.add(g)
+                again.pop(g, None)
                 written += files
                 completed = sum(f.last for f in plan.group_files(g))  # centroids whose last file this was
                 self.progress.centroids_written(completed, sum(r for _, _, r in files))
