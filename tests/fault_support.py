@@ -107,11 +107,17 @@ class KillWorker:
         self.client, self.workers, self.event, self.count, self.task = client, workers, event, count, task
         self.seen = 0
         self.watcher: Optional[threading.Thread] = None
+        self.late = False  # the phase ended before a task of it was seen running: killed at its end
+        self.lock = threading.Lock()
         self.killed: Optional[str] = None
         self.killed_at: Optional[float] = None
 
     def on_progress(self, snap: ProgressSnapshot, event: str) -> None:
         if self.killed is not None:
+            return
+        if self.watcher is not None and event == "stage":  # the next stage began: kill now
+            self.late = True
+            self.kill()
             return
         hit = (event == "stage" and snap.stage == self.event) or event == self.event
         if not hit:
@@ -128,12 +134,17 @@ class KillWorker:
         deadline = time.monotonic() + timeout
         while self.killed is None and time.monotonic() < deadline:
             for addr, keys in self.client.processing().items():
-                if any(key_name(k) == self.task for k in keys):
+                if self.killed is None and any(key_name(k) == self.task for k in keys):
                     self.kill(addr)
                     return
             time.sleep(0.005)
 
     def kill(self, victim: Optional[str] = None) -> None:
+        with self.lock:
+            if self.killed is None:
+                self._kill(victim)
+
+    def _kill(self, victim: Optional[str] = None) -> None:
         info = self.client.scheduler_info(n_workers=-1)["workers"]
         names = {addr: w.get("name") for addr, w in info.items()}
         if victim is None:
