@@ -169,3 +169,48 @@ def test_a_write_group_lost_with_its_pieces_is_rebuilt_from_the_sources(tmp_path
         run(tmp_path / "out", client)
     assert LOST_ONCE
     assert outputs(tmp_path / "out") == outputs(tmp_path / "ref")
+
+
+# ---------------------------------------------------------------- the fit's own recovery (in-process workers)
+
+def lost_once(real, when, flag: Path):
+    """`real`, except that its first call where `when(args, kwargs)` holds comes back as a lost
+    worker. State in files: tasks may be pickled by value (the test module is not importable)."""
+    def task(*args, **kwargs):
+        if not flag.exists() and when(args, kwargs):
+            flag.write_text(real.__name__)
+            raise KilledWorker(real.__name__, SimpleNamespace(address="tcp://127.0.0.1:1"), 3)
+        return real(*args, **kwargs)
+    task.__name__ = real.__name__
+    return task
+
+
+@pytest.mark.parametrize("where", ["lloyd", "init"])
+def test_fit_rebuilds_a_lost_step_or_init_round_with_identical_result(where, monkeypatch, tmp_path):
+    from kmeans_partition.runner import fit as fit_module
+    from dask_support import scatter_partitions
+
+    x = blobs(3000, 8, 6, seed=41)
+
+    def run():
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+                Client(cluster) as client:
+            parts, rows = scatter_partitions(client, x, 5)
+            model = fit_module.DaskKMeans(client, parts, rows, 6, batch=256, random_state=3)
+            return fit_module.fit(model, "k-means||", 2.0, max_iter=6, tol_abs=0.0), model.recoveries
+
+    reference, none = run()
+    flag, calls = tmp_path / "failed", tmp_path / "calls"
+    if where == "lloyd":  # partition 2's step of the third iteration (it has a previous step with bounds)
+        def when(args, kwargs):
+            with calls.open("a") as handle:
+                handle.write(".")
+            return args[0].index == 2 and args[1] is not None and calls.stat().st_size > 10
+        monkeypatch.setattr(fit_module, "_lloyd_step", lost_once(fit_module._lloyd_step, when, flag))
+    else:  # a pass of the k-means|| sampling after the first candidates
+        monkeypatch.setattr(fit_module, "_nearest_candidate", lost_once(
+            fit_module._nearest_candidate, lambda a, kw: kw.get("offset", 0) > 0, flag))
+    got, recoveries = run()
+    assert flag.exists() and none == [] and recoveries == [{"lloyd": "lloyd", "init": "k-means|| init"}[where]]
+    assert got.centroids.tobytes() == reference.centroids.tobytes()
+    assert got.inertia_history == reference.inertia_history and got.n_iter == reference.n_iter
