@@ -9,6 +9,7 @@ are rebuilt from what the client holds (`recovery.py`).
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -146,7 +147,7 @@ class DaskKMeans:
 
     def _retrying(self, what: str, func, *args):
         """`func(*args)`, started again from the beginning when its results are lost with a worker."""
-        for attempt in range(1_000_000):
+        for attempt in itertools.count():
             try:
                 return func(*args)
             except Exception as err:
@@ -231,7 +232,8 @@ class DaskKMeans:
             candidates.append(new)
             n_cands += len(new)
         points = np.concatenate(candidates)
-        weights = self.client.gather(tree_reduce(self.client, self._map(_candidate_weights, states, m=n_cands), add_arrays))
+        counts = self._map(_candidate_weights, states, m=n_cands)
+        weights = self.client.gather(tree_reduce(self.client, counts, add_arrays))  # summed on the workers
         if n_cands < self.k:  # too few candidates (tiny or highly duplicated data): top up uniformly
             extra = rng.choice(n_total, size=min(self.k, n_total), replace=False)
             points = np.concatenate([points, self.fetch_rows(extra)])
@@ -255,7 +257,7 @@ class DaskKMeans:
         A step lost with its worker (its bounds or centroids gone too) is redone with `redo`
         (no bounds: every row of that partition computed); `steps` is updated in place.
         """
-        for attempt in range(1_000_000):
+        for attempt in itertools.count():
             partials = [self.client.submit(itemgetter(0), s, pure=False) for s in steps]
             total = tree_reduce(self.client, partials, combine_partials, keep=self.k)
             for _ in as_completed([total]):  # finished, failed or cancelled (`wait` raises on the latter)
