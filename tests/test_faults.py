@@ -94,7 +94,7 @@ def test_run_survives_a_killed_worker(phase, sample, cluster, reference, tmp_pat
     got = outputs(tmp_path / "out")
     assert got["manifest"] == reference["manifest"]
     assert got["files"] == reference["files"]
-    assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(("_attempt", "."))]
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(("_tmp", "."))]
 
 
 # ---------------------------------------------------------------- write attempts (no Dask)

@@ -15,8 +15,8 @@ moves between workers in memory (Dask transfers, spilled to worker-local disk un
    each of its files once. Each task attempt is idempotent (Dask runs a task again when its
    worker dies): on object stores a file is one PUT under its final name (an object appears
    whole or not at all, and every attempt writes the same bytes); on a local/POSIX filesystem
-   an attempt writes ``_attempts/<attempt token>/...`` and renames it to the final name (atomic),
-   so a killed attempt leaves no partial final file; the client removes ``_attempts/`` after.
+   an attempt writes ``_tmp-attempts/<attempt token>/...`` and renames it to the final name (atomic),
+   so a killed attempt leaves no partial final file; the client removes ``_tmp-attempts/`` after.
 
 Row order inside a file: input partition order, then input row order. The output is complete
 only when ``_manifest.json`` exists (`manifest.py`, written last).
@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from . import kmeans as km
-from .output import is_local
+from .output import TMP_PREFIX, is_local
 from .partition import ID_COLUMN, Partition
 from .summary import AssignSummary, cosine_margins, nearest_with_second
 
@@ -51,8 +51,9 @@ COSINE_COLUMN = "cosine_dist_to_cent"
 #: Optional columns (``write_second_centroid``): the neighbouring partition and the margin to it.
 SECOND_CENTROID_COLUMN = "second_centroid"
 MARGIN_COLUMN = "margin"
-#: Local filesystems: each write attempt's files before their rename (removed by the client).
-ATTEMPTS_DIR = "_attempts"
+#: Local filesystems: each write attempt's files before their rename (removed by the client; a
+#: name `output.py` knows as this tool's, so `overwrite` may clear what a crashed run left).
+ATTEMPTS_DIR = f"{TMP_PREFIX}attempts"
 
 
 def arrow_filesystem(url: str, storage_options: dict) -> tuple[pafs.FileSystem, str]:
