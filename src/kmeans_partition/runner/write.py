@@ -358,7 +358,12 @@ def _remove_quietly(fs: pafs.FileSystem, paths: list[str]) -> None:
 
 
 def remove_attempts(fs, root: str) -> None:
-    """Remove `ATTEMPTS_DIR` (write attempts killed before their rename) under `root` (fsspec)."""
+    """Remove `ATTEMPTS_DIR` (write attempts killed before their rename) under `root` (fsspec).
+
+    Only local filesystems have one (`write_group`): nothing is listed on an object store.
+    """
+    if not is_local(fs):
+        return
     path = posixpath.join(root, ATTEMPTS_DIR)
     fs.invalidate_cache()
     if fs.exists(path):
