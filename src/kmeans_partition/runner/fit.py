@@ -1,16 +1,19 @@
 """Fitting k-means on Dask: initialisation (k-means|| or random) and Lloyd iterations.
 
 Partitions stay on the workers as futures. Every step submits one task per
-partition, gathers small partials and reduces them on the client in
-partition order, so results do not depend on the number of workers.
+partition and reduces the partials on the workers in a fixed binary tree by
+partition index (`tree_reduce.py`), so results do not depend on the number of
+workers and only the k x d total comes to the client. Results lost with a worker
+are rebuilt from what the client holds (`recovery.py`).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from distributed import Client, Future, as_completed
@@ -20,6 +23,8 @@ from . import kmeans as km
 from .lloyd import LloydReduction, lloyd_partial
 from .partition import Partition
 from .progress import Progress
+from .recovery import is_lost, is_lost_error, note
+from .tree_reduce import add_arrays, combine_partials, tree_reduce
 from .worker_memory import relax_malloc_trim
 
 #: Sampling rounds of k-means|| (Spark MLlib's default; each round is one pass).
@@ -142,6 +147,7 @@ class DaskKMeans:
         random_state: int,
         progress: Optional[Progress] = None,
         bounds: bool = True,
+        reload: Optional[Callable[[int], Future]] = None,
     ):
         self.client = client
         self.parts = parts
@@ -152,6 +158,31 @@ class DaskKMeans:
         self.progress = progress or Progress()
         self.bounds = bounds  # skip rows whose label cannot change (bounds.py); False: full steps
         self.init_details: dict = {}  # k-means||: candidates, trials, seconds per phase (for benchmarks)
+        self.reload = reload  # partition index -> a new future of it (read again), for lost partitions
+        self.recoveries: list[str] = []  # what was rebuilt after a lost worker (for benchmarks, logs)
+
+    def _recover_parts(self) -> None:
+        """Submit again (read from the source) the partitions Dask cannot recompute by itself.
+
+        Updates `self.parts` in place (the caller's list), so later stages use the new futures.
+        """
+        for i, part in enumerate(self.parts):
+            if is_lost(part):
+                if self.reload is None:
+                    raise RuntimeError(f"partition {i} was lost with its worker and cannot be read again")
+                self.parts[i] = self.reload(i)
+
+    def _retrying(self, what: str, func, *args):
+        """`func(*args)`, started again from the beginning when its results are lost with a worker."""
+        for attempt in itertools.count():
+            try:
+                return func(*args)
+            except Exception as err:
+                if not is_lost_error(err):
+                    raise
+                note(what, attempt, repr(err))
+                self.recoveries.append(what)
+                self._recover_parts()
 
     # -- helpers
     def _scatter(self, array: np.ndarray) -> Future:
@@ -183,11 +214,18 @@ class DaskKMeans:
     # -- initialisation
     def init_random(self) -> np.ndarray:
         """``n_clusters`` distinct rows drawn uniformly with ``random_state``."""
+        return self._retrying("random init", self._init_random)
+
+    def _init_random(self) -> np.ndarray:
         rng = np.random.default_rng(self.random_state)
         chosen = rng.choice(int(self.rows.sum()), size=self.k, replace=False)
         return self.fetch_rows(chosen)
 
     def init_kmeans_parallel(self, oversampling_factor: float) -> np.ndarray:
+        """k-means|| (below), from its start again if a worker is lost: same seeds, same result."""
+        return self._retrying("k-means|| init", self._init_kmeans_parallel, oversampling_factor)
+
+    def _init_kmeans_parallel(self, oversampling_factor: float) -> np.ndarray:
         """k-means|| : oversample by squared distance, then weighted k-means++ on the candidates.
 
         Each round's pass finds every row's nearest among ~``oversampling_factor x k`` new
@@ -221,7 +259,8 @@ class DaskKMeans:
             candidates.append(new)
             n_cands += len(new)
         points = np.concatenate(candidates)
-        weights = np.sum(self.client.gather(self._map(_candidate_weights, states, m=n_cands)), axis=0)
+        counts = self._map(_candidate_weights, states, m=n_cands)
+        weights = self.client.gather(tree_reduce(self.client, counts, add_arrays))  # summed on the workers
         if n_cands < self.k:  # too few candidates (tiny or highly duplicated data): top up uniformly
             extra = rng.choice(n_total, size=min(self.k, n_total), replace=False)
             points = np.concatenate([points, self.fetch_rows(extra)])
@@ -239,13 +278,27 @@ class DaskKMeans:
         return centroids
 
     # -- Lloyd
-    def _reduce(self, steps: list[Future], previous: np.ndarray):
-        """Gather the steps' partials as they finish and add them in partition order."""
-        partials = [self.client.submit(itemgetter(0), s, pure=False) for s in steps]
-        index = {f.key: i for i, f in enumerate(partials)}
-        reduction = LloydReduction(len(partials))
-        for future, partial in as_completed(partials, with_results=True):
-            reduction.add(index[future.key], partial)
+    def _reduce(self, steps: list[Future], previous: np.ndarray, redo: Callable[[int], Future]):
+        """Reduce the steps' partials on the workers (fixed tree); only the total comes here.
+
+        A step lost with its worker (its bounds or centroids gone too) is redone with `redo`
+        (no bounds: every row of that partition computed); `steps` is updated in place.
+        """
+        for attempt in itertools.count():
+            partials = [self.client.submit(itemgetter(0), s, pure=False) for s in steps]
+            total = tree_reduce(self.client, partials, combine_partials, keep=self.k)
+            for _ in as_completed([total]):  # finished, failed or cancelled (`wait` raises on the latter)
+                pass
+            if not is_lost(total):
+                break
+            lost = [i for i, s in enumerate(steps) if is_lost(s)]
+            note("a Lloyd step", attempt, f"partitions {lost}")
+            self.recoveries.append("lloyd")
+            self._recover_parts()
+            for i in lost:
+                steps[i] = redo(i)
+        reduction = LloydReduction(1)
+        reduction.add(0, self.client.gather(total))
         return reduction.finish(previous)
 
     def lloyd(self, centroids: np.ndarray, max_iter: int, tol_abs: float,
@@ -266,7 +319,14 @@ class DaskKMeans:
             previous = result.centroids
             c_f = self._scatter(result.centroids)
             steps = self._map(_lloyd_step, self.parts, steps, centroids=c_f, drift=drift, batch=self.batch)
-            update = self._reduce(steps, result.centroids)
+
+            def redo(i: int, c_f=[c_f], centroids=result.centroids) -> Future:
+                """Step i again without bounds (its previous step went with the worker)."""
+                if is_lost(c_f[0]):
+                    c_f[0] = self._scatter(centroids)
+                return self.client.submit(_lloyd_step, self.parts[i], None, c_f[0], None, self.batch, pure=False)
+
+            update = self._reduce(steps, result.centroids, redo)
             drift = update.drift if self.bounds else None
             result.centroids = update.centroids
             result.n_iter = iteration

@@ -12,7 +12,7 @@ from operator import getitem
 from typing import Optional, Union
 
 import numpy as np
-from distributed import Client, as_completed, wait
+from distributed import Client, as_completed
 
 from . import kmeans as km
 from .checkpoint import fit_checkpointed
@@ -25,6 +25,7 @@ from .manifest import RunResult, manifest_data, write_centroids, write_manifest
 from .output import REPORT, clear_previous, open_output
 from .partition import count_duplicates, hash_buckets, load_partition, partition_stats, unify_column_types
 from .progress import Progress
+from .recovery import is_lost_error, note
 from .read import discover_files, plan_partitions
 from ..spec import DEFAULT_ENGINE, Engine, JobSpec, SpecError, parse_job_spec
 from .summary import MergeInOrder
@@ -34,20 +35,16 @@ from .write import (
     MARGIN_COLUMN,
     SECOND_CENTROID_COLUMN,
     OutputColumns,
-    WritePlan,
     assign_partition,
     plan_writes,
-    remove_planned,
     rows_per_write_task,
     split_partition,
     summary_of,
     write_group,
 )
+from .write_tasks import GroupWriter
 
 log = logging.getLogger("kmeans_partition")
-
-#: After a failed write, how long to wait for the write tasks still running before removing files.
-CLEANUP_WAIT_S = 600
 
 
 class KMeansStage:
@@ -137,6 +134,12 @@ class _Run:
         self.checkpoint = self.resume = None
         self.out = open_output(spec.output_path, spec.storage_options)
         self.timings: dict[str, float] = {}
+        self.sources: list = []  # (partition index, PartitionRef, options) of each kept partition
+
+    def reload_partition(self, i: int):
+        """Kept partition i submitted again (read from its source), after it was lost with a worker."""
+        index, ref, options = self.sources[i]
+        return self.client.submit(load_partition, index, ref, options, pure=False)
 
     def execute(self, replace: list[str]) -> dict:
         """``replace``: the previous output's entries that `overwrite` will delete."""
@@ -160,6 +163,7 @@ class _Run:
         )
         fitted, choice = self.fit(parts, stats, dim, tol_abs)
         self.timings.update(fitted.timings)
+        n_duplicates = self.duplicate_count(duplicates, parts)  # before `write` releases the partitions
         self.guard.clear_previous() if self.guard else clear_previous(self.out, replace)
         counts, inertia, files_written, summary = self.write(parts, fitted.centroids, column_schema)
         write_centroids(self.out, fitted.centroids)
@@ -177,7 +181,7 @@ class _Run:
             rows_per_centroid=[int(c) for c in counts],
             files=files_written,
             input_files=files,
-            n_duplicate_ids=sum(self.client.gather(duplicates)),
+            n_duplicate_ids=n_duplicates,
             n_reseeded=fitted.n_reseeded,
             engine=choice.to_dict(),
             timings=self.timings,
@@ -233,6 +237,7 @@ class _Run:
             raise
         check_shapes(stats, spec)
         keep = [i for i, s in enumerate(stats) if s.n_rows > 0]
+        self.sources = [(i, refs[i], options) for i in keep]
         self.timings["read"] = time.perf_counter() - started
         return [parts[i] for i in keep], [stats[i] for i in keep]
 
@@ -245,7 +250,8 @@ class _Run:
             self.progress.stage("fitting", max_iter=spec.max_iter)
             return fit_raft(self.client, parts, rows, dim, RaftParams.from_spec(spec, tol_abs)), choice
         model = DaskKMeans(
-            self.client, parts, rows, spec.n_clusters, spec.max_samples_per_batch, spec.random_state, self.progress
+            self.client, parts, rows, spec.n_clusters, spec.max_samples_per_batch, spec.random_state, self.progress,
+            reload=self.reload_partition,
         )
         return fit_checkpointed(model, spec, tol_abs, self.checkpoint, self.resume), choice
 
@@ -258,6 +264,16 @@ class _Run:
             )
             for i in range(n_buckets)
         ]
+
+    def duplicate_count(self, duplicates: list, parts: list) -> int:
+        """The duplicate-id count; counted again if its futures were lost with a worker."""
+        try:
+            return sum(self.client.gather(duplicates))
+        except Exception as err:
+            if not is_lost_error(err):
+                raise
+            note("the duplicate-id count", 0, repr(err))
+            return sum(self.client.gather(self.count_duplicate_ids(parts)))
 
     def write(self, parts, centroids: np.ndarray, column_schema):
         """Assign where the partitions live, move rows to their write group in memory, write each file once.
@@ -301,7 +317,19 @@ class _Run:
         self.timings["assign"] = time.perf_counter() - started
         started = time.perf_counter()
         self.progress.stage("writing", centroids_total=sum(f.last for f in plan.files))
-        written = self.write_groups(plan, pieces)
+
+        def rebuild(groups: list[int]) -> dict[int, list]:
+            """The pieces of `groups` again, each partition read once more, after pieces were lost."""
+            present = {g: plan.group_pieces(g)[0] for g in groups}
+            splits = {}
+            for p in sorted({p for ps in present.values() for p in ps}):
+                part = self.reload_partition(p)
+                a = self.client.submit(assign_partition, part, c_future, batch, spec.write_second_centroid, pure=False)
+                splits[p] = self.client.submit(split_partition, part, a, plan.partition_bounds(p), columns, pure=False)
+            return {g: [self.client.submit(getitem, splits[p], g, pure=False) for p in ps] for g, ps in present.items()}
+
+        writer = GroupWriter(self.client, self.out, spec.storage_options, self.progress, task=write_group)
+        written = writer.write(plan, pieces, rebuild)
         self.timings["write"] = time.perf_counter() - started
         files = [{"centroid": c, "path": p, "rows": r} for c, p, r in sorted(written)]
         inertia = float(sum(s.inertia for s in summaries))
@@ -319,60 +347,6 @@ class _Run:
             url = None
         self.timings["report"] = time.perf_counter() - started
         return url
-
-    def write_groups(self, plan: WritePlan, pieces: list) -> list[tuple[int, str, int]]:
-        """One `write_group` task per group, a few per worker thread at a time (bounds memory).
-
-        On failure: no new task starts, the running ones end, then this run's files are removed.
-        """
-        window = 2 * max(1, sum(self.client.nthreads().values()))
-        out_url, options = self.out.url(), self.spec.storage_options
-        queue, in_flight, written = as_completed(), {}, []
-        next_group = 0
-
-        def submit_next() -> None:
-            nonlocal next_group
-            g, next_group = next_group, next_group + 1
-            group_pieces, rows = pieces[g]
-            pieces[g] = None  # the task holds them now; released when it is done
-            future = self.client.submit(
-                write_group, plan.group_files(g), rows, out_url, options, *group_pieces, pure=False
-            )
-            in_flight[future] = g
-            queue.add(future)
-
-        try:
-            while next_group < min(window, plan.n_groups):
-                submit_next()
-            for future in queue:
-                files = future.result()
-                g = in_flight.pop(future)
-                written += files
-                completed = sum(f.last for f in plan.group_files(g))  # centroids whose last file this was
-                self.progress.centroids_written(completed, sum(r for _, _, r in files))
-                if next_group < plan.n_groups:
-                    submit_next()
-        except BaseException:
-            self.client.cancel([f for item in pieces if item is not None for f in item[0]])
-            submitted_files = [f.path for g in range(next_group) for f in plan.group_files(g)]
-            self.remove_after_failure(list(in_flight), submitted_files)
-            raise
-        return written
-
-    def remove_after_failure(self, running: list, paths: list[str]) -> None:
-        """Let the write tasks still running end, then delete this run's `paths` that exist.
-
-        Errors here are logged, never raised: the write's own error is the one to report.
-        """
-        try:
-            wait(running, timeout=CLEANUP_WAIT_S)
-        except Exception as err:  # a timeout: remove what is there now
-            log.warning("write tasks still running after %d s: %s", CLEANUP_WAIT_S, err)
-        try:
-            removed = remove_planned(self.out.fs, self.out.root, paths)
-            log.info("removed %d file(s) of the failed write", len(removed))
-        except Exception as err:
-            log.warning("could not remove the failed write's files under %s: %s", self.out.uri, err)
 
 
 def wait_or_raise(futures: list) -> None:

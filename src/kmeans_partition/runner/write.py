@@ -12,7 +12,11 @@ moves between workers in memory (Dask transfers, spilled to worker-local disk un
 3. `split_partition` (one task per partition): the rows sorted by centroid, cut into one Arrow
    table per write group; the partition and its assignment are released afterwards.
 4. `write_group` (one task per group): takes the group's piece of every partition and writes
-   each of its files once, directly under its final name.
+   each of its files once. Each task attempt is idempotent (Dask runs a task again when its
+   worker dies): on object stores a file is one PUT under its final name (an object appears
+   whole or not at all, and every attempt writes the same bytes); on a local/POSIX filesystem
+   an attempt writes ``_tmp-attempts/<attempt token>/...`` and renames it to the final name (atomic),
+   so a killed attempt leaves no partial final file; the client removes ``_tmp-attempts/`` after.
 
 Row order inside a file: input partition order, then input row order. The output is complete
 only when ``_manifest.json`` exists (`manifest.py`, written last).
@@ -21,6 +25,7 @@ only when ``_manifest.json`` exists (`manifest.py`, written last).
 from __future__ import annotations
 
 import posixpath
+import uuid
 from dataclasses import dataclass
 from typing import Optional
 
@@ -32,7 +37,7 @@ from fsspec.core import url_to_fs
 
 from . import backend as be
 from . import kmeans as km
-from .output import is_local
+from .output import TMP_PREFIX, is_local
 from .partition import ID_COLUMN, Partition
 from .summary import AssignSummary, cosine_margins, nearest_with_second, unit_centroids
 
@@ -47,6 +52,9 @@ COSINE_COLUMN = "cosine_dist_to_cent"
 #: Optional columns (``write_second_centroid``): the neighbouring partition and the margin to it.
 SECOND_CENTROID_COLUMN = "second_centroid"
 MARGIN_COLUMN = "margin"
+#: Local filesystems: each write attempt's files before their rename (removed by the client; a
+#: name `output.py` knows as this tool's, so `overwrite` may clear what a crashed run left).
+ATTEMPTS_DIR = f"{TMP_PREFIX}attempts"
 
 
 def arrow_filesystem(url: str, storage_options: dict) -> tuple[pafs.FileSystem, str]:
@@ -301,6 +309,7 @@ def write_group(
     On failure the files this task created are removed before the error propagates.
     """
     fs, root = arrow_filesystem(out_url, storage_options)
+    staging = posixpath.join(root, ATTEMPTS_DIR, uuid.uuid4().hex) if isinstance(fs, pafs.LocalFileSystem) else None
     taken = [0] * len(pieces)
     created: list[str] = []
     written = []
@@ -318,12 +327,25 @@ def write_group(
             path = posixpath.join(root, file.path)
             if file.index == 0 or f == 0:  # a group may start inside a centroid, before its file 0 is written
                 fs.create_dir(posixpath.dirname(path), recursive=True)
-            created.append(path)
-            write_file(fs, path, table)
+            if staging is None:
+                created.append(path)
+                write_file(fs, path, table)
+            else:  # this attempt's own name, then one atomic rename
+                attempt_path = posixpath.join(staging, file.path)
+                fs.create_dir(posixpath.dirname(attempt_path), recursive=True)
+                created += [attempt_path, path]
+                write_file(fs, attempt_path, table)
+                fs.move(attempt_path, path)
             written.append((file.centroid, file.path, file.rows))
     except BaseException:
         _remove_quietly(fs, created)
         raise
+    finally:
+        if staging is not None:
+            try:
+                fs.delete_dir(staging)
+            except (OSError, FileNotFoundError):
+                pass
     return written
 
 
@@ -353,6 +375,19 @@ def _remove_quietly(fs: pafs.FileSystem, paths: list[str]) -> None:
             fs.delete_file(path)
         except (OSError, FileNotFoundError):
             pass
+
+
+def remove_attempts(fs, root: str) -> None:
+    """Remove `ATTEMPTS_DIR` (write attempts killed before their rename) under `root` (fsspec).
+
+    Only local filesystems have one (`write_group`): nothing is listed on an object store.
+    """
+    if not is_local(fs):
+        return
+    path = posixpath.join(root, ATTEMPTS_DIR)
+    fs.invalidate_cache()
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
 
 
 def remove_planned(fs, root: str, relative_paths: list[str]) -> list[str]:

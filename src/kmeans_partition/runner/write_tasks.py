@@ -1,0 +1,105 @@
+"""Writing the planned groups on the workers: a window of `write_group` tasks, rebuilt when lost.
+
+Split from `stage.py`; see `write.py` for the data flow of the write.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from distributed import Client, as_completed, wait
+
+from .progress import Progress
+from .recovery import is_lost, note
+from .write import WritePlan, remove_attempts, remove_planned, write_group
+
+log = logging.getLogger("kmeans_partition")
+
+#: After a failed write, how long to wait for the write tasks still running before removing files.
+CLEANUP_WAIT_S = 600
+
+
+class GroupWriter:
+    """Writes a `WritePlan`'s groups into the output `out` (an `output.OutputLocation`)."""
+
+    def __init__(self, client: Client, out, storage_options: dict, progress: Progress, task=write_group):
+        self.client, self.out, self.storage_options, self.progress = client, out, storage_options, progress
+        self.task = task  # `write.write_group` (stage.py passes its own name: tests patch it there)
+
+    def write(self, plan: WritePlan, pieces: list, rebuild=None) -> list[tuple[int, str, int]]:
+        """One `write_group` task per group, a few per worker thread at a time (bounds memory).
+
+        A group whose pieces were lost with a worker (Dask cannot recompute them: the partitions
+        were released) is written again from `rebuild(groups)`: every partition still needed read
+        again once, for all the groups not yet written.
+        On failure: no new task starts, the running ones end, then this run's files are removed.
+        """
+        window = 2 * max(1, sum(self.client.nthreads().values()))
+        out_url, options = self.out.url(), self.storage_options
+        queue, in_flight, written = as_completed(), {}, []
+        next_group = 0
+
+        def submit(g: int, group_pieces: list, rows) -> None:
+            future = self.client.submit(
+                self.task, plan.group_files(g), rows, out_url, options, *group_pieces, pure=False
+            )
+            in_flight[future] = g
+            queue.add(future)
+
+        def submit_next() -> None:
+            nonlocal next_group
+            g, next_group = next_group, next_group + 1
+            group_pieces, rows = pieces[g]
+            pieces[g] = None  # the task holds them now; released when it is done
+            submit(g, again.pop(g, group_pieces), rows)  # rebuilt pieces, if any: the first may be lost
+
+        rebuilt, again, done = 0, {}, set()
+
+        def pieces_again(g: int) -> list:
+            """Group g's pieces from one re-read of every partition still needed (shared by the groups)."""
+            nonlocal rebuilt, again
+            if g not in again or any(is_lost(f) for f in again[g]):
+                note("the write", rebuilt, f"group {g} lost its pieces")
+                rebuilt += 1
+                again = rebuild([h for h in range(plan.n_groups) if h not in done])
+            return again.pop(g)
+
+        try:
+            while next_group < min(window, plan.n_groups):
+                submit_next()
+            for future in queue:
+                g = in_flight.pop(future)
+                if rebuild is not None and is_lost(future):
+                    submit(g, pieces_again(g), plan.group_pieces(g)[1])
+                    continue
+                files = future.result()
+                done.add(g)
+                again.pop(g, None)
+                written += files
+                completed = sum(f.last for f in plan.group_files(g))  # centroids whose last file this was
+                self.progress.centroids_written(completed, sum(r for _, _, r in files))
+                if next_group < plan.n_groups:
+                    submit_next()
+        except BaseException:
+            self.client.cancel([f for item in pieces if item is not None for f in item[0]])
+            submitted_files = [f.path for g in range(next_group) for f in plan.group_files(g)]
+            self.remove_after_failure(list(in_flight), submitted_files)
+            raise
+        remove_attempts(self.out.fs, self.out.root)  # what attempts killed with their worker left
+        return written
+
+    def remove_after_failure(self, running: list, paths: list[str]) -> None:
+        """Let the write tasks still running end, then delete this run's `paths` that exist.
+
+        Errors here are logged, never raised: the write's own error is the one to report.
+        """
+        try:
+            wait(running, timeout=CLEANUP_WAIT_S)
+        except Exception as err:  # a timeout: remove what is there now
+            log.warning("write tasks still running after %d s: %s", CLEANUP_WAIT_S, err)
+        try:
+            removed = remove_planned(self.out.fs, self.out.root, paths)
+            remove_attempts(self.out.fs, self.out.root)
+            log.info("removed %d file(s) of the failed write", len(removed))
+        except Exception as err:
+            log.warning("could not remove the failed write's files under %s: %s", self.out.uri, err)

@@ -1,0 +1,167 @@
+"""A real `dask scheduler` and `dask worker` processes (no nanny: a SIGKILL ends the worker for good),
+and a progress sink that SIGKILLs one worker when the job reaches a given event.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+from distributed import Client
+from dask.utils import key_split
+
+from kmeans_partition.runner.progress import ProgressSnapshot
+
+DASK = str(Path(sys.executable).with_name("dask"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DaskProcesses:
+    """A `dask scheduler` and `dask worker` processes on 127.0.0.1 (no nanny: a SIGKILL ends a
+    worker for good); `replenish` starts new workers in place of killed ones."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.address = f"tcp://127.0.0.1:{free_port()}"
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self.log = open(tmp / "dask.log", "ab")
+        self.started = 0
+        self.workers: dict[str, subprocess.Popen] = {}  # the live ones, by name
+        port = self.address.rsplit(":", 1)[1]
+        self.scheduler = self._popen(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", port, "--dashboard-address", ":0", "--no-show"]
+        )
+
+    def _popen(self, args: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(args, stdout=self.log, stderr=self.log, env=self.env)
+
+    def replenish(self, n: int) -> None:
+        """Start workers until `n` live ones were started (a killed one is dropped from `workers`)."""
+        self.workers = {name: p for name, p in self.workers.items() if p.poll() is None}
+        while len(self.workers) < n:
+            name = f"w{self.started}"
+            self.started += 1
+            self.workers[name] = self._popen(
+                [DASK, "worker", self.address, "--name", name, "--nthreads", "1", "--no-nanny",
+                 "--host", "127.0.0.1", "--no-dashboard", "--local-directory", str(self.tmp / name)]
+            )
+
+    def close(self) -> None:
+        procs = [*self.workers.values(), self.scheduler]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.log.close()
+
+
+@contextmanager
+def dask_processes(n_workers: int, tmp: Path):
+    """Yields a `DaskProcesses` with `n_workers` started; every process started here is ended here."""
+    procs = DaskProcesses(tmp)
+    try:
+        procs.replenish(n_workers)
+        yield procs
+    finally:
+        procs.close()
+
+
+def connect(address: str, n_workers: int, timeout: float = 60) -> Client:
+    """A client once exactly `n_workers` workers are connected (killed ones gone)."""
+    client = Client(address, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while len(client.scheduler_info(n_workers=-1)["workers"]) != n_workers:
+        if time.monotonic() > deadline:
+            client.close()
+            raise TimeoutError(f"{n_workers} workers did not connect to {address}")
+        time.sleep(0.1)
+    return client
+
+
+class KillWorker:
+    """Progress sink: SIGKILL the worker holding the most data when `event` first happens.
+
+    ``event``: a stage name ("reading", "initialising", "fitting", "assigning", "writing") or an
+    event with a count: ("rows_read", 1), ("iteration", 2), ("assigned", 1), ("rows_written", 1).
+    """
+
+    def __init__(self, client: Client, workers: dict, event, count: int = 1, task: Optional[str] = None):
+        self.client, self.workers, self.event, self.count, self.task = client, workers, event, count, task
+        self.seen = 0
+        self.watcher: Optional[threading.Thread] = None
+        self.late = False  # the phase ended before a task of it was seen running: killed at its end
+        self.lock = threading.Lock()
+        self.killed: Optional[str] = None
+        self.killed_at: Optional[float] = None
+
+    def on_progress(self, snap: ProgressSnapshot, event: str) -> None:
+        if self.killed is not None:
+            return
+        if self.watcher is not None and event == "stage":  # the next stage began: kill now
+            self.late = True
+            self.kill()
+            return
+        hit = (event == "stage" and snap.stage == self.event) or event == self.event
+        if not hit:
+            return
+        self.seen += 1
+        if self.seen == self.count:
+            if self.task is None:
+                self.kill()
+            else:  # kill the first worker seen running a task of that name, from a thread
+                self.watcher = threading.Thread(target=self.watch, daemon=True)
+                self.watcher.start()
+
+    def watch(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.killed is None and time.monotonic() < deadline:
+            for addr, keys in self.client.processing().items():
+                if self.killed is None and any(key_name(k) == self.task for k in keys):
+                    self.kill(addr)
+                    return
+            time.sleep(0.005)
+
+    def kill(self, victim: Optional[str] = None) -> None:
+        with self.lock:
+            if self.killed is None:
+                self._kill(victim)
+
+    def _kill(self, victim: Optional[str] = None) -> None:
+        info = self.client.scheduler_info(n_workers=-1)["workers"]
+        names = {addr: w.get("name") for addr, w in info.items()}
+        if victim is None:
+            held = self.client.has_what()
+            alive = [a for a in names if str(names[a]) in self.workers]
+            victim = max(alive, key=lambda a: (len(held.get(a, ())), str(names[a])))
+        proc = self.workers[str(names[victim])]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        self.killed, self.killed_at = str(names[victim]), time.perf_counter()
+
+    def on_result(self, result) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def key_name(key) -> str:
+    return key_split(key)
