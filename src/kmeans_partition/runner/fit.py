@@ -278,12 +278,26 @@ class DaskKMeans:
         return centroids
 
     # -- Lloyd
-    def _reduce(self, steps: list[Future], previous: np.ndarray, redo: Callable[[int], Future]):
+    def _redo_without_bounds(self, c_f: Future, centroids: np.ndarray) -> Callable[[int], Future]:
+        """A function submitting partition i's step from `centroids` again, without bounds."""
+        scattered = [c_f]
+
+        def redo(i: int) -> Future:
+            if is_lost(scattered[0]):  # the broadcast centroids went with the worker too
+                scattered[0] = self._scatter(centroids)
+            return self.client.submit(_lloyd_step, self.parts[i], None, scattered[0], None, self.batch, pure=False)
+
+        return redo
+
+    def _reduce(self, steps: list[Future], previous: np.ndarray, redo: Optional[Callable[[int], Future]] = None):
         """Reduce the steps' partials on the workers (fixed tree); only the total comes here.
 
         A step lost with its worker (its bounds or centroids gone too) is redone with `redo`
-        (no bounds: every row of that partition computed); `steps` is updated in place.
+        (default: from `previous` without bounds, every row of that partition computed); `steps`
+        is updated in place.
         """
+        if redo is None:
+            redo = self._redo_without_bounds(self._scatter(previous), previous)
         for attempt in itertools.count():
             partials = [self.client.submit(itemgetter(0), s, pure=False) for s in steps]
             total = tree_reduce(self.client, partials, combine_partials, keep=self.k)
@@ -319,14 +333,7 @@ class DaskKMeans:
             previous = result.centroids
             c_f = self._scatter(result.centroids)
             steps = self._map(_lloyd_step, self.parts, steps, centroids=c_f, drift=drift, batch=self.batch)
-
-            def redo(i: int, c_f=[c_f], centroids=result.centroids) -> Future:
-                """Step i again without bounds (its previous step went with the worker)."""
-                if is_lost(c_f[0]):
-                    c_f[0] = self._scatter(centroids)
-                return self.client.submit(_lloyd_step, self.parts[i], None, c_f[0], None, self.batch, pure=False)
-
-            update = self._reduce(steps, result.centroids, redo)
+            update = self._reduce(steps, result.centroids, self._redo_without_bounds(c_f, result.centroids))
             drift = update.drift if self.bounds else None
             result.centroids = update.centroids
             result.n_iter = iteration
