@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from .errors import InputError
@@ -32,16 +34,18 @@ def _unit_rows(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return unit, zero
 
 
-def normalise_rows(x: np.ndarray, source: str, row_offset: int) -> np.ndarray:
-    """A float32, C-contiguous copy of `x` with every row scaled to unit L2 norm.
+def normalise_rows(x: np.ndarray, source: str, row_offset: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """A float32, C-contiguous copy of `x` (n, d) with every row scaled to unit L2 norm.
 
-    `x` is never modified. Norms are computed in float64 (robust for float16/float32
+    ``out``: a float32 (n, d) array to write instead (``out=x`` normalises in place, block by
+    block; on an error rows before the bad one may already be normalised). Norms are computed in float64 (robust for float16/float32
     origin data). A row holding NaN/Inf, or a zero vector, raises `InputError`
     naming `source` and the row (``row_offset`` + index).
     """
     if x.ndim != 2:
         raise ValueError(f"expected a 2-D array of embeddings, got shape {x.shape}")
-    out = np.empty(x.shape, dtype=np.float32)
+    if out is None:
+        out = np.empty(x.shape, dtype=np.float32)
     for start in range(0, x.shape[0], BLOCK_ROWS):
         block = x[start : start + BLOCK_ROWS]
         finite = np.isfinite(block).all(axis=1)
