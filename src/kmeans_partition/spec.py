@@ -79,6 +79,8 @@ class _Model(BaseModel):
 
 #: ``distance_precision`` values; ``tf32`` only changes anything on GPU workers (see README "GPU").
 DistancePrecision = Literal["float32", "tf32"]
+#: ``memory_mode`` values (`runner.memory_mode`).
+MemoryMode = Literal["auto", "in_memory", "out_of_core"]
 #: Env var through which CuPy allows TF32 for float32 GEMMs (read by CuPy, default 0); the operator sets
 #: it on GPU workers from ``distance_precision``, so ``cluster.env`` may not set it.
 CUPY_TF32_ENV = "CUPY_TF32"
@@ -138,6 +140,14 @@ class JobSpec(_Model):
         "cores for the float32 distance GEMMs (CuPy's CUPY_TF32=1, set by the operator on GPU workers only): "
         "faster, but with a 10-bit mantissa rows near a tie between two centroids can get the other label. "
         "No effect on CPU workers.",
+    )
+    memory_mode: MemoryMode = Field(
+        default="auto",
+        description="auto: in_memory when the data (estimated from parquet metadata; JSONL from file sizes) "
+        "take at most half the workers' summed memory limits, else out_of_core. in_memory: partitions stay "
+        "in worker memory. out_of_core: each partition's normalised float32 rows go to worker-local disk and "
+        "are memory-mapped, streamed block by block through every step (for data larger than the cluster's "
+        "memory).",
     )
 
     @field_validator("input_path")

@@ -15,8 +15,8 @@ import pyarrow as pa
 
 from .errors import InputError
 from .kmeans import augment_rows, row_sq_norms
-from .normalise import normalise_rows
-from .read import read_partition
+from .block import BlockSink
+from .read import read_into
 
 
 @dataclass
@@ -68,11 +68,27 @@ class PartitionStats:
     column_schema: pa.Schema  # the id (as "id") and metadata columns' types
 
 
-def load_partition(index: int, ref, options: dict) -> Partition:
-    """Read one `PartitionRef` and normalise it (runs on a worker)."""
-    raw = read_partition(ref, **options)
-    x = normalise_rows(raw.embeddings, raw.source, raw.row_offset) if len(raw.ids) else raw.embeddings
-    return Partition.from_normalised(index, raw.source, raw.row_offset, raw.ids, x, raw.metadata)
+def load_partition(index: int, ref, options: dict, out_of_core: bool = False) -> Partition:
+    """Read one `PartitionRef` into one (n, d + 1) block, normalised in place (runs on a worker).
+
+    ``out_of_core``: the block goes to a file on the worker's local disk, read back memory-mapped
+    (`disk_partition.MappedPartition`); else it stays in memory.
+    """
+    if out_of_core:
+        from .disk_partition import load_mapped
+
+        return load_mapped(index, ref, options)
+    sink = BlockSink(extra=1)
+    filled = read_into(ref, sink, normalise=True, **options)
+    if filled is None:  # an empty JSONL file
+        x = np.empty((0, options.get("embedding_dim") or 0), dtype=np.float32)
+        return Partition.from_normalised(index, ref.path, ref.row_offset, pa.array([], pa.null()), x,
+                                         pa.table({n: pa.nulls(0) for n in options.get("metadata_fields") or []}))
+    return _from_block(index, ref, filled, sink.block)
+
+
+def _from_block(index: int, ref, filled, block: np.ndarray) -> Partition:
+    return Partition(index, ref.path, ref.row_offset, filled.ids, block, filled.x_sq, filled.metadata)
 
 
 ID_COLUMN = "id"

@@ -15,6 +15,7 @@ import numpy as np
 from distributed import Client, as_completed, wait
 
 from . import kmeans as km
+from . import memory_mode
 from .cluster import dask_client
 from .engine import RaftParams, choose_engine, fit_raft, parse_engine
 from .errors import InputError
@@ -31,6 +32,7 @@ from .write import (
     L2_COLUMN,
     MARGIN_COLUMN,
     SECOND_CENTROID_COLUMN,
+    WRITE_TASK_BYTES,
     OutputColumns,
     WritePlan,
     assign_partition,
@@ -74,6 +76,7 @@ class KMeansStage:
         write_second_centroid: bool = False,
         report: bool = True,
         distance_precision: str = "float32",
+        memory_mode: str = "auto",
     ):
         fields = dict(locals())
         fields.pop("self")
@@ -179,6 +182,7 @@ class _Run:
             iterations=fitted.history,
             tol_abs=tol_abs,  # both engines stop on it (raft: `engine.RaftParams`)
             summary=summary.to_dict(),
+            memory_mode=self.memory.to_dict(),
         )
         if spec.report:
             result.report_path = self.write_report(manifest_data(spec, result))
@@ -187,14 +191,29 @@ class _Run:
         return result.to_dict()
 
     def plan(self, files: list[str]):
-        """Partitions of about a million rows; smaller (by row groups) when that leaves workers idle."""
+        """Partitions of about a million rows and at most `memory_mode.PARTITION_BYTES` (less out of
+        core on small workers); smaller (by row groups) when that leaves workers idle. Picks the
+        memory mode (`self.memory`) from the footers' sizes and the workers' memory limits."""
         spec = self.spec
-        refs = plan_partitions(files, spec.input_filetype, spec.storage_options)
-        wanted = 2 * max(1, len(self.client.scheduler_info().get("workers", {})))
+        columns = (spec.id_field, *(spec.metadata_fields or []))
+        plan_args = dict(embedding_field=spec.embedding_field, columns=columns)
+        refs = plan_partitions(files, spec.input_filetype, spec.storage_options,
+                               target_bytes=memory_mode.PARTITION_BYTES, **plan_args)
+        limits = memory_mode.worker_limits(self.client)
+        data_bytes = sum(ref.nbytes or 0 for ref in refs)
+        self.memory = memory_mode.choose(spec.memory_mode, data_bytes, limits)
+        target_bytes = self.memory.partition_bytes
+        if target_bytes < memory_mode.PARTITION_BYTES:
+            refs = plan_partitions(files, spec.input_filetype, spec.storage_options,
+                                   target_bytes=target_bytes, **plan_args)
+        wanted = 2 * max(1, len(limits))
         sizes = [ref.num_rows for ref in refs]
         if len(refs) < wanted and None not in sizes and sum(sizes) > 0:
             target = max(1, -(-sum(sizes) // wanted))
-            refs = plan_partitions(files, spec.input_filetype, spec.storage_options, target_rows=target)
+            refs = plan_partitions(files, spec.input_filetype, spec.storage_options, target_rows=target,
+                                   target_bytes=target_bytes, **plan_args)
+        memory_mode.check_row_groups(refs, self.memory, limits)
+        memory_mode.log_plan(self.memory, len(refs))
         return refs
 
     def read(self, refs):
@@ -210,7 +229,10 @@ class _Run:
             storage_options=spec.storage_options,
             embedding_dim=spec.embedding_dim,
         )
-        parts = [self.client.submit(load_partition, i, ref, options, pure=False) for i, ref in enumerate(refs)]
+        out_of_core = self.memory.mode == "out_of_core"
+        parts = [
+            self.client.submit(load_partition, i, ref, options, out_of_core, pure=False) for i, ref in enumerate(refs)
+        ]
         stat_futures = [self.client.submit(partition_stats, p, pure=False) for p in parts]
         stats = [None] * len(refs)
         index_of = {f.key: i for i, f in enumerate(stat_futures)}
@@ -275,7 +297,8 @@ class _Run:
             summary.stats = None  # k-sized arrays: keep only the running total
         counts = np.stack([s.counts for s in summaries])
         n_threads = sum(self.client.nthreads().values())
-        plan = plan_writes(counts, rows_per_write_task(int(counts.sum()), centroids.shape[1], n_threads))
+        task_bytes = memory_mode.write_task_bytes(self.memory, WRITE_TASK_BYTES)
+        plan = plan_writes(counts, rows_per_write_task(int(counts.sum()), centroids.shape[1], n_threads, task_bytes))
         columns = OutputColumns(spec.id_field, spec.embedding_field, column_schema)
         splits = [
             self.client.submit(split_partition, p, a, plan.partition_bounds(i), columns, pure=False)
