@@ -23,8 +23,24 @@ from .errors import InputError
 from .kmeans import row_sq_norms
 from .normalise import normalise_rows
 
-#: Rows per record batch read from parquet (bounds the Arrow memory next to the block).
+#: Most rows per record batch read from parquet (bounds the Arrow memory next to the block) ...
 BATCH_ROWS = 65536
+#: ... and about this many bytes of embeddings per batch.
+BATCH_BYTES = 4 << 20
+#: Parquet column chunks are read through buffered streams of this size, not whole.
+STREAM_BUFFER_BYTES = 1 << 20
+
+
+def batch_rows(parquet: pq.ParquetFile, ref, embedding_field: str) -> int:
+    """Rows per batch: `BATCH_BYTES` of the embedding (its length from the schema, else the footer estimate)."""
+    kind = parquet.schema_arrow.field(embedding_field).type
+    if pa.types.is_fixed_size_list(kind):
+        row_bytes = 4 * kind.list_size
+    elif ref.nbytes and ref.num_rows:
+        row_bytes = ref.nbytes / ref.num_rows
+    else:
+        return BATCH_ROWS
+    return int(max(256, min(BATCH_ROWS, BATCH_BYTES // max(1, row_bytes))))
 
 
 class Sink(Protocol):
@@ -59,15 +75,16 @@ class Filled:
         self.ids, self.metadata, self.n, self.d, self.x_sq = ids, metadata, n, d, x_sq
 
 
-def parquet_batches(handle, ref, names: list[str], fields: list[tuple[str, str]]) -> tuple[int, Iterable]:
+def parquet_batches(handle, ref, names: list[str], fields: list[tuple[str, str]], embedding_field: str) -> tuple[int, Iterable]:
     """(rows, record batches) of the partition's row groups, only the `names` columns."""
-    parquet = pq.ParquetFile(handle)
+    parquet = pq.ParquetFile(handle, buffer_size=STREAM_BUFFER_BYTES, pre_buffer=False)
     check_columns_present(parquet.schema_arrow.names, fields, ref.path)
     groups = list(ref.row_groups) if ref.row_groups is not None else list(range(parquet.num_row_groups))
     rows = sum(parquet.metadata.row_group(g).num_rows for g in groups)
     if not rows:
         return 0, [parquet.schema_arrow.empty_table().select(names)]
-    return rows, parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=groups, columns=names, use_threads=False)
+    size = batch_rows(parquet, ref, embedding_field)
+    return rows, parquet.iter_batches(batch_size=size, row_groups=groups, columns=names, use_threads=False)
 
 
 def fill(
@@ -114,6 +131,7 @@ def fill(
         if metadata_fields:
             metadata.append(table.select(list(metadata_fields)))
         start += rows
+    pa.default_memory_pool().release_unused()  # the batches' memory back to the OS, not kept by the pool
     if start != n or schema is None:
         raise InputError(f"holds {start} rows, its metadata says {n}", source)
     id_type = schema.field(id_field).type

@@ -19,7 +19,6 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
-from .block import BATCH_ROWS
 from .partition import Partition
 from .read import read_into
 
@@ -54,11 +53,10 @@ class FileSink:
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
                   "shape": (n, d + 1)}
         np.lib.format.write_array_header_1_0(self.handle, header)
-        self.buffer = np.empty((min(n, BATCH_ROWS), d + 1), dtype=np.float32)
-        self.buffer[:, d] = 1.0
+        self.buffer = None  # sized by the first batch
 
     def rows(self, start: int, stop: int) -> np.ndarray:
-        if stop - start > len(self.buffer):
+        if self.buffer is None or stop - start > len(self.buffer):
             self.buffer = np.empty((stop - start, self.d + 1), dtype=np.float32)
             self.buffer[:, self.d] = 1.0
         return self.buffer[: stop - start, : self.d]
@@ -76,8 +74,8 @@ class MappedPartition(Partition):
     """A `Partition` whose (n, d + 1) rows (`xa`, `x`) are a read-only memmap of `path`.
 
     Each access while no mapping is alive maps the file afresh, so a mapping lives only as long
-    as the arrays a task holds. Pickled (a transfer to another worker), it becomes an in-memory
-    `Partition`. The file is removed when the partition is released.
+    as the arrays a task holds. Pickled (a transfer to another worker), its rows are written to
+    the receiving worker's local directory. The file is removed when the partition is released.
     """
 
     def __init__(self, index: int, source: str, row_offset: int, ids: pa.Array, path: str,
@@ -86,6 +84,10 @@ class MappedPartition(Partition):
         self.ids, self.path, self.x_sq, self.metadata = ids, path, x_sq, metadata
         self._mapped: Optional[weakref.ref] = None
         self._finalizer = weakref.finalize(self, _remove_quietly, path)
+
+    def __sizeof__(self) -> int:
+        """Only what this process holds: the rows are the page cache's (so Dask never spills them)."""
+        return self.resident_extra_bytes()
 
     @property
     def xa(self) -> np.ndarray:
@@ -96,8 +98,20 @@ class MappedPartition(Partition):
         return rows
 
     def __reduce__(self):
-        return (Partition, (self.index, self.source, self.row_offset, self.ids, np.array(self.xa),
-                            self.x_sq, self.metadata))
+        # Pickled when Dask moves it to another worker (work stealing): the rows travel (mapped here,
+        # pickle protocol 5 sends them out of band) and land in that worker's local directory.
+        return (_rebuild, (self.index, self.source, self.row_offset, self.ids, self.xa, self.x_sq, self.metadata))
+
+
+def _rebuild(index: int, source: str, row_offset: int, ids: pa.Array, xa: np.ndarray, x_sq: np.ndarray,
+             metadata: pa.Table) -> "MappedPartition":
+    path = _new_path(index)
+    np.save(path, xa)
+    return MappedPartition(index, source, row_offset, ids, path, x_sq, metadata)
+
+
+def _new_path(index: int) -> str:
+    return os.path.join(local_directory(), f"part-{index:06d}-{uuid.uuid4().hex}.npy")
 
 
 def _remove_quietly(path: str) -> None:
@@ -109,7 +123,7 @@ def _remove_quietly(path: str) -> None:
 
 def load_mapped(index: int, ref, options: dict) -> Partition:
     """`partition.load_partition` out of core: the normalised rows go to a local ``.npy`` file."""
-    path = os.path.join(local_directory(), f"part-{index:06d}-{uuid.uuid4().hex}.npy")
+    path = _new_path(index)
     sink = FileSink(path)
     try:
         filled = read_into(ref, sink, normalise=True, **options)

@@ -19,7 +19,7 @@ log = logging.getLogger("kmeans_partition")
 
 #: Partitions are planned to at most this many estimated bytes, in both modes (unless one row group
 #: is larger), so that both modes cut the data alike and give bit-identical results.
-PARTITION_BYTES = 64 << 20
+PARTITION_BYTES = 32 << 20
 #: ``auto``: in memory when the data take at most this share of the workers' summed memory limits
 #: (the rest: the worker process itself, Lloyd scratch, the rows in flight to their write groups).
 IN_MEMORY_FRACTION = 0.5

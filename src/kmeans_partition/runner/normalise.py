@@ -8,7 +8,8 @@ import numpy as np
 
 from .errors import InputError
 
-BLOCK_ROWS = 16384  # rows per float64 scratch block (bounds extra memory to ~BLOCK_ROWS x d x 8 bytes)
+BLOCK_ROWS = 16384  # most rows per float64 scratch block
+BLOCK_BYTES = 4 << 20  # and at most this many bytes of float64 per block (a few such blocks live at once)
 TINY_NORM = 1e-150  # below this (or non-finite) the squared norm may have under/overflowed
 
 
@@ -46,8 +47,9 @@ def normalise_rows(x: np.ndarray, source: str, row_offset: int, out: Optional[np
         raise ValueError(f"expected a 2-D array of embeddings, got shape {x.shape}")
     if out is None:
         out = np.empty(x.shape, dtype=np.float32)
-    for start in range(0, x.shape[0], BLOCK_ROWS):
-        block = x[start : start + BLOCK_ROWS]
+    step = max(1, min(BLOCK_ROWS, BLOCK_BYTES // (8 * max(1, x.shape[1]))))
+    for start in range(0, x.shape[0], step):
+        block = x[start : start + step]
         finite = np.isfinite(block).all(axis=1)
         if not finite.all():
             row = row_offset + start + int(np.flatnonzero(~finite)[0])
@@ -56,5 +58,5 @@ def normalise_rows(x: np.ndarray, source: str, row_offset: int, out: Optional[np
         if zero.any():
             row = row_offset + start + int(np.flatnonzero(zero)[0])
             raise InputError("embedding is a zero vector and cannot be normalised", source, row=row)
-        out[start : start + BLOCK_ROWS] = unit
+        out[start : start + step] = unit
     return out

@@ -31,6 +31,15 @@ class Partition:
     x_sq: np.ndarray  # (n,) float32 squared norms of the normalised rows
     metadata: pa.Table
 
+    def __sizeof__(self) -> int:
+        """Bytes held (Dask's `sizeof`: its memory accounting and the cost it sees in moving the
+        partition to another worker, which keeps tasks where their partition lives)."""
+        return int(self.xa.nbytes + self.resident_extra_bytes())
+
+    def resident_extra_bytes(self) -> int:
+        """Bytes of everything but the rows: squared norms, ids, metadata."""
+        return int(self.x_sq.nbytes + self.ids.nbytes + self.metadata.nbytes)
+
     @property
     def n_rows(self) -> int:
         return self.xa.shape[0]
@@ -94,9 +103,10 @@ def _from_block(index: int, ref, filled, block: np.ndarray) -> Partition:
 ID_COLUMN = "id"
 
 
-def partition_stats(part: Partition, block: int = 65536) -> PartitionStats:
-    """Row count, dimension, per-feature sums (float64, block by block) and column types."""
+def partition_stats(part: Partition, block_bytes: int = 8 << 20) -> PartitionStats:
+    """Row count, dimension, per-feature sums (float64, blocks of <= `block_bytes`) and column types."""
     x = part.x
+    block = max(1, block_bytes // (8 * max(1, x.shape[1])))
     feature_sum = np.zeros(x.shape[1])
     feature_sq_sum = np.zeros(x.shape[1])
     for start in range(0, x.shape[0], block):

@@ -168,7 +168,11 @@ def discover_files(paths: Union[str, list[str]], filetype: str, storage_options:
 
 
 def _open(path: str, storage_options: dict):
+    """A file opened for reading: Arrow's own reader for local files (reads land in Arrow's
+    memory pool, none through Python objects), else fsspec's."""
     fs, fs_path = url_to_fs(path, **(storage_options or {}))
+    if fs.protocol in ("file", "local") or (isinstance(fs.protocol, (tuple, list)) and "file" in fs.protocol):
+        return pa.OSFile(fs_path, "rb")
     return fs.open(fs_path, "rb")
 
 
@@ -322,7 +326,7 @@ def read_into(
         return fill(table.to_batches(max_chunksize=BATCH_ROWS), table.num_rows, sink, *common)
     try:
         with _open(ref.path, storage_options) as handle:
-            rows, batches = parquet_batches(handle, ref, names, fields)
+            rows, batches = parquet_batches(handle, ref, names, fields, embedding_field)
             return fill(batches, rows, sink, *common)
     except InputError:
         raise
