@@ -40,7 +40,7 @@ def write_blobs(folder: Path, rows: int, dim: int, files: int, row_group: int, s
 
 
 def run(input_path, output_path, client, **changes):
-    fields = dict(n_clusters=5, id_field="id", embedding_field="embedding", input_path=str(input_path),
+    fields = dict(n_clusters=24, id_field="id", embedding_field="embedding", input_path=str(input_path),
                   output_path=str(output_path), metadata_fields=["lang"], max_iter=4, report=False)
     return KMeansStage(**{**fields, **changes}).run(client=client)
 
@@ -70,7 +70,7 @@ def test_out_of_core_on_workers_with_less_memory_than_the_data_matches_in_memory
     assert (tmp_path / "ooc" / "kmeans_centroids.npy").read_bytes() == \
         (tmp_path / "mem" / "kmeans_centroids.npy").read_bytes()
     ooc, mem = output_tables(tmp_path / "ooc"), output_tables(tmp_path / "mem")
-    assert list(ooc) == list(mem) and len(ooc) == 5
+    assert list(ooc) == list(mem) and len(ooc) == 24
     for name in mem:
         assert ooc[name].equals(mem[name]), name
     assert sum(t.num_rows for t in ooc.values()) == ROWS

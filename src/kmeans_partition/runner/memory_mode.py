@@ -108,8 +108,37 @@ def check_row_groups(refs, plan: MemoryPlan, limits: list[tuple[int, int]]) -> N
 
 
 def write_task_bytes(plan: MemoryPlan, default: int) -> int:
-    """Bytes of rows one write task gathers: out of core, at most a partition's budget."""
-    return min(default, plan.partition_bytes) if plan.mode == "out_of_core" else default
+    """Bytes of rows one write task gathers: out of core, at most half a partition's budget (the
+    task holds its rows and the parquet writer's encoded copy)."""
+    return min(default, plan.partition_bytes // 2) if plan.mode == "out_of_core" else default
+
+
+def write_window(plan: MemoryPlan, threads: int) -> int:
+    """Write tasks in flight: 2 per worker thread in memory, 1 out of core."""
+    return max(1, threads) * (1 if plan.mode == "out_of_core" else 2)
+
+
+#: Out of core: the share of its memory limit at which a worker starts spilling the rows in flight
+#: to their write groups (Dask's ``distributed.worker.memory.target`` / ``spill``, 0.6 / 0.7 by
+#: default), so that a write task and the transfers feeding it find room.
+SPILL_TARGET, SPILL_AT = 0.3, 0.4
+
+
+def spill_earlier(dask_worker) -> None:
+    """On a worker (`Client.run`): lower its spill thresholds to `SPILL_TARGET` / `SPILL_AT`."""
+    manager = getattr(dask_worker, "memory_manager", None)
+    if manager is None or not manager.memory_limit:
+        return
+    if manager.memory_target_fraction:
+        manager.memory_target_fraction = min(manager.memory_target_fraction, SPILL_TARGET)
+    if manager.memory_spill_fraction:
+        manager.memory_spill_fraction = min(manager.memory_spill_fraction, SPILL_AT)
+    data = getattr(dask_worker, "data", None)
+    if manager.memory_target_fraction:
+        target = int(manager.memory_limit * manager.memory_target_fraction)  # the spill buffer's size
+        for buffer in (data, getattr(data, "fast", None)):
+            if isinstance(getattr(buffer, "n", None), (int, float)):
+                buffer.n = target
 
 
 def log_plan(plan: MemoryPlan, n_partitions: int) -> None:

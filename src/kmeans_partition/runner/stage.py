@@ -246,8 +246,10 @@ class _Run:
             raise
         check_shapes(stats, spec)
         keep = [i for i, s in enumerate(stats) if s.n_rows > 0]
+        parts, stats = [parts[i] for i in keep], [stats[i] for i in keep]
+        self.placement = placement(self.client, parts)
         self.timings["read"] = time.perf_counter() - started
-        return [parts[i] for i in keep], [stats[i] for i in keep]
+        return parts, stats
 
     def fit(self, parts, stats, dim: int, tol_abs: float):
         """(centroids from the chosen engine, the `EngineChoice`); ours reports every iteration."""
@@ -258,7 +260,8 @@ class _Run:
             self.progress.stage("fitting", max_iter=spec.max_iter)
             return fit_raft(self.client, parts, rows, dim, RaftParams.from_spec(spec, tol_abs)), choice
         model = DaskKMeans(
-            self.client, parts, rows, spec.n_clusters, spec.max_samples_per_batch, spec.random_state, self.progress
+            self.client, parts, rows, spec.n_clusters, spec.max_samples_per_batch, spec.random_state, self.progress,
+            placement=self.placement,
         )
         return fit(model, spec.init, spec.oversampling_factor, spec.max_iter, tol_abs), choice
 
@@ -284,8 +287,8 @@ class _Run:
         c_future = self.client.scatter(centroids, broadcast=True, hash=False)
         batch = spec.max_samples_per_batch
         assigned = [
-            self.client.submit(assign_partition, p, c_future, batch, spec.write_second_centroid, pure=False)
-            for p in parts
+            self.client.submit(assign_partition, p, c_future, batch, spec.write_second_centroid, pure=False, **where)
+            for p, where in zip(parts, self.placement)
         ]
         summary_futures = [self.client.submit(summary_of, a, pure=False) for a in assigned]
         for _ in as_completed(summary_futures):
@@ -300,6 +303,8 @@ class _Run:
         task_bytes = memory_mode.write_task_bytes(self.memory, WRITE_TASK_BYTES)
         plan = plan_writes(counts, rows_per_write_task(int(counts.sum()), centroids.shape[1], n_threads, task_bytes))
         columns = OutputColumns(spec.id_field, spec.embedding_field, column_schema)
+        if self.memory.mode == "out_of_core":  # the rows in flight to their write groups go to disk early
+            self.client.run(memory_mode.spill_earlier)
         splits = [
             self.client.submit(split_partition, p, a, plan.partition_bounds(i), columns, pure=False)
             for i, (p, a) in enumerate(zip(parts, assigned))
@@ -339,7 +344,7 @@ class _Run:
 
         On failure: no new task starts, the running ones end, then this run's files are removed.
         """
-        window = 2 * max(1, sum(self.client.nthreads().values()))
+        window = memory_mode.write_window(self.memory, sum(self.client.nthreads().values()))
         out_url, options = self.out.url(), self.spec.storage_options
         queue, in_flight, written = as_completed(), {}, []
         next_group = 0
@@ -387,6 +392,21 @@ class _Run:
             log.info("removed %d file(s) of the failed write", len(removed))
         except Exception as err:
             log.warning("could not remove the failed write's files under %s: %s", self.out.uri, err)
+
+
+def placement(client: Client, parts: list) -> list[dict]:
+    """Submit options that keep each partition's tasks on the worker holding it.
+
+    Tasks that also take broadcast data (centroids) could otherwise run on any worker and pull the
+    partition over. Loose: if that worker is gone, the partition is recomputed and its tasks run
+    anywhere.
+    """
+    holders = client.who_has(parts)
+    out = []
+    for part in parts:
+        workers = list(holders.get(part.key, ()))
+        out.append({"workers": workers[:1], "allow_other_workers": True} if workers else {})
+    return out
 
 
 def wait_or_raise(futures: list) -> None:

@@ -109,6 +109,15 @@ def distances_to_assigned(x: np.ndarray, centroids: np.ndarray, labels: np.ndarr
     return l2, cosine
 
 
+#: Bytes of one float64 block of rows in the distance computations (a few such blocks live at once).
+FLOAT64_BLOCK_BYTES = 8 << 20
+
+
+def float64_block_rows(dim: int, batch: int) -> int:
+    """Rows per float64 block: at most `batch`, at most `FLOAT64_BLOCK_BYTES` (results do not depend on it)."""
+    return max(1, min(batch, FLOAT64_BLOCK_BYTES // (8 * max(1, dim))))
+
+
 def assign_partition(
     part: Partition, centroids: np.ndarray, batch: int, second_centroid: bool = False
 ) -> Assignment:
@@ -118,8 +127,9 @@ def assign_partition(
     """
     k = centroids.shape[0]
     labels, dist_sq, second = nearest_with_second(part.xa, part.x_sq, km.augment_centroids(centroids), batch)
-    l2, cosine = distances_to_assigned(part.x, centroids, labels, batch)
-    margin = cosine_margins(part.x, centroids, labels, second, batch)
+    rows = float64_block_rows(centroids.shape[1], batch)  # the distances' float64 blocks stay small
+    l2, cosine = distances_to_assigned(part.x, centroids, labels, rows)
+    margin = cosine_margins(part.x, centroids, labels, second, rows)
     counts = np.bincount(labels, minlength=k).astype(np.int64)
     stats = AssignSummary.from_rows(labels, cosine, margin, k)
     summary = PartitionAssigned(part.index, counts, float(dist_sq.sum(dtype=np.float64)), stats)
