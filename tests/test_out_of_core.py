@@ -49,6 +49,7 @@ def output_tables(out: Path) -> dict:
     return {str(p.relative_to(out)): pq.read_table(p) for p in sorted(out.glob("centroid=*/*.parquet"))}
 
 
+@pytest.mark.timeout(900)  # ~3 min on 2 shared cores: 1 GB written, clustered twice, written twice
 def test_out_of_core_on_workers_with_less_memory_than_the_data_matches_in_memory(tmp_path, caplog):
     embedding_bytes = write_blobs(tmp_path / "in", ROWS, DIM, FILES, ROW_GROUP)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
