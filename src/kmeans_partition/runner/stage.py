@@ -18,7 +18,6 @@ from . import kmeans as km
 from . import memory_mode
 from .cluster import dask_client
 from .engine import RaftParams, choose_engine, fit_raft, parse_engine
-from .errors import InputError
 from .fit import DaskKMeans, fit
 from .manifest import RunResult, manifest_data, write_centroids, write_manifest
 from .output import REPORT, check_not_inside_inputs, check_writable, clear_previous, open_output
@@ -26,6 +25,7 @@ from .partition import count_duplicates, hash_buckets, load_partition, partition
 from .progress import Progress
 from .read import discover_files, plan_partitions
 from ..spec import DEFAULT_ENGINE, Engine, JobSpec, SpecError, parse_job_spec
+from .stage_support import check_shapes, placement, wait_or_raise
 from .summary import MergeInOrder
 from .write import (
     COSINE_COLUMN,
@@ -392,44 +392,3 @@ class _Run:
             log.info("removed %d file(s) of the failed write", len(removed))
         except Exception as err:
             log.warning("could not remove the failed write's files under %s: %s", self.out.uri, err)
-
-
-def placement(client: Client, parts: list) -> list[dict]:
-    """Submit options that keep each partition's tasks on the worker holding it.
-
-    Tasks that also take broadcast data (centroids) could otherwise run on any worker and pull the
-    partition over. Loose: if that worker is gone, the partition is recomputed and its tasks run
-    anywhere.
-    """
-    holders = client.who_has(parts)
-    out = []
-    for part in parts:
-        workers = list(holders.get(part.key, ()))
-        out.append({"workers": workers[:1], "allow_other_workers": True} if workers else {})
-    return out
-
-
-def wait_or_raise(futures: list) -> None:
-    """Wait for `futures` without fetching their results; raise the first task error."""
-    for future in as_completed(futures):
-        if future.status == "error":
-            future.result()
-
-
-def check_shapes(stats, spec: JobSpec) -> None:
-    """Empty input, embedding lengths that differ between files, or differ from embedding_dim."""
-    nonempty = [s for s in stats if s.n_rows > 0]
-    if not nonempty:
-        raise InputError(f"empty input: no rows in {len(stats)} partition(s) of {spec.input_paths}")
-    first = nonempty[0]
-    for s in nonempty:
-        if spec.embedding_dim is not None and s.dim != spec.embedding_dim:
-            raise InputError(
-                f"{s.source}: field {spec.embedding_field!r} has length {s.dim}, "
-                f"but embedding_dim is {spec.embedding_dim}"
-            )
-        if s.dim != first.dim:
-            raise InputError(
-                f"{s.source}: field {spec.embedding_field!r} has length {s.dim}, "
-                f"but {first.source} has length {first.dim}"
-            )
