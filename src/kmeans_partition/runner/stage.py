@@ -303,8 +303,6 @@ class _Run:
         task_bytes = memory_mode.write_task_bytes(self.memory, WRITE_TASK_BYTES)
         plan = plan_writes(counts, rows_per_write_task(int(counts.sum()), centroids.shape[1], n_threads, task_bytes))
         columns = OutputColumns(spec.id_field, spec.embedding_field, column_schema)
-        if self.memory.mode == "out_of_core":  # the rows in flight to their write groups go to disk early
-            self.client.run(memory_mode.spill_earlier)
         splits = [
             self.client.submit(split_partition, p, a, plan.partition_bounds(i), columns, pure=False)
             for i, (p, a) in enumerate(zip(parts, assigned))
@@ -317,6 +315,8 @@ class _Run:
             pieces.append(([self.client.submit(getitem, splits[p], g, pure=False) for p in present], rows))
         del splits  # each split's list goes once its pieces are taken; the pieces are the same tables
         wait_or_raise([f for futures, _ in pieces for f in futures])
+        if self.memory.mode == "out_of_core":  # partitions released: rows waiting for their group go to disk early
+            self.client.run(memory_mode.spill_earlier)
         self.timings["assign"] = time.perf_counter() - started
         started = time.perf_counter()
         self.progress.stage("writing", centroids_total=sum(f.last for f in plan.files))
