@@ -47,6 +47,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=100, help="n_clusters of the job")
     p.add_argument("--max-iter", type=int, default=5)
     p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (1 thread each)")
+    p.add_argument("--memory-mode", default="auto", choices=["auto", "in_memory", "out_of_core"],
+                   help="the job's memory_mode")
+    p.add_argument("--worker-memory", default=None,
+                   help="each worker's Dask memory_limit (e.g. 400MB; default: Dask's, a share of the machine)")
     p.add_argument("--data-dir", type=Path, default=ROOT / ".bench-data", help="sample cache and scratch")
     p.add_argument("--baseline-src", type=Path, help="also run the job with the package under this src/ dir")
     p.add_argument("--markdown", type=Path, help="also write the table as markdown here")
@@ -148,21 +152,44 @@ def cpu_by_stage(workers: dict, clock: StageClock) -> dict:
     return used
 
 
+def cluster_client(args):
+    """The job's own LocalCluster, or one whose workers have `--worker-memory` each."""
+    from contextlib import contextmanager
+
+    from kmeans_partition.runner.cluster import dask_client
+
+    if args.worker_memory is None:
+        return dask_client(None, n_workers=args.workers)
+
+    @contextmanager
+    def limited():
+        import logging
+
+        from distributed import Client, LocalCluster
+
+        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                          memory_limit=args.worker_memory, silence_logs=logging.WARNING) as cluster, \
+                Client(cluster) as client:
+            yield client
+
+    return limited()
+
+
 def run_job(args, data: Path) -> dict:
     """The job on a fresh LocalCluster: manifest timings, workers' idle and peak RSS (per stage too)."""
-    from kmeans_partition.runner.cluster import dask_client
     from kmeans_partition.runner.progress import Progress
     from kmeans_partition.runner.stage import KMeansStage
 
     out = Path(tempfile.mkdtemp(prefix="e2e-out-", dir=args.data_dir))
     clock = StageClock()
     try:
-        with dask_client(None, n_workers=args.workers) as client:
+        with cluster_client(args) as client:
             client.run(_start_sampler)
             time.sleep(2 * SAMPLE_EVERY_S)
             stage = KMeansStage(
                 n_clusters=args.k, id_field="id", embedding_field="embedding", input_path=str(data),
                 output_path=str(out / "job"), max_iter=args.max_iter, random_state=args.seed,
+                memory_mode=args.memory_mode,
             )
             result = stage.run(client=client, progress=Progress(sinks=[clock]))
             workers = client.run(_stop_sampler)
@@ -177,6 +204,7 @@ def run_job(args, data: Path) -> dict:
         "peak_rss": max(max([info["maxrss"]] + [s[1] for s in info["samples"]]) for info in workers.values()),
         "cpu_by_stage": cpu_by_stage(workers, clock),
         "peak_rss_by_stage": peak_by_stage(workers, clock.starts),
+        "memory_mode": result.get("memory_mode"),
     }
 
 
@@ -330,6 +358,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
         f"target <= {TARGET_MEMORY}x)",
         f"rows placed in a different centroid than the plain pass: {agree:.2%} (float32 near-ties)",
     ]
+    plan = jobs[-1][1].get("memory_mode")
+    if plan:
+        notes.append(f"memory mode {plan['mode']} ({plan['requested']}: {plan['reason']}); partitions of <= "
+                     f"{plan['partition_bytes'] / 2**20:.0f} MiB; workers' memory limit "
+                     f"{args.worker_memory or 'Dask default'}")
     print(text)
     print("\n".join(notes))
     if args.markdown:

@@ -153,7 +153,7 @@ def test_partition_stats(on):
     x = blobs(500, 8, 4, seed=9)
     part = Partition.from_normalised(0, "mem://x", 0, pa.array(np.arange(500)), on(x))
     on.check(part.xa)
-    stats = partition_stats(part, block=128)
+    stats = partition_stats(part, block_bytes=128 * 8 * 8)
     np.testing.assert_allclose(stats.feature_sum, x.astype(np.float64).sum(0), rtol=1e-9)
     np.testing.assert_allclose(stats.feature_sq_sum, (x.astype(np.float64) ** 2).sum(0), rtol=1e-9)
     assert isinstance(stats.feature_sum, np.ndarray)

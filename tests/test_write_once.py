@@ -20,8 +20,9 @@ from kmeans_partition.runner import write
 from kmeans_partition.runner.stage import KMeansStage
 from dask_support import blobs, dask_client, write_input  # noqa: F401
 
-# Differ between two identical runs: when, how long, where, and which workers (engine.devices and reason).
-VARYING_KEYS = ("created", "timings", "manifest_path", "centroids_path", "report_path", "engine")
+# Differ between two identical runs: when, how long, where, and which workers (engine.devices and reason;
+# memory_mode: the workers' memory limits).
+VARYING_KEYS = ("created", "timings", "manifest_path", "centroids_path", "report_path", "engine", "memory_mode")
 
 
 @pytest.fixture

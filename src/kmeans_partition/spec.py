@@ -77,6 +77,10 @@ class SpecError(ValueError):
 
 #: ``distance_precision`` values; ``tf32`` only changes anything on GPU workers (see README "GPU").
 DistancePrecision = Literal["float32", "tf32"]
+#: ``memory_mode`` values (`runner.memory_mode`).
+MemoryMode = Literal["auto", "in_memory", "out_of_core"]
+
+
 class JobSpec(_Model):
     """What the runner needs to read, fit, assign and write one k-means partition job."""
 
@@ -143,6 +147,14 @@ class JobSpec(_Model):
         default=0,
         ge=0,
         description="Also save the fit's state every this many Lloyd iterations (0: by time only).",
+    )
+    memory_mode: MemoryMode = Field(
+        default="auto",
+        description="auto: in_memory when the data (estimated from parquet metadata; JSONL from file sizes) "
+        "take at most half the workers' summed memory limits, else out_of_core. in_memory: partitions stay "
+        "in worker memory. out_of_core: each partition's normalised float32 rows go to worker-local disk and "
+        "are memory-mapped, streamed block by block through every step (for data larger than the cluster's "
+        "memory).",
     )
 
     @field_validator("input_path")

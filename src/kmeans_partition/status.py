@@ -74,6 +74,18 @@ class EngineStatus(_Model):
     )
 
 
+class MemoryModeStatus(_Model):
+    """In memory or out of core, and the numbers it was chosen from (`runner.memory_mode.MemoryPlan`)."""
+
+    requested: Optional[str] = Field(default=None, description="auto | in_memory | out_of_core, as asked.")
+    mode: Optional[str] = Field(default=None, description="What ran: in_memory | out_of_core.")
+    data_bytes: Optional[Int64] = Field(default=None, description="Estimated bytes of the loaded data.")
+    memory_limit_bytes: Optional[Int64] = Field(
+        default=None, description="The workers' memory limits summed (absent: some worker has none)."
+    )
+    reason: Optional[str] = Field(default=None, description="Why this mode.")
+
+
 class ResultStatus(_Model):
     """Summary patched by the runner when it finishes."""
 
@@ -95,6 +107,7 @@ class ResultStatus(_Model):
         default=None, description="Cosine-distance margin boundaryShare counts below."
     )
     engine: Optional[EngineStatus] = None
+    memory_mode: Optional[MemoryModeStatus] = None
 
 
 class OperatorStatus(_Model):

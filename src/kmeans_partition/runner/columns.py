@@ -101,18 +101,41 @@ def _chunk_values(chunk: pa.Array, dim: int, source: str, field: str, row0: int)
     return values.to_numpy(zero_copy_only=False).reshape(len(chunk), dim)
 
 
+def first_length(column: pa.ChunkedArray) -> Optional[int]:
+    """The length of the column's first embedding (None for no rows); sets d when not given."""
+    if pa.types.is_fixed_size_list(column.type):
+        return column.type.list_size
+    for chunk in column.chunks:
+        if len(chunk):
+            return int(_row_lengths(chunk[:1])[0])
+    return None
+
+
 def embedding_matrix(
-    column: pa.ChunkedArray, source: str, field: str, row_offset: int, embedding_dim: Optional[int]
+    column: pa.ChunkedArray,
+    source: str,
+    field: str,
+    row_offset: int,
+    embedding_dim: Optional[int],
+    out: Optional[np.ndarray] = None,
+    dim_row: Optional[int] = None,
 ) -> np.ndarray:
-    """The embedding column as a float32, C-contiguous (n, d) array, validated row by row."""
+    """The embedding column as a float32 (n, d) array, validated row by row.
+
+    ``out``: an (n, d) float32 array (may be a strided view) to fill instead of a new C-contiguous
+    one; its d is then the expected length, set by row ``dim_row`` when `embedding_dim` is None.
+    """
     check_embedding_type(column.type, source, field)
     n = len(column)
     dim = embedding_dim
-    if dim is None and pa.types.is_fixed_size_list(column.type):
+    if out is not None:
+        dim = out.shape[1]
+    elif dim is None and pa.types.is_fixed_size_list(column.type):
         dim = column.type.list_size
-    out: Optional[np.ndarray] = None if dim is None else np.empty((n, dim), dtype=np.float32)
+    if out is None and dim is not None:
+        out = np.empty((n, dim), dtype=np.float32)
     start = 0
-    dim_row = row_offset  # the row whose length set `dim` when embedding_dim is not given
+    dim_row = row_offset if dim_row is None else dim_row  # the row whose length set `dim`
     for chunk in column.chunks:
         row0 = row_offset + start
         if chunk.null_count:

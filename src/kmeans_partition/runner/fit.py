@@ -148,8 +148,11 @@ class DaskKMeans:
         progress: Optional[Progress] = None,
         bounds: bool = True,
         reload: Optional[Callable[[int], Future]] = None,
+        placement: Optional[list[dict]] = None,
     ):
         self.client = client
+        # Per partition, submit options that keep its tasks on the worker holding it (`stage.placement`).
+        self.placement = placement or [{}] * len(parts)
         self.parts = parts
         self.rows = np.asarray(rows_per_part, dtype=np.int64)
         self.k = n_clusters
@@ -190,8 +193,8 @@ class DaskKMeans:
 
     def _map(self, func, *per_part_args, **common):
         return [
-            self.client.submit(func, *args, pure=False, **common)
-            for args in zip(*per_part_args)
+            self.client.submit(func, *args, pure=False, **where, **common)
+            for args, where in zip(zip(*per_part_args), self.placement)
         ]
 
     def fetch_rows(self, global_rows: np.ndarray) -> np.ndarray:
@@ -203,7 +206,8 @@ class DaskKMeans:
         pieces = {}
         for p in np.unique(owner):
             mask = owner == p
-            pieces[p] = (mask, self.client.submit(_rows, self.parts[p], global_rows[mask] - starts[p], pure=False))
+            pieces[p] = (mask, self.client.submit(_rows, self.parts[p], global_rows[mask] - starts[p], pure=False,
+                                                  **self.placement[p]))
         gathered = self.client.gather({p: f for p, (_, f) in pieces.items()})
         for p, (mask, _) in pieces.items():
             if out.shape[1] == 0:

@@ -23,7 +23,7 @@ from kmeans_partition.k8s_http import load_api_client, raw_request
 from kmeans_partition.runner.progress import ProgressSink, ProgressSnapshot
 from kmeans_partition.runner.summary import headline
 from kmeans_partition.spec import API_GROUP, API_VERSION, PLURAL
-from kmeans_partition.status import ClusterSizes, EngineStatus, ProgressStatus, ResultStatus, RunnerStatus, wire
+from kmeans_partition.status import ClusterSizes, EngineStatus, MemoryModeStatus, ProgressStatus, ResultStatus, RunnerStatus, wire
 
 log = logging.getLogger("kmeans_partition")
 
@@ -55,8 +55,17 @@ def result_model(result: dict[str, Any]) -> ResultStatus:
         centroids=result.get("centroids_path"),
         cluster_sizes=cluster_sizes,
         engine=EngineStatus(**result["engine"]) if isinstance(result.get("engine"), dict) else None,
+        memory_mode=memory_status(result.get("memory_mode")),
         **numbers,
     )
+
+
+def memory_status(plan: Any) -> Optional[MemoryModeStatus]:
+    """`status.result.memoryMode` from the manifest's ``memory_mode`` (`runner.memory_mode.MemoryPlan`)."""
+    if not isinstance(plan, dict):
+        return None
+    keys = ("requested", "mode", "data_bytes", "memory_limit_bytes", "reason")
+    return MemoryModeStatus(**{key: plan.get(key) for key in keys})
 
 
 def result_status(result: dict[str, Any]) -> dict[str, Any]:

@@ -40,6 +40,7 @@ class RunResult:
     tol_abs: Optional[float] = None  # the summed squared centroid shift at or below which the fit stops
     summary: Optional[dict[str, Any]] = None  # sizes, distances, margins (`runner.summary.AssignSummary`)
     report_path: Optional[str] = None  # report.html, when written
+    memory_mode: Optional[dict[str, Any]] = None  # `memory_mode.MemoryPlan`: mode and the numbers it used
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

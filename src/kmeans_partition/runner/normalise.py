@@ -5,7 +5,8 @@ from __future__ import annotations
 from . import backend as be
 from .errors import InputError
 
-BLOCK_ROWS = 16384  # rows per float64 scratch block (bounds extra memory to ~BLOCK_ROWS x d x 8 bytes)
+BLOCK_ROWS = 16384  # most rows per float64 scratch block
+BLOCK_BYTES = 4 << 20  # and at most this many bytes of float64 per block (a few such blocks live at once)
 TINY_NORM = 1e-150  # below this (or non-finite) the squared norm may have under/overflowed
 
 
@@ -42,7 +43,8 @@ def normalise_rows(x, source: str, row_offset: int, out=None):
     Computed where `x` lives; with ``out`` (a float32 (n, d) array, e.g. a view of a partition's
     buffer on a GPU), where ``out`` lives: each block of `BLOCK_ROWS` host rows is copied there
     and normalised there, so the device holds ``out`` and one block, never a copy of `x`. `x` is
-    never modified. Norms are computed in float64 (robust for float16/float32 origin data). A row
+    never modified unless it is ``out`` (in place, block by block: on an error, rows before the
+    bad one may already be normalised). Norms are computed in float64 (robust for float16/float32 origin data). A row
     holding NaN/Inf, or a zero vector, raises `InputError` naming `source` and the row
     (``row_offset`` + index).
     """
@@ -53,8 +55,9 @@ def normalise_rows(x, source: str, row_offset: int, out=None):
         out = xp.empty(x.shape, dtype=xp.float32, device=be.device(x))
     xp = be.namespace(out)
     moved = be.namespace(x) is not xp or be.device(x) != be.device(out)
-    for start in range(0, x.shape[0], BLOCK_ROWS):
-        stop = min(start + BLOCK_ROWS, x.shape[0])
+    step = max(1, min(BLOCK_ROWS, BLOCK_BYTES // (8 * max(1, x.shape[1]))))
+    for start in range(0, x.shape[0], step):
+        stop = min(start + step, x.shape[0])
         block = be.like(x[start:stop, ...], out) if moved else x[start:stop, :]
         finite = xp.all(xp.isfinite(block), axis=1)
         if not bool(xp.all(finite)):

@@ -18,8 +18,8 @@ import pyarrow as pa
 from . import backend as be
 from .errors import InputError
 from .kmeans import augment_rows, row_sq_norms
-from .normalise import normalise_rows
-from .read import read_partition
+from .block import BlockSink
+from .read import read_into
 
 
 @dataclass
@@ -33,6 +33,15 @@ class Partition:
     xa: np.ndarray  # (n, d + 1) float32: normalised rows plus a column of ones (NumPy or CuPy)
     x_sq: np.ndarray  # (n,) float32 squared norms of the normalised rows (same library)
     metadata: pa.Table
+
+    def __sizeof__(self) -> int:
+        """Bytes held (Dask's `sizeof`: its memory accounting and the cost it sees in moving the
+        partition to another worker, which keeps tasks where their partition lives)."""
+        return int(self.xa.nbytes + self.resident_extra_bytes())
+
+    def resident_extra_bytes(self) -> int:
+        """Bytes of everything but the rows: squared norms, ids, metadata."""
+        return int(self.x_sq.nbytes + self.ids.nbytes + self.metadata.nbytes)
 
     @property
     def n_rows(self) -> int:
@@ -75,30 +84,58 @@ class PartitionStats:
 ARRAY_BACKEND = "auto"
 
 
-def load_partition(index: int, ref, options: dict, backend: Optional[str] = None) -> Partition:
-    """Read one `PartitionRef` on the host and normalise it onto the worker's device (runs on a worker).
+def load_partition(index: int, ref, options: dict, out_of_core: bool = False,
+                   backend: Optional[str] = None) -> Partition:
+    """Read one `PartitionRef` into one (n, d + 1) block, normalised in place (runs on a worker).
 
-    The rows go to the device once, block by block, straight into the partition's augmented
-    buffer (`normalise_rows` with ``out``): the device holds that buffer and one block; the host
-    copy is dropped when this returns.
+    ``out_of_core``: the block goes to a file on the worker's local disk, read back memory-mapped
+    (`disk_partition.MappedPartition`); else it stays in memory, on the worker's device: a GPU
+    worker's block is copied to the device once and the host block dropped when this returns.
     """
-    raw = read_partition(ref, **options)
+    if out_of_core:
+        from .disk_partition import load_mapped
+
+        return load_mapped(index, ref, options)
     xp = be.partition_namespace(backend or ARRAY_BACKEND)
-    n, d = raw.embeddings.shape
-    xa = be.empty_on(xp, (n, d + 1))
-    normalise_rows(raw.embeddings, raw.source, raw.row_offset, out=xa[:, :-1])
-    xa[:, -1] = 1.0
-    meta = raw.metadata if raw.metadata is not None else pa.table({})
-    return Partition(index, raw.source, raw.row_offset, raw.ids, xa, row_sq_norms(xa[:, :-1]), meta)
+    sink = BlockSink(extra=1)
+    filled = read_into(ref, sink, normalise=True, **options)
+    if filled is None:  # an empty JSONL file
+        x = np.empty((0, options.get("embedding_dim") or 0), dtype=np.float32)
+        part = Partition.from_normalised(index, ref.path, ref.row_offset, pa.array([], pa.null()), x,
+                                         pa.table({n: pa.nulls(0) for n in options.get("metadata_fields") or []}))
+    else:
+        part = _from_block(index, ref, filled, sink.block)
+    return part if be.is_numpy(xp) else _onto_device(part, xp)
+
+
+#: Rows per host -> device copy when a partition moves to a GPU (bounds the transfer buffers).
+DEVICE_COPY_ROWS = 65536
+
+
+def _onto_device(part: Partition, xp) -> Partition:
+    """`part` with its rows (n, d + 1) and squared norms (n,) on ``xp``'s device, copied block
+    by block into one buffer (the device never holds a second copy); the host block is dropped."""
+    host = part.xa
+    xa = be.empty_on(xp, host.shape)
+    for start in range(0, host.shape[0], DEVICE_COPY_ROWS):
+        stop = min(start + DEVICE_COPY_ROWS, host.shape[0])
+        xa[start:stop, :] = be.like(host[start:stop, :], xa)
+    part.xa, part.x_sq = xa, be.like(part.x_sq, xa)
+    return part
+
+
+def _from_block(index: int, ref, filled, block: np.ndarray) -> Partition:
+    return Partition(index, ref.path, ref.row_offset, filled.ids, block, filled.x_sq, filled.metadata)
 
 
 ID_COLUMN = "id"
 
 
-def partition_stats(part: Partition, block: int = 65536) -> PartitionStats:
-    """Row count, dimension, per-feature sums (d,) (float64, block by block, on the rows' device)
-    and column types; the sums come back as NumPy."""
+def partition_stats(part: Partition, block_bytes: int = 8 << 20) -> PartitionStats:
+    """Row count, dimension, per-feature sums (d,) (float64, blocks of <= `block_bytes`, on the
+    rows' device) and column types; the sums come back as NumPy."""
     x = part.x
+    block = max(1, block_bytes // (8 * max(1, x.shape[1])))
     xp = be.namespace(x)
     feature_sum = xp.zeros(x.shape[1], dtype=xp.float64, device=be.device(x))
     feature_sq_sum = xp.zeros(x.shape[1], dtype=xp.float64, device=be.device(x))

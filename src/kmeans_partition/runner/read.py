@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import fsspec
@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from .columns import check_columns_present, embedding_matrix, id_column, metadata_table
+from .block import BATCH_ROWS, BlockSink, Filled, fill, parquet_batches
+from .columns import check_columns_present
 from .errors import InputError
 from .jsonl import parse_jsonl
 
@@ -43,6 +44,10 @@ class PartitionRef:
     row_groups: Optional[list[int]]
     row_offset: int
     num_rows: Optional[int]
+    #: Estimated bytes once loaded (`plan_partitions`); None when not estimated.
+    nbytes: Optional[int] = field(default=None, compare=False)
+    #: (index, rows, estimated bytes) of the file's largest row group (parquet).
+    largest_group: Optional[tuple] = field(default=None, compare=False)
 
 
 @dataclass
@@ -163,52 +168,114 @@ def discover_files(paths: Union[str, list[str]], filetype: str, storage_options:
 
 
 def _open(path: str, storage_options: dict):
+    """A file opened for reading: Arrow's own reader for local files (reads land in Arrow's
+    memory pool, none through Python objects), else fsspec's."""
     fs, fs_path = url_to_fs(path, **(storage_options or {}))
+    if fs.protocol in ("file", "local") or (isinstance(fs.protocol, (tuple, list)) and "file" in fs.protocol):
+        return pa.OSFile(fs_path, "rb")
     return fs.open(fs_path, "rb")
 
 
-def _parquet_row_group_rows(path: str, storage_options: dict) -> list[int]:
+#: Bytes per row beside the embedding values in a loaded partition: squared norm + the ones column.
+ROW_EXTRA_BYTES = 8
+#: JSONL: a loaded partition's bytes estimated as this fraction of the file's (JSON text of floats).
+JSONL_BYTES_FRACTION = 0.5
+
+
+def _value_width(schema: pa.Schema, field: Optional[str]) -> int:
+    """Bytes per embedding value in the file (4 when unknown)."""
+    if field is None or field not in schema.names:
+        return 4
+    kind = schema.field(field).type
+    value = getattr(kind, "value_type", None)
+    if value is None or not (pa.types.is_floating(value) or pa.types.is_integer(value)):
+        return 4
+    return max(1, value.bit_width // 8)
+
+
+def _parquet_footer(path: str, storage_options: dict, embedding_field: Optional[str], columns: tuple) -> list:
+    """(rows, estimated bytes in a worker's memory) of each row group: the embedding as float32
+    rows (+ `ROW_EXTRA_BYTES`) and the uncompressed bytes of the other needed `columns`."""
     try:
         with _open(path, storage_options) as handle:
-            metadata = pq.ParquetFile(handle).metadata
-            return [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+            parquet = pq.ParquetFile(handle)
+            metadata, width = parquet.metadata, _value_width(parquet.schema_arrow, embedding_field)
+            groups = []
+            for i in range(metadata.num_row_groups):
+                group = metadata.row_group(i)
+                nbytes = group.num_rows * ROW_EXTRA_BYTES
+                for j in range(group.num_columns):
+                    chunk = group.column(j)
+                    top = chunk.path_in_schema.split(".")[0]
+                    if top == embedding_field:
+                        nbytes += chunk.total_uncompressed_size * 4 // width
+                    elif top in columns:
+                        nbytes += chunk.total_uncompressed_size
+                groups.append((group.num_rows, nbytes))
+            return groups
     except (OSError, pa.ArrowException, ValueError) as err:
         raise InputError(f"not a readable parquet file: {err}", source=path) from None
 
 
-def _group_row_groups(path: str, rows_per_group: list[int], target_rows: int) -> list[PartitionRef]:
+def _group_row_groups(path: str, groups: list, target_rows: int, target_bytes: Optional[int]) -> list[PartitionRef]:
+    """Consecutive row groups until `target_rows` rows, or before `target_bytes` would be passed."""
     refs: list[PartitionRef] = []
     current: list[int] = []
-    current_rows = 0
-    offset = 0
-    for index, rows in enumerate(rows_per_group):
+    current_rows = current_bytes = offset = 0
+    largest = None  # (index, rows, bytes) of the file's largest row group
+
+    def close() -> None:
+        nonlocal current, current_rows, current_bytes, offset
+        refs.append(PartitionRef(path, current, offset, current_rows, current_bytes, largest))
+        offset += current_rows
+        current, current_rows, current_bytes = [], 0, 0
+
+    for index, (rows, nbytes) in enumerate(groups):
+        if largest is None or nbytes > largest[2]:
+            largest = (index, rows, nbytes)
+        if current and target_bytes is not None and current_bytes + nbytes > target_bytes:
+            close()
         current.append(index)
         current_rows += rows
+        current_bytes += nbytes
         if current_rows >= target_rows:
-            refs.append(PartitionRef(path, current, offset, current_rows))
-            offset += current_rows
-            current, current_rows = [], 0
+            close()
     if current or not refs:  # the tail, or one empty partition for a file with no rows
-        refs.append(PartitionRef(path, current, offset, current_rows))
+        close()
+    for ref in refs:
+        ref.largest_group = largest
     return refs
 
 
 def plan_partitions(
-    files: list[str], filetype: str, storage_options: dict, target_rows: int = 1_000_000
+    files: list[str],
+    filetype: str,
+    storage_options: dict,
+    target_rows: int = 1_000_000,
+    target_bytes: Optional[int] = None,
+    embedding_field: Optional[str] = None,
+    columns: tuple = (),
 ) -> list[PartitionRef]:
     """Partitions in file order: parquet split into consecutive row-group ranges of about
-    `target_rows` rows (footers only are read); each JSONL file is one partition."""
+    `target_rows` rows and at most `target_bytes` estimated bytes unless one row group is larger
+    (footers only are read); each JSONL file is one partition. ``embedding_field`` and the other
+    needed ``columns`` size each partition (`PartitionRef.nbytes`)."""
     _check_filetype(filetype)
     if target_rows < 1:
         raise ValueError("target_rows must be >= 1")
     if filetype == "jsonl":
-        return [PartitionRef(path, None, 0, None) for path in files]
+        refs = [PartitionRef(path, None, 0, None) for path in files]
+        if embedding_field is not None:
+            for ref in refs:
+                fs, fs_path = url_to_fs(ref.path, **(storage_options or {}))
+                ref.nbytes = int(fs.size(fs_path) * JSONL_BYTES_FRACTION)
+        return refs
     workers = max(1, min(16, len(files)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        footers = list(pool.map(lambda path: _parquet_row_group_rows(path, storage_options), files))
+        footers = list(pool.map(lambda path: _parquet_footer(path, storage_options, embedding_field, columns), files))
     refs: list[PartitionRef] = []
-    for path, rows_per_group in zip(files, footers):
-        refs += _group_row_groups(path, rows_per_group, target_rows)
+    for path, groups in zip(files, footers):
+        refs += _group_row_groups(path, groups, target_rows, target_bytes)
     return refs
 
 
@@ -223,22 +290,6 @@ def _needed_fields(
     return list(unique.items())
 
 
-def _read_parquet_table(ref: PartitionRef, fields: list[tuple[str, str]], storage_options: dict) -> pa.Table:
-    names = [name for name, _ in fields]
-    try:
-        with _open(ref.path, storage_options) as handle:
-            parquet = pq.ParquetFile(handle)
-            check_columns_present(parquet.schema_arrow.names, fields, ref.path)
-            groups = ref.row_groups if ref.row_groups is not None else range(parquet.num_row_groups)
-            if not groups:
-                return parquet.schema_arrow.empty_table().select(names)
-            return parquet.read_row_groups(list(groups), columns=names)
-    except InputError:
-        raise
-    except (OSError, pa.ArrowException, ValueError) as err:
-        raise InputError(f"not a readable parquet file: {err}", source=ref.path) from None
-
-
 def _read_jsonl_table(ref: PartitionRef, fields: list[tuple[str, str]], embedding_field: str, storage_options: dict):
     try:
         with _open(ref.path, storage_options) as handle:
@@ -251,6 +302,38 @@ def _read_jsonl_table(ref: PartitionRef, fields: list[tuple[str, str]], embeddin
     return table
 
 
+def read_into(
+    ref: PartitionRef,
+    sink,
+    id_field: str,
+    embedding_field: str,
+    metadata_fields: Optional[list[str]],
+    filetype: str,
+    storage_options: dict,
+    embedding_dim: Optional[int] = None,
+    normalise: bool = False,
+) -> Optional[Filled]:
+    """Read one partition's embeddings into `sink` (`block.BlockSink`, `memory_mode.FileSink`)
+    batch by batch; ids and metadata come back as Arrow. None for an empty JSONL file."""
+    _check_filetype(filetype)
+    fields = _needed_fields(id_field, embedding_field, metadata_fields)
+    names = [name for name, _ in fields]
+    common = (ref.path, ref.row_offset, id_field, embedding_field, metadata_fields, embedding_dim, normalise)
+    if filetype == "jsonl":
+        table = _read_jsonl_table(ref, fields, embedding_field, storage_options)
+        if table is None:
+            return None
+        return fill(table.to_batches(max_chunksize=BATCH_ROWS), table.num_rows, sink, *common)
+    try:
+        with _open(ref.path, storage_options) as handle:
+            rows, batches = parquet_batches(handle, ref, names, fields, embedding_field)
+            return fill(batches, rows, sink, *common)
+    except InputError:
+        raise
+    except (OSError, pa.ArrowException, ValueError) as err:
+        raise InputError(f"not a readable parquet file: {err}", source=ref.path) from None
+
+
 def read_partition(
     ref: PartitionRef,
     id_field: str,
@@ -260,18 +343,14 @@ def read_partition(
     storage_options: dict,
     embedding_dim: Optional[int] = None,
 ) -> RawChunk:
-    """Read one partition's ids, float32 embeddings and metadata columns, validated.
+    """Read one partition's ids, float32 embeddings (as in the file, not normalised) and metadata.
 
     An empty file gives a chunk of 0 rows (embeddings shaped ``(0, embedding_dim or 0)``).
     Raises `InputError` naming the file, row and field of the first problem found.
     """
-    _check_filetype(filetype)
-    fields = _needed_fields(id_field, embedding_field, metadata_fields)
-    if filetype == "parquet":
-        table = _read_parquet_table(ref, fields, storage_options)
-    else:
-        table = _read_jsonl_table(ref, fields, embedding_field, storage_options)
-    if table is None:
+    sink = BlockSink()
+    filled = read_into(ref, sink, id_field, embedding_field, metadata_fields, filetype, storage_options, embedding_dim)
+    if filled is None:
         return RawChunk(
             source=ref.path,
             row_offset=ref.row_offset,
@@ -279,14 +358,4 @@ def read_partition(
             embeddings=np.empty((0, embedding_dim or 0), dtype=np.float32),
             metadata=pa.table({name: pa.nulls(0) for name in metadata_fields or []}),
         )
-    ids = id_column(table, id_field, ref.path, ref.row_offset)
-    embeddings = embedding_matrix(
-        table.column(embedding_field), ref.path, embedding_field, ref.row_offset, embedding_dim
-    )
-    return RawChunk(
-        source=ref.path,
-        row_offset=ref.row_offset,
-        ids=ids,
-        embeddings=embeddings,
-        metadata=metadata_table(table, metadata_fields),
-    )
+    return RawChunk(ref.path, ref.row_offset, filled.ids, sink.block, filled.metadata)

@@ -15,10 +15,10 @@ import numpy as np
 from distributed import Client, as_completed
 
 from . import kmeans as km
+from . import memory_mode
 from .checkpoint import fit_checkpointed
 from .cluster import dask_client
 from .engine import RaftParams, choose_engine, fit_raft, parse_engine
-from .errors import InputError
 from .fit import DaskKMeans
 from .guard import OutputGuard
 from .manifest import RunResult, manifest_data, write_centroids, write_manifest
@@ -28,12 +28,14 @@ from .progress import Progress
 from .recovery import is_lost_error, note
 from .read import discover_files, plan_partitions
 from ..spec import DEFAULT_ENGINE, Engine, JobSpec, SpecError, parse_job_spec
+from .stage_support import check_shapes, placement, wait_or_raise
 from .summary import MergeInOrder
 from .write import (
     COSINE_COLUMN,
     L2_COLUMN,
     MARGIN_COLUMN,
     SECOND_CENTROID_COLUMN,
+    WRITE_TASK_BYTES,
     OutputColumns,
     assign_partition,
     plan_writes,
@@ -75,6 +77,7 @@ class KMeansStage:
         distance_precision: str = "float32",
         checkpoint_seconds: float = 60.0,
         checkpoint_iterations: int = 0,
+        memory_mode: str = "auto",
     ):
         fields = dict(locals())
         fields.pop("self")
@@ -139,7 +142,8 @@ class _Run:
     def reload_partition(self, i: int):
         """Kept partition i submitted again (read from its source), after it was lost with a worker."""
         index, ref, options = self.sources[i]
-        return self.client.submit(load_partition, index, ref, options, pure=False)
+        out_of_core = self.memory.mode == "out_of_core"
+        return self.client.submit(load_partition, index, ref, options, out_of_core, pure=False)
 
     def execute(self, replace: list[str]) -> dict:
         """``replace``: the previous output's entries that `overwrite` will delete."""
@@ -188,6 +192,7 @@ class _Run:
             iterations=fitted.history,
             tol_abs=tol_abs,  # both engines stop on it (raft: `engine.RaftParams`)
             summary=summary.to_dict(),
+            memory_mode=self.memory.to_dict(),
         )
         if spec.report:
             result.report_path = self.write_report(manifest_data(spec, result))
@@ -200,14 +205,29 @@ class _Run:
         return result.to_dict()
 
     def plan(self, files: list[str]):
-        """Partitions of about a million rows; smaller (by row groups) when that leaves workers idle."""
+        """Partitions of about a million rows and at most `memory_mode.PARTITION_BYTES` (less out of
+        core on small workers); smaller (by row groups) when that leaves workers idle. Picks the
+        memory mode (`self.memory`) from the footers' sizes and the workers' memory limits."""
         spec = self.spec
-        refs = plan_partitions(files, spec.input_filetype, spec.storage_options)
-        wanted = 2 * max(1, len(self.client.scheduler_info().get("workers", {})))
+        columns = (spec.id_field, *(spec.metadata_fields or []))
+        plan_args = dict(embedding_field=spec.embedding_field, columns=columns)
+        refs = plan_partitions(files, spec.input_filetype, spec.storage_options,
+                               target_bytes=memory_mode.PARTITION_BYTES, **plan_args)
+        limits = memory_mode.worker_limits(self.client)
+        data_bytes = sum(ref.nbytes or 0 for ref in refs)
+        self.memory = memory_mode.choose(spec.memory_mode, data_bytes, limits)
+        target_bytes = self.memory.partition_bytes
+        if target_bytes < memory_mode.PARTITION_BYTES:
+            refs = plan_partitions(files, spec.input_filetype, spec.storage_options,
+                                   target_bytes=target_bytes, **plan_args)
+        wanted = 2 * max(1, len(limits))
         sizes = [ref.num_rows for ref in refs]
         if len(refs) < wanted and None not in sizes and sum(sizes) > 0:
             target = max(1, -(-sum(sizes) // wanted))
-            refs = plan_partitions(files, spec.input_filetype, spec.storage_options, target_rows=target)
+            refs = plan_partitions(files, spec.input_filetype, spec.storage_options, target_rows=target,
+                                   target_bytes=target_bytes, **plan_args)
+        memory_mode.check_row_groups(refs, self.memory, limits)
+        memory_mode.log_plan(self.memory, len(refs))
         return refs
 
     def read(self, refs):
@@ -223,7 +243,10 @@ class _Run:
             storage_options=spec.storage_options,
             embedding_dim=spec.embedding_dim,
         )
-        parts = [self.client.submit(load_partition, i, ref, options, pure=False) for i, ref in enumerate(refs)]
+        out_of_core = self.memory.mode == "out_of_core"
+        parts = [
+            self.client.submit(load_partition, i, ref, options, out_of_core, pure=False) for i, ref in enumerate(refs)
+        ]
         stat_futures = [self.client.submit(partition_stats, p, pure=False) for p in parts]
         stats = [None] * len(refs)
         index_of = {f.key: i for i, f in enumerate(stat_futures)}
@@ -238,8 +261,10 @@ class _Run:
         check_shapes(stats, spec)
         keep = [i for i, s in enumerate(stats) if s.n_rows > 0]
         self.sources = [(i, refs[i], options) for i in keep]
+        parts, stats = [parts[i] for i in keep], [stats[i] for i in keep]
+        self.placement = placement(self.client, parts)
         self.timings["read"] = time.perf_counter() - started
-        return [parts[i] for i in keep], [stats[i] for i in keep]
+        return parts, stats
 
     def fit(self, parts, stats, dim: int, tol_abs: float):
         """(centroids from the chosen engine, the `EngineChoice`); ours reports every iteration."""
@@ -252,6 +277,7 @@ class _Run:
         model = DaskKMeans(
             self.client, parts, rows, spec.n_clusters, spec.max_samples_per_batch, spec.random_state, self.progress,
             reload=self.reload_partition,
+            placement=self.placement,
         )
         return fit_checkpointed(model, spec, tol_abs, self.checkpoint, self.resume), choice
 
@@ -287,8 +313,8 @@ class _Run:
         c_future = self.client.scatter(centroids, broadcast=True, hash=False)
         batch = spec.max_samples_per_batch
         assigned = [
-            self.client.submit(assign_partition, p, c_future, batch, spec.write_second_centroid, pure=False)
-            for p in parts
+            self.client.submit(assign_partition, p, c_future, batch, spec.write_second_centroid, pure=False, **where)
+            for p, where in zip(parts, self.placement)
         ]
         summary_futures = [self.client.submit(summary_of, a, pure=False) for a in assigned]
         for _ in as_completed(summary_futures):
@@ -300,7 +326,8 @@ class _Run:
             summary.stats = None  # k-sized arrays: keep only the running total
         counts = np.stack([s.counts for s in summaries])
         n_threads = sum(self.client.nthreads().values())
-        plan = plan_writes(counts, rows_per_write_task(int(counts.sum()), centroids.shape[1], n_threads))
+        task_bytes = memory_mode.write_task_bytes(self.memory, WRITE_TASK_BYTES)
+        plan = plan_writes(counts, rows_per_write_task(int(counts.sum()), centroids.shape[1], n_threads, task_bytes))
         columns = OutputColumns(spec.id_field, spec.embedding_field, column_schema)
         splits = [
             self.client.submit(split_partition, p, a, plan.partition_bounds(i), columns, pure=False)
@@ -314,6 +341,8 @@ class _Run:
             pieces.append(([self.client.submit(getitem, splits[p], g, pure=False) for p in present], rows))
         del splits  # each split's list goes once its pieces are taken; the pieces are the same tables
         wait_or_raise([f for futures, _ in pieces for f in futures])
+        if self.memory.mode == "out_of_core":  # partitions released: rows waiting for their group go to disk early
+            self.client.run(memory_mode.spill_earlier)
         self.timings["assign"] = time.perf_counter() - started
         started = time.perf_counter()
         self.progress.stage("writing", centroids_total=sum(f.last for f in plan.files))
@@ -329,7 +358,8 @@ class _Run:
             return {g: [self.client.submit(getitem, splits[p], g, pure=False) for p in ps] for g, ps in present.items()}
 
         writer = GroupWriter(self.client, self.out, spec.storage_options, self.progress, task=write_group)
-        written = writer.write(plan, pieces, rebuild)
+        window = memory_mode.write_window(self.memory, sum(self.client.nthreads().values()))
+        written = writer.write(plan, pieces, rebuild, window)
         self.timings["write"] = time.perf_counter() - started
         files = [{"centroid": c, "path": p, "rows": r} for c, p, r in sorted(written)]
         inertia = float(sum(s.inertia for s in summaries))
@@ -347,29 +377,3 @@ class _Run:
             url = None
         self.timings["report"] = time.perf_counter() - started
         return url
-
-
-def wait_or_raise(futures: list) -> None:
-    """Wait for `futures` without fetching their results; raise the first task error."""
-    for future in as_completed(futures):
-        if future.status == "error":
-            future.result()
-
-
-def check_shapes(stats, spec: JobSpec) -> None:
-    """Empty input, embedding lengths that differ between files, or differ from embedding_dim."""
-    nonempty = [s for s in stats if s.n_rows > 0]
-    if not nonempty:
-        raise InputError(f"empty input: no rows in {len(stats)} partition(s) of {spec.input_paths}")
-    first = nonempty[0]
-    for s in nonempty:
-        if spec.embedding_dim is not None and s.dim != spec.embedding_dim:
-            raise InputError(
-                f"{s.source}: field {spec.embedding_field!r} has length {s.dim}, "
-                f"but embedding_dim is {spec.embedding_dim}"
-            )
-        if s.dim != first.dim:
-            raise InputError(
-                f"{s.source}: field {spec.embedding_field!r} has length {s.dim}, "
-                f"but {first.source} has length {first.dim}"
-            )

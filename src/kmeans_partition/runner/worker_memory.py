@@ -7,6 +7,8 @@ products) is a fresh ``mmap`` whose pages fault in again on every step: measured
 the cluster update and ~10% on a whole step. `relax_malloc_trim` restores glibc's
 default ceiling (32 MiB) for the mmap threshold and trims above 64 MiB, once per
 process; the large partition arrays are still mmap-ed and returned to the OS when freed.
+Not on a Dask worker whose memory limit is under `SMALL_WORKER_BYTES`: there the up to ~100 MiB
+of freed memory the process would keep is a sizeable share of what it may use.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 32 << 20
 TRIM_THRESHOLD_BYTES = 64 << 20
+SMALL_WORKER_BYTES = 2 << 30
 
 _relaxed = False
 
@@ -30,6 +33,8 @@ def relax_malloc_trim() -> bool:
         return True
     if not sys.platform.startswith("linux") or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
         return False
+    if 0 < _worker_memory_limit() < SMALL_WORKER_BYTES:
+        return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc (e.g. musl)
@@ -39,3 +44,13 @@ def relax_malloc_trim() -> bool:
     ok = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1 and ok
     _relaxed = ok
     return ok
+
+
+def _worker_memory_limit() -> int:
+    """This Dask worker's memory limit in bytes (0: none, or not on a worker)."""
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().memory_manager.memory_limit or 0)
+    except (ImportError, ValueError, AttributeError):
+        return 0

@@ -126,6 +126,15 @@ def distances_to_assigned(x, centroids, labels, batch: int):
     return l2, cosine
 
 
+#: Bytes of one float64 block of rows in the distance computations (a few such blocks live at once).
+FLOAT64_BLOCK_BYTES = 8 << 20
+
+
+def float64_block_rows(dim: int, batch: int) -> int:
+    """Rows per float64 block: at most `batch`, at most `FLOAT64_BLOCK_BYTES` (results do not depend on it)."""
+    return max(1, min(batch, FLOAT64_BLOCK_BYTES // (8 * max(1, dim))))
+
+
 def assign_partition(
     part: Partition, centroids: np.ndarray, batch: int, second_centroid: bool = False
 ) -> Assignment:
@@ -140,8 +149,9 @@ def assign_partition(
     k = centroids.shape[0]
     ca = km.augment_centroids(np.asarray(centroids), ref=part.xa)
     labels, dist_sq, second = nearest_with_second(part.xa, part.x_sq, ca, batch)
-    l2, cosine = distances_to_assigned(part.x, centroids, labels, batch)
-    margin = cosine_margins(part.x, centroids, labels, second, batch)
+    rows = float64_block_rows(centroids.shape[1], batch)  # the distances' float64 blocks stay small
+    l2, cosine = distances_to_assigned(part.x, centroids, labels, rows)
+    margin = cosine_margins(part.x, centroids, labels, second, rows)
     host_labels = be.to_host(labels)
     counts = np.bincount(host_labels, minlength=k).astype(np.int64)
     stats = AssignSummary.from_rows(host_labels, be.to_host(cosine), be.to_host(margin), k)

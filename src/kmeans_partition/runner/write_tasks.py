@@ -6,6 +6,7 @@ Split from `stage.py`; see `write.py` for the data flow of the write.
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 from distributed import Client, as_completed, wait
 
@@ -26,7 +27,8 @@ class GroupWriter:
         self.client, self.out, self.storage_options, self.progress = client, out, storage_options, progress
         self.task = task  # `write.write_group` (stage.py passes its own name: tests patch it there)
 
-    def write(self, plan: WritePlan, pieces: list, rebuild=None) -> list[tuple[int, str, int]]:
+    def write(self, plan: WritePlan, pieces: list, rebuild=None, window: Optional[int] = None
+              ) -> list[tuple[int, str, int]]:
         """One `write_group` task per group, a few per worker thread at a time (bounds memory).
 
         A group whose pieces were lost with a worker (Dask cannot recompute them: the partitions
@@ -34,7 +36,7 @@ class GroupWriter:
         again once, for all the groups not yet written.
         On failure: no new task starts, the running ones end, then this run's files are removed.
         """
-        window = 2 * max(1, sum(self.client.nthreads().values()))
+        window = window or 2 * max(1, sum(self.client.nthreads().values()))
         out_url, options = self.out.url(), self.storage_options
         queue, in_flight, written = as_completed(), {}, []
         next_group = 0

@@ -1,0 +1,149 @@
+"""In memory or out of core: decided on the client before anything is loaded.
+
+The data's size once loaded is estimated from the parquet footers (`read.plan_partitions`: the
+embedding as float32 rows plus the id/metadata columns' uncompressed bytes; JSONL: a fraction of
+the file size) and compared with the workers' memory limits (``memory_limit`` of each worker in
+``scheduler_info()``; 0 means no limit). ``auto`` keeps the data in memory when it takes at most
+`IN_MEMORY_FRACTION` of the summed limits, else goes out of core (`disk_partition`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from .errors import InputError
+
+log = logging.getLogger("kmeans_partition")
+
+#: Partitions are planned to at most this many estimated bytes, in both modes (unless one row group
+#: is larger), so that both modes cut the data alike and give bit-identical results.
+PARTITION_BYTES = 32 << 20
+#: ``auto``: in memory when the data take at most this share of the workers' summed memory limits
+#: (the rest: the worker process itself, Lloyd scratch, the rows in flight to their write groups).
+IN_MEMORY_FRACTION = 0.5
+#: Out of core: a worker's running tasks together map at most this share of its memory limit.
+MAPPED_FRACTION = 0.25
+
+
+@dataclass
+class MemoryPlan:
+    """The mode and the numbers it was chosen from (recorded in the manifest and the status)."""
+
+    requested: str  # auto | in_memory | out_of_core
+    mode: str  # in_memory | out_of_core
+    data_bytes: int  # estimated bytes of the loaded data (all partitions)
+    memory_limit_bytes: Optional[int]  # the workers' limits summed; None when any is unlimited
+    smallest_worker_limit_bytes: Optional[int]
+    partition_bytes: int  # the planned partitions' size cap
+    reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def worker_limits(client) -> list[tuple[int, int]]:
+    """(memory limit in bytes or 0 for none, threads) of each worker."""
+    workers = client.scheduler_info().get("workers", {})
+    return [(int(w.get("memory_limit") or 0), int(w.get("nthreads") or 1)) for w in workers.values()]
+
+
+def _gb(n: Optional[float]) -> str:
+    return "unlimited" if not n else f"{n / 1e9:.3g} GB"
+
+
+def choose(requested: str, data_bytes: int, limits: list[tuple[int, int]]) -> MemoryPlan:
+    """Pick the mode for `data_bytes` on workers with `limits` ((bytes, threads) each)."""
+    limited = bool(limits) and all(limit > 0 for limit, _ in limits)
+    total = sum(limit for limit, _ in limits) if limited else None
+    smallest = min(limit for limit, _ in limits) if limited else None
+    budget = PARTITION_BYTES
+    if requested == "auto":
+        if not limited:
+            mode, reason = "in_memory", "the workers have no memory limit"
+        elif data_bytes <= IN_MEMORY_FRACTION * total:
+            mode = "in_memory"
+            reason = (f"data {_gb(data_bytes)} <= {IN_MEMORY_FRACTION:g} x the workers' memory limits "
+                      f"({_gb(total)})")
+        else:
+            mode = "out_of_core"
+            reason = (f"data {_gb(data_bytes)} > {IN_MEMORY_FRACTION:g} x the workers' memory limits "
+                      f"({_gb(total)})")
+    else:
+        mode, reason = requested, "asked for"
+    if mode == "out_of_core" and limited:
+        per_task = min(MAPPED_FRACTION * limit / max(1, threads) for limit, threads in limits)
+        budget = int(min(budget, per_task))
+    return MemoryPlan(requested, mode, int(data_bytes), total, smallest, max(1, budget), reason)
+
+
+def check_row_groups(refs, plan: MemoryPlan, limits: list[tuple[int, int]]) -> None:
+    """A row group is never split between partitions: refuse one no worker can hold, before loading.
+
+    In memory, a partition may take at most `IN_MEMORY_FRACTION` of the smallest worker's memory
+    limit; out of core, at most `MAPPED_FRACTION` / its threads.
+    """
+    if plan.smallest_worker_limit_bytes is None:
+        return
+    if plan.mode == "out_of_core":
+        room = min(MAPPED_FRACTION * limit / max(1, threads) for limit, threads in limits)
+        share = f"{MAPPED_FRACTION:g} / threads per worker when out of core"
+    else:
+        room = IN_MEMORY_FRACTION * plan.smallest_worker_limit_bytes
+        share = f"{IN_MEMORY_FRACTION:g} in memory"
+    for ref in refs:
+        if ref.largest_group is None:
+            continue
+        index, rows, nbytes = ref.largest_group
+        if nbytes > room:
+            raise InputError(
+                f"row group {index} holds {rows} rows, about {_gb(nbytes)} once loaded, more than one "
+                f"worker can hold: memory limit {_gb(plan.smallest_worker_limit_bytes)}, of which a "
+                f"partition may take {_gb(room)} ({share}); a row group is never split: rewrite the file "
+                f"with smaller row groups (pyarrow.parquet.write_table(..., row_group_size=N)) or give "
+                f"the workers more memory",
+                source=ref.path,
+            )
+
+
+def write_task_bytes(plan: MemoryPlan, default: int) -> int:
+    """Bytes of rows one write task gathers: out of core, at most half a partition's budget (the
+    task holds its rows and the parquet writer's encoded copy)."""
+    return min(default, plan.partition_bytes // 2) if plan.mode == "out_of_core" else default
+
+
+def write_window(plan: MemoryPlan, threads: int) -> int:
+    """Write tasks in flight: 2 per worker thread in memory, 1 out of core."""
+    return max(1, threads) * (1 if plan.mode == "out_of_core" else 2)
+
+
+#: Out of core: the share of its memory limit at which a worker starts spilling the rows in flight
+#: to their write groups (Dask's ``distributed.worker.memory.target`` / ``spill``, 0.6 / 0.7 by
+#: default), so that a write task and the transfers feeding it find room.
+SPILL_TARGET, SPILL_AT = 0.3, 0.4
+
+
+def spill_earlier(dask_worker) -> None:
+    """On a worker (`Client.run`): lower its spill thresholds to `SPILL_TARGET` / `SPILL_AT`."""
+    manager = getattr(dask_worker, "memory_manager", None)
+    if manager is None or not manager.memory_limit:
+        return
+    if manager.memory_target_fraction:
+        manager.memory_target_fraction = min(manager.memory_target_fraction, SPILL_TARGET)
+    if manager.memory_spill_fraction:
+        manager.memory_spill_fraction = min(manager.memory_spill_fraction, SPILL_AT)
+    data = getattr(dask_worker, "data", None)
+    if manager.memory_target_fraction:
+        target = int(manager.memory_limit * manager.memory_target_fraction)  # the spill buffer's size
+        for buffer in (data, getattr(data, "fast", None)):
+            if isinstance(getattr(buffer, "n", None), (int, float)):
+                buffer.n = target
+
+
+def log_plan(plan: MemoryPlan, n_partitions: int) -> None:
+    log.info(
+        "memory mode %s (%s: %s): data ~%s, workers' memory limits %s, %d partitions of <= %s",
+        plan.mode, plan.requested, plan.reason, _gb(plan.data_bytes), _gb(plan.memory_limit_bytes),
+        n_partitions, _gb(plan.partition_bytes),
+    )
