@@ -103,3 +103,22 @@ def test_auto_compares_the_data_with_the_summed_limits(data, limits, expected):
     assert forced.mode == "out_of_core" and forced.reason == "asked for"
     if limits[0][0]:
         assert forced.partition_bytes <= memory_mode.MAPPED_FRACTION * 1000
+
+
+def test_partition_target_grows_with_k_so_partial_sums_stay_small():
+    per_row = 4 * 1024 + 40  # d=1024 float32 plus an id
+    n_rows = 10_000_000
+    data = per_row * n_rows
+    # k=10,000: 16 k rows per partition, so that k x d float64 partials are <= 1/8 of the rows
+    big = memory_mode.partition_target(10_000, data, n_rows)
+    assert big == memory_mode.ROWS_PER_CLUSTER * 10_000 * per_row
+    assert 8 * 10_000 * 1024 * 8 <= big
+    assert memory_mode.partition_target(100, data, n_rows) == memory_mode.PARTITION_BYTES  # small k: the floor
+    assert memory_mode.partition_target(10_000_000, data, n_rows) == memory_mode.PARTITION_BYTES_MAX
+    assert memory_mode.partition_target(10_000, data, None) == memory_mode.PARTITION_BYTES  # JSONL: no row count
+    # the mode does not change the target (both modes cut alike) unless small workers out of core need less
+    roomy = [(64 << 30, 1), (64 << 30, 1)]
+    assert memory_mode.choose("out_of_core", data, roomy, big).partition_bytes == big
+    assert memory_mode.choose("in_memory", data, roomy, big).partition_bytes == big
+    small = [(1 << 30, 1)]
+    assert memory_mode.choose("out_of_core", data, small, big).partition_bytes < big

@@ -17,9 +17,15 @@ from .errors import InputError
 
 log = logging.getLogger("kmeans_partition")
 
-#: Partitions are planned to at most this many estimated bytes, in both modes (unless one row group
-#: is larger), so that both modes cut the data alike and give bit-identical results.
-PARTITION_BYTES = 32 << 20
+#: Partitions are planned to at most `partition_target` estimated bytes, in both modes (unless one
+#: row group is larger, or small workers out of core need less), so that both modes cut the data
+#: alike and give bit-identical results; the target depends on the data and k only.
+PARTITION_BYTES = 32 << 20  # the smallest target
+#: Each Lloyd step returns k x d float64 partial sums per partition (8 k d bytes, 80 MB at k=10,000,
+#: d=1024): partitions of at least this many times k rows keep them small next to the rows
+#: (16 k rows of d float32 = 8x the partials) and the partition count sane at large k.
+ROWS_PER_CLUSTER = 16
+PARTITION_BYTES_MAX = 2 << 30
 #: ``auto``: in memory when the data take at most this share of the workers' summed memory limits
 #: (the rest: the worker process itself, Lloyd scratch, the rows in flight to their write groups).
 IN_MEMORY_FRACTION = 0.5
@@ -53,12 +59,23 @@ def _gb(n: Optional[float]) -> str:
     return "unlimited" if not n else f"{n / 1e9:.3g} GB"
 
 
-def choose(requested: str, data_bytes: int, limits: list[tuple[int, int]]) -> MemoryPlan:
-    """Pick the mode for `data_bytes` on workers with `limits` ((bytes, threads) each)."""
+def partition_target(n_clusters: int, data_bytes: int, n_rows: Optional[int]) -> int:
+    """Bytes per planned partition: `PARTITION_BYTES`, or `ROWS_PER_CLUSTER` x k rows when that is
+    more (at most `PARTITION_BYTES_MAX`); rows' size from the estimate (`n_rows` None: JSONL)."""
+    if not n_rows:
+        return PARTITION_BYTES
+    per_row = data_bytes / n_rows
+    return int(min(PARTITION_BYTES_MAX, max(PARTITION_BYTES, ROWS_PER_CLUSTER * n_clusters * per_row)))
+
+
+def choose(requested: str, data_bytes: int, limits: list[tuple[int, int]],
+           target_bytes: int = PARTITION_BYTES) -> MemoryPlan:
+    """Pick the mode for `data_bytes` on workers with `limits` ((bytes, threads) each);
+    partitions of `target_bytes` (`partition_target`), less out of core on small workers."""
     limited = bool(limits) and all(limit > 0 for limit, _ in limits)
     total = sum(limit for limit, _ in limits) if limited else None
     smallest = min(limit for limit, _ in limits) if limited else None
-    budget = PARTITION_BYTES
+    budget = target_bytes
     if requested == "auto":
         if not limited:
             mode, reason = "in_memory", "the workers have no memory limit"

@@ -205,9 +205,9 @@ class _Run:
         return result.to_dict()
 
     def plan(self, files: list[str]):
-        """Partitions of about a million rows and at most `memory_mode.PARTITION_BYTES` (less out of
-        core on small workers); smaller (by row groups) when that leaves workers idle. Picks the
-        memory mode (`self.memory`) from the footers' sizes and the workers' memory limits."""
+        """Partitions of about a million rows and at most `memory_mode.partition_target` bytes (less
+        out of core on small workers); smaller (by row groups) when that leaves workers idle. Picks
+        the memory mode (`self.memory`) from the footers' sizes and the workers' memory limits."""
         spec = self.spec
         columns = (spec.id_field, *(spec.metadata_fields or []))
         plan_args = dict(embedding_field=spec.embedding_field, columns=columns)
@@ -215,9 +215,12 @@ class _Run:
                                target_bytes=memory_mode.PARTITION_BYTES, **plan_args)
         limits = memory_mode.worker_limits(self.client)
         data_bytes = sum(ref.nbytes or 0 for ref in refs)
-        self.memory = memory_mode.choose(spec.memory_mode, data_bytes, limits)
+        sizes = [ref.num_rows for ref in refs]
+        n_rows = None if None in sizes else sum(sizes)
+        target = memory_mode.partition_target(spec.n_clusters, data_bytes, n_rows)
+        self.memory = memory_mode.choose(spec.memory_mode, data_bytes, limits, target)
         target_bytes = self.memory.partition_bytes
-        if target_bytes < memory_mode.PARTITION_BYTES:
+        if target_bytes != memory_mode.PARTITION_BYTES:
             refs = plan_partitions(files, spec.input_filetype, spec.storage_options,
                                    target_bytes=target_bytes, **plan_args)
         wanted = 2 * max(1, len(limits))
