@@ -73,7 +73,8 @@ def test_each_flag_lands_in_its_field_with_the_model_type():
             "--init", "random", "--oversampling-factor", "3", "--max-samples-per-batch", "64",
             "--storage-option", "anon=true", "--storage-option", "endpoint_url=http://127.0.0.1:9",
             "--overwrite", "--scheduler", "tcp://127.0.0.1:1", "--write-second-centroid", "--no-report",
-            "--distance-precision", "tf32", "--checkpoint-seconds", "30", "--checkpoint-iterations", "4"]
+            "--distance-precision", "tf32", "--checkpoint-seconds", "30", "--checkpoint-iterations", "4",
+            "--memory-mode", "out_of_core"]
     spec = parse_job_spec(job_fields(build_parser().parse_args(argv)))
     assert spec.model_dump() == {
         "n_clusters": 5, "id_field": "doc", "embedding_field": "vec", "input_path": ["a", "b"], "output_path": "o",
@@ -82,6 +83,7 @@ def test_each_flag_lands_in_its_field_with_the_model_type():
         "max_samples_per_batch": 64, "storage_options": {"anon": True, "endpoint_url": "http://127.0.0.1:9"},
         "overwrite": True, "scheduler_address": "tcp://127.0.0.1:1", "write_second_centroid": True, "report": False,
         "distance_precision": "tf32", "checkpoint_seconds": 30.0, "checkpoint_iterations": 4,
+        "memory_mode": "out_of_core",
     }
     assert set(spec.model_dump()) == set(JobSpec.model_fields)  # the argv above covers every field
 
