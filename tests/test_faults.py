@@ -17,7 +17,7 @@ from distributed import Client, LocalCluster
 from distributed.scheduler import KilledWorker
 
 from kmeans_partition.runner import stage as stage_module
-from kmeans_partition.runner import write
+from kmeans_partition.runner import write, write_tasks
 from kmeans_partition.runner.partition import Partition, partition_stats
 from kmeans_partition.runner.progress import Progress
 from kmeans_partition.runner.sample import write_sample
@@ -136,7 +136,7 @@ def test_a_write_attempt_never_leaves_a_partial_final_file(tmp_path, monkeypatch
     assert sorted(again) == sorted(f.path for f in files)  # the attempts' folders are gone
     (out / write.ATTEMPTS_DIR / "dead" / "centroid=0").mkdir(parents=True)  # one killed before its finally
     (out / write.ATTEMPTS_DIR / "dead" / "centroid=0" / "part-00000.parquet").write_bytes(b"PAR1")
-    write.remove_attempts(fsspec.filesystem("file"), str(out))
+    write_tasks.remove_attempts(fsspec.filesystem("file"), str(out))
     assert sorted(tree_hash(out)) == sorted(f.path for f in files)
 
 

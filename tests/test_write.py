@@ -16,11 +16,11 @@ from kmeans_partition.runner.write import (
     distances_to_assigned,
     embedding_array,
     plan_writes,
-    remove_planned,
     rows_per_write_task,
     split_partition,
     write_group,
 )
+from kmeans_partition.runner.write_tasks import remove_planned
 from dask_support import blobs
 
 

@@ -385,36 +385,3 @@ def _remove_quietly(fs: pafs.FileSystem, paths: list[str]) -> None:
             fs.delete_file(path)
         except (OSError, FileNotFoundError):
             pass
-
-
-def remove_attempts(fs, root: str) -> None:
-    """Remove `ATTEMPTS_DIR` (write attempts killed before their rename) under `root` (fsspec).
-
-    Only local filesystems have one (`write_group`): nothing is listed on an object store.
-    """
-    if not is_local(fs):
-        return
-    path = posixpath.join(root, ATTEMPTS_DIR)
-    fs.invalidate_cache()
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-
-
-def remove_planned(fs, root: str, relative_paths: list[str]) -> list[str]:
-    """After a failure: delete those of this run's planned files that exist, then their empty folders.
-
-    Touches nothing else under `root` (an fsspec filesystem). Returns the deleted files.
-    """
-    fs.invalidate_cache()
-    existing = set(fs.find(root, withdirs=True)) if fs.exists(root) else set()
-    planned = [posixpath.join(root, rel) for rel in relative_paths]
-    doomed = [path for path in planned if path in existing]
-    if doomed:
-        fs.rm(doomed)
-    for folder in sorted({posixpath.dirname(path) for path in planned} & existing):
-        try:
-            if fs.isdir(folder) and not fs.ls(folder, detail=False):
-                fs.rmdir(folder)
-        except (OSError, NotImplementedError):
-            pass
-    return doomed

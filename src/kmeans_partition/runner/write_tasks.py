@@ -6,13 +6,15 @@ Split from `stage.py`; see `write.py` for the data flow of the write.
 from __future__ import annotations
 
 import logging
+import posixpath
 from typing import Optional
 
 from distributed import Client, as_completed, wait
 
 from .progress import Progress
 from .recovery import is_lost, note
-from .write import WritePlan, remove_attempts, remove_planned, write_group
+from .output import is_local
+from .write import ATTEMPTS_DIR, WritePlan, write_group
 
 log = logging.getLogger("kmeans_partition")
 
@@ -105,3 +107,36 @@ class GroupWriter:
             log.info("removed %d file(s) of the failed write", len(removed))
         except Exception as err:
             log.warning("could not remove the failed write's files under %s: %s", self.out.uri, err)
+
+
+def remove_attempts(fs, root: str) -> None:
+    """Remove `ATTEMPTS_DIR` (write attempts killed before their rename) under `root` (fsspec).
+
+    Only local filesystems have one (`write_group`): nothing is listed on an object store.
+    """
+    if not is_local(fs):
+        return
+    path = posixpath.join(root, ATTEMPTS_DIR)
+    fs.invalidate_cache()
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def remove_planned(fs, root: str, relative_paths: list[str]) -> list[str]:
+    """After a failure: delete those of this run's planned files that exist, then their empty folders.
+
+    Touches nothing else under `root` (an fsspec filesystem). Returns the deleted files.
+    """
+    fs.invalidate_cache()
+    existing = set(fs.find(root, withdirs=True)) if fs.exists(root) else set()
+    planned = [posixpath.join(root, rel) for rel in relative_paths]
+    doomed = [path for path in planned if path in existing]
+    if doomed:
+        fs.rm(doomed)
+    for folder in sorted({posixpath.dirname(path) for path in planned} & existing):
+        try:
+            if fs.isdir(folder) and not fs.ls(folder, detail=False):
+                fs.rmdir(folder)
+        except (OSError, NotImplementedError):
+            pass
+    return doomed
