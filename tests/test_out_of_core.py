@@ -122,3 +122,23 @@ def test_partition_target_grows_with_k_so_partial_sums_stay_small():
     assert memory_mode.choose("in_memory", data, roomy, big).partition_bytes == big
     small = [(1 << 30, 1)]
     assert memory_mode.choose("out_of_core", data, small, big).partition_bytes < big
+
+
+def test_spill_thresholds_are_lowered_for_the_write_and_given_back():
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
+                      memory_limit=2_000_000_000) as cluster, Client(cluster) as client:
+
+        def thresholds(dask_worker):
+            manager = dask_worker.memory_manager
+            return manager.memory_target_fraction, manager.memory_spill_fraction, dask_worker.data.fast.n
+
+        (before,) = client.run(thresholds).values()
+        assert before[0] > memory_mode.SPILL_TARGET and before[1] > memory_mode.SPILL_AT
+        client.run(memory_mode.spill_earlier)
+        client.run(memory_mode.spill_earlier)  # twice: the worker's own values are kept, not ours
+        (lowered,) = client.run(thresholds).values()
+        assert lowered[:2] == (memory_mode.SPILL_TARGET, memory_mode.SPILL_AT)
+        assert lowered[2] == int(2_000_000_000 * memory_mode.SPILL_TARGET)
+        client.run(memory_mode.restore_spill)
+        (after,) = client.run(thresholds).values()
+        assert after == before

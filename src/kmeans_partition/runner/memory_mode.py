@@ -141,21 +141,46 @@ def write_window(plan: MemoryPlan, threads: int) -> int:
 SPILL_TARGET, SPILL_AT = 0.3, 0.4
 
 
+#: Where `spill_earlier` keeps a worker's own thresholds for `restore_spill` (a shared cluster's
+#: workers get theirs back after the write).
+_SAVED = "_kmeans_partition_spill_settings"
+
+
+def _buffers(dask_worker) -> list:
+    data = getattr(dask_worker, "data", None)
+    return [b for b in (data, getattr(data, "fast", None)) if isinstance(getattr(b, "n", None), (int, float))]
+
+
 def spill_earlier(dask_worker) -> None:
-    """On a worker (`Client.run`): lower its spill thresholds to `SPILL_TARGET` / `SPILL_AT`."""
+    """On a worker (`Client.run`): lower its spill thresholds to `SPILL_TARGET` / `SPILL_AT`
+    (its own are kept for `restore_spill`)."""
     manager = getattr(dask_worker, "memory_manager", None)
     if manager is None or not manager.memory_limit:
         return
+    if not hasattr(dask_worker, _SAVED):
+        setattr(dask_worker, _SAVED, (manager.memory_target_fraction, manager.memory_spill_fraction,
+                                      [b.n for b in _buffers(dask_worker)]))
     if manager.memory_target_fraction:
         manager.memory_target_fraction = min(manager.memory_target_fraction, SPILL_TARGET)
     if manager.memory_spill_fraction:
         manager.memory_spill_fraction = min(manager.memory_spill_fraction, SPILL_AT)
-    data = getattr(dask_worker, "data", None)
     if manager.memory_target_fraction:
         target = int(manager.memory_limit * manager.memory_target_fraction)  # the spill buffer's size
-        for buffer in (data, getattr(data, "fast", None)):
-            if isinstance(getattr(buffer, "n", None), (int, float)):
-                buffer.n = target
+        for buffer in _buffers(dask_worker):
+            buffer.n = target
+
+
+def restore_spill(dask_worker) -> None:
+    """On a worker (`Client.run`): the thresholds it had before `spill_earlier`."""
+    saved = getattr(dask_worker, _SAVED, None)
+    if saved is None:
+        return
+    target, spill, sizes = saved
+    manager = dask_worker.memory_manager
+    manager.memory_target_fraction, manager.memory_spill_fraction = target, spill
+    for buffer, n in zip(_buffers(dask_worker), sizes):
+        buffer.n = n
+    delattr(dask_worker, _SAVED)
 
 
 def log_plan(plan: MemoryPlan, n_partitions: int) -> None:

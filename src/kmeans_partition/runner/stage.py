@@ -362,7 +362,11 @@ class _Run:
 
         writer = GroupWriter(self.client, self.out, spec.storage_options, self.progress, task=write_group)
         window = memory_mode.write_window(self.memory, sum(self.client.nthreads().values()))
-        written = writer.write(plan, pieces, rebuild, window)
+        try:
+            written = writer.write(plan, pieces, rebuild, window)
+        finally:
+            if self.memory.mode == "out_of_core":  # a shared cluster's workers get their thresholds back
+                self.client.run(memory_mode.restore_spill)
         self.timings["write"] = time.perf_counter() - started
         files = [{"centroid": c, "path": p, "rows": r} for c, p, r in sorted(written)]
         inertia = float(sum(s.inertia for s in summaries))
