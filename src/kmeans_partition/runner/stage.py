@@ -332,40 +332,41 @@ class _Run:
         task_bytes = memory_mode.write_task_bytes(self.memory, WRITE_TASK_BYTES)
         plan = plan_writes(counts, rows_per_write_task(int(counts.sum()), centroids.shape[1], n_threads, task_bytes))
         columns = OutputColumns(spec.id_field, spec.embedding_field, column_schema)
-        splits = [
-            self.client.submit(split_partition, p, a, plan.partition_bounds(i), columns, pure=False)
-            for i, (p, a) in enumerate(zip(parts, assigned))
-        ]
-        parts.clear()  # a partition and its assignment are dropped once split
-        del assigned
-        pieces = []
-        for g in range(plan.n_groups):
-            present, rows = plan.group_pieces(g)
-            pieces.append(([self.client.submit(getitem, splits[p], g, pure=False) for p in present], rows))
-        del splits  # each split's list goes once its pieces are taken; the pieces are the same tables
-        wait_or_raise([f for futures, _ in pieces for f in futures])
-        if self.memory.mode == "out_of_core":  # partitions released: rows waiting for their group go to disk early
+        out_of_core = self.memory.mode == "out_of_core"
+        if out_of_core:  # the rows in flight to their write groups go to disk early
             self.client.run(memory_mode.spill_earlier)
-        self.timings["assign"] = time.perf_counter() - started
-        started = time.perf_counter()
-        self.progress.stage("writing", centroids_total=sum(f.last for f in plan.files))
-
-        def rebuild(groups: list[int]) -> dict[int, list]:
-            """The pieces of `groups` again, each partition read once more, after pieces were lost."""
-            present = {g: plan.group_pieces(g)[0] for g in groups}
-            splits = {}
-            for p in sorted({p for ps in present.values() for p in ps}):
-                part = self.reload_partition(p)
-                a = self.client.submit(assign_partition, part, c_future, batch, spec.write_second_centroid, pure=False)
-                splits[p] = self.client.submit(split_partition, part, a, plan.partition_bounds(p), columns, pure=False)
-            return {g: [self.client.submit(getitem, splits[p], g, pure=False) for p in ps] for g, ps in present.items()}
-
-        writer = GroupWriter(self.client, self.out, spec.storage_options, self.progress, task=write_group)
-        window = memory_mode.write_window(self.memory, sum(self.client.nthreads().values()))
         try:
+            splits = [
+                self.client.submit(split_partition, p, a, plan.partition_bounds(i), columns, pure=False)
+                for i, (p, a) in enumerate(zip(parts, assigned))
+            ]
+            parts.clear()  # a partition and its assignment are dropped once split
+            del assigned
+            pieces = []
+            for g in range(plan.n_groups):
+                present, rows = plan.group_pieces(g)
+                pieces.append(([self.client.submit(getitem, splits[p], g, pure=False) for p in present], rows))
+            del splits  # each split's list goes once its pieces are taken; the pieces are the same tables
+            wait_or_raise([f for futures, _ in pieces for f in futures])
+            self.timings["assign"] = time.perf_counter() - started
+            started = time.perf_counter()
+            self.progress.stage("writing", centroids_total=sum(f.last for f in plan.files))
+
+            def rebuild(groups: list[int]) -> dict[int, list]:
+                """The pieces of `groups` again, each partition read once more, after pieces were lost."""
+                present = {g: plan.group_pieces(g)[0] for g in groups}
+                splits = {}
+                for p in sorted({p for ps in present.values() for p in ps}):
+                    part = self.reload_partition(p)
+                    a = self.client.submit(assign_partition, part, c_future, batch, spec.write_second_centroid, pure=False)
+                    splits[p] = self.client.submit(split_partition, part, a, plan.partition_bounds(p), columns, pure=False)
+                return {g: [self.client.submit(getitem, splits[p], g, pure=False) for p in ps] for g, ps in present.items()}
+
+            writer = GroupWriter(self.client, self.out, spec.storage_options, self.progress, task=write_group)
+            window = memory_mode.write_window(self.memory, sum(self.client.nthreads().values()))
             written = writer.write(plan, pieces, rebuild, window)
         finally:
-            if self.memory.mode == "out_of_core":  # a shared cluster's workers get their thresholds back
+            if out_of_core:  # a shared cluster's workers get their thresholds back
                 self.client.run(memory_mode.restore_spill)
         self.timings["write"] = time.perf_counter() - started
         files = [{"centroid": c, "path": p, "rows": r} for c, p, r in sorted(written)]
