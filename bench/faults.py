@@ -25,20 +25,10 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fault_support import KillWorker, connect, dask_processes  # noqa: E402
+from fault_support import PHASES, VARYING_KEYS, KillWorker, connect, dask_processes  # noqa: E402
 from kmeans_partition.runner.progress import Progress  # noqa: E402
 from kmeans_partition.runner.sample import write_sample  # noqa: E402
 from kmeans_partition.runner.stage import KMeansStage  # noqa: E402
-
-#: phase -> (progress event after which to watch, its count, task name to kill during)
-PHASES = {
-    "read": ("reading", 1, "load_partition"),
-    "init": ("initialising", 1, "nearest_candidate"),
-    "lloyd": ("iteration", 2, "lloyd_step"),
-    "assign": ("assigning", 1, "assign_partition"),
-    "write": ("writing", 1, "write_group"),
-}
-VARYING = ("created", "timings", "manifest_path", "centroids_path", "report_path", "engine")
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -65,7 +55,7 @@ def comparable(out: Path) -> dict:
         str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(out.rglob("*")) if p.is_file() and p.name != "_manifest.json"
     }
-    return {"files": files, "manifest": {k: v for k, v in manifest.items() if k not in VARYING}}
+    return {"files": files, "manifest": {k: v for k, v in manifest.items() if k not in VARYING_KEYS}}
 
 
 class Recoveries(logging.Handler):

@@ -20,6 +20,18 @@ from dask.utils import key_split
 
 from kmeans_partition.runner.progress import ProgressSnapshot
 
+# Manifest keys that differ between two identical runs: when, how long, where, and which workers.
+VARYING_KEYS = ("created", "timings", "manifest_path", "centroids_path", "report_path", "engine")
+
+#: phase -> (progress event after which to watch, its count, task name to kill during the phase).
+PHASES = {
+    "read": ("reading", 1, "load_partition"),
+    "init": ("initialising", 1, "nearest_candidate"),
+    "lloyd": ("iteration", 2, "lloyd_step"),
+    "assign": ("assigning", 1, "assign_partition"),
+    "write": ("writing", 1, "write_group"),
+}
+
 DASK = str(Path(sys.executable).with_name("dask"))
 
 

@@ -24,20 +24,8 @@ from kmeans_partition.runner.sample import write_sample
 from kmeans_partition.runner.stage import KMeansStage
 from kmeans_partition.runner.write import OutputColumns, assign_partition, plan_writes, split_partition
 from dask_support import blobs, write_input
-from fault_support import KillWorker, connect, dask_processes
+from fault_support import PHASES, VARYING_KEYS, KillWorker, connect, dask_processes
 from io_support import tree_hash
-
-# Differ between two identical runs: when, how long, where, and which workers.
-VARYING_KEYS = ("created", "timings", "manifest_path", "centroids_path", "report_path", "engine")
-
-#: (event that triggers the kill, its count): the kill lands inside the phase.
-PHASES = {
-    "read": ("reading", 1, "load_partition"),
-    "init": ("initialising", 1, "nearest_candidate"),
-    "lloyd": ("iteration", 2, "lloyd_step"),
-    "assign": ("assigning", 1, "assign_partition"),
-    "write": ("writing", 1, "write_group"),
-}
 
 
 def job(input_dir: Path, output: Path) -> KMeansStage:
