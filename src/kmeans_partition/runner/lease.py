@@ -3,9 +3,10 @@
 Taken with a conditional create before any work (local: a hard link of a written temporary file,
 exclusive like ``O_EXCL`` and never seen half-written; S3: a PUT with ``If-None-Match: *``;
 GCS: an upload with ``ifGenerationMatch=0`` (`gcs_lease`); other stores: fsspec's
-``pipe_file(mode="create")``, which each implementation makes atomic or not), renewed by a background thread every third of its
-lifetime, checked before the manifest is committed and deleted afterwards (also after a
-failure). The lease names its holder (owner uid, host, pid, run id) and when it expires.
+``pipe_file(mode="create")``, which each implementation makes atomic or not), renewed by a
+background thread every third of its lifetime, checked before the manifest is committed and
+deleted afterwards (also after a failure). The lease names its holder (owner uid, host, pid,
+run id) and when it expires.
 
 A lease held by another run refuses the run, naming the holder. An expired lease (its holder
 died without deleting it), or one whose owner uid is ours (an earlier pod of the same
