@@ -177,3 +177,30 @@ class KillWorker:
 
 def key_name(key) -> str:
     return key_split(key)
+
+
+class KillInTurn:
+    """Progress sink: SIGKILL worker `first` at the first partition assigned (the centroids were
+    just sent to every worker; a fresh worker takes its place), then worker `second` when the
+    write starts. No worker present when the centroids were sent then survives."""
+
+    def __init__(self, procs: DaskProcesses, first: str, second: str):
+        self.procs, self.plan = procs, [("assigned", first), ("stage", second)]
+        self.n_workers = len(procs.workers)
+        self.killed: list[str] = []
+
+    def on_progress(self, snap: ProgressSnapshot, event: str) -> None:
+        if not self.plan or event != self.plan[0][0] or (event == "stage" and snap.stage != "writing"):
+            return
+        _, name = self.plan.pop(0)
+        proc = self.procs.workers[name]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        self.killed.append(name)
+        self.procs.replenish(self.n_workers)
+
+    def on_result(self, result) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -9,6 +9,7 @@ this process, in memory, on a free port, and is stopped by its own process id on
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -63,3 +64,101 @@ def gcs_server(bucket: str = "bucket") -> Iterator[tuple[str, dict]]:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+class _PreconditionProxy:
+    """Forwards every request to the emulator; requests carrying ``ifGenerationMatch`` (uploads and
+    deletes of an object) are checked first against the object's current generation and answered
+    412 when it differs (0: the object must not exist), one at a time.
+
+    gcp-storage-emulator ignores GCS preconditions (a second ``ifGenerationMatch=0`` upload
+    replaces the object); this stands in for the server side of them, per the JSON API's rules.
+    """
+
+    def __init__(self, upstream: str):
+        import http.server
+        import threading
+
+        self.upstream = upstream
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                status, headers, data = proxy.forward(self.command, self.path, dict(self.headers), body)
+                self.send_response(status)
+                for name, value in headers:
+                    if name.lower() not in ("transfer-encoding", "content-length", "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _send(self, method: str, path: str, headers: dict, body: bytes):
+        import urllib.error
+
+        headers = {k: v for k, v in headers.items() if k.lower() not in ("host", "content-length")}
+        request = urllib.request.Request(self.upstream + path, data=body or None, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                return reply.status, reply.getheaders(), reply.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.headers.items(), err.read()
+
+    def _generation(self, bucket: str, name: str) -> str:
+        from urllib.parse import quote
+
+        status, _, data = self._send("GET", f"/storage/v1/b/{quote(bucket)}/o/{quote(name, safe='')}", {}, b"")
+        return json.loads(data)["generation"] if status == 200 else "0"
+
+    def forward(self, method: str, path: str, headers: dict, body: bytes):
+        from urllib.parse import parse_qs, unquote, urlsplit
+
+        parts = urlsplit(path)
+        wanted = parse_qs(parts.query).get("ifGenerationMatch")
+        if not wanted:
+            return self._send(method, path, headers, body)
+        segments = parts.path.split("/")  # .../b/<bucket>/o[/<object>]
+        bucket = unquote(segments[segments.index("b") + 1])
+        name = parse_qs(parts.query).get("name", [None])[0]
+        if name is None:
+            tail = parts.path.split("/o/", 1)
+            if len(tail) == 2:
+                name = unquote(tail[1])
+            else:  # a multipart upload: the name is in the JSON part of the body
+                start = body.index(b"{")
+                name = json.JSONDecoder().raw_decode(body[start:].decode())[0]["name"]
+        with self.lock:  # check and write as one step, like the real service
+            if self._generation(bucket, name) != wanted[0]:
+                error = {"error": {"code": 412, "message": "Precondition Failed"}}
+                return 412, [("Content-Type", "application/json")], json.dumps(error).encode()
+            return self._send(method, path, headers, body)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextlib.contextmanager
+def gcs_server_with_preconditions(bucket: str = "bucket") -> Iterator[tuple[str, dict]]:
+    """`gcs_server` behind `_PreconditionProxy`: the options point gcsfs at the proxy."""
+    with gcs_server(bucket) as (url, _):
+        proxy = _PreconditionProxy(url)
+        try:
+            yield proxy.url, {"endpoint_url": proxy.url, "token": "anon"}
+        finally:
+            proxy.close()

@@ -24,15 +24,15 @@ from kmeans_partition.runner.sample import write_sample
 from kmeans_partition.runner.stage import KMeansStage
 from kmeans_partition.runner.write import OutputColumns, assign_partition, plan_writes, split_partition
 from dask_support import blobs, write_input
-from fault_support import PHASES, VARYING_KEYS, KillWorker, connect, dask_processes
+from fault_support import PHASES, VARYING_KEYS, KillInTurn, KillWorker, connect, dask_processes
 from io_support import tree_hash
 
 
-def job(input_dir: Path, output: Path) -> KMeansStage:
+def job(input_dir: Path, output: Path, memory_mode: str = "auto") -> KMeansStage:
     return KMeansStage(
         n_clusters=30, id_field="id", embedding_field="embedding", input_path=str(input_dir),
         output_path=str(output), metadata_fields=["text"], max_samples_per_batch=512, max_iter=10,
-        tol=0.0, report=False,
+        tol=0.0, report=False, memory_mode=memory_mode,
     )
 
 
@@ -82,6 +82,29 @@ def test_run_survives_a_killed_worker(phase, sample, cluster, reference, tmp_pat
     got = outputs(tmp_path / "out")
     assert got["manifest"] == reference["manifest"]
     assert got["files"] == reference["files"]
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(("_tmp", "."))]
+
+
+def without_memory_mode(found: dict) -> dict:
+    manifest = dict(found["manifest"], spec=dict(found["manifest"]["spec"]))
+    manifest.pop("memory_mode")
+    manifest["spec"].pop("memory_mode")
+    return {"files": found["files"], "manifest": manifest}
+
+
+def test_out_of_core_write_survives_losing_every_worker_that_got_the_centroids(sample, reference, tmp_path):
+    """Out of core, both of 2 workers die in turn (one during the assign, replaced; the other during
+    the write), as when the nanny restarts each for memory: the centroids the assign and the write's
+    recomputations read must survive (scattered data would be lost for good, and every rebuild
+    of the lost pieces cancelled: "results lost 8 times"). The same code runs in memory."""
+    memory_mode = "out_of_core"
+    with dask_processes(2, tmp_path) as procs, connect(procs.address, 2) as client:
+        killer = KillInTurn(procs, "w0", "w1")
+        job(sample / "in", tmp_path / "out", memory_mode).run(client=client, progress=Progress([killer]))
+    assert killer.killed == ["w0", "w1"]
+    got = outputs(tmp_path / "out")
+    assert got["manifest"]["memory_mode"]["mode"] == memory_mode
+    assert without_memory_mode(got) == without_memory_mode(reference)
     assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(("_tmp", "."))]
 
 

@@ -5,6 +5,7 @@ import threading
 import time
 
 import pytest
+import gcs_support  # noqa: F401  (sets the gcsfs environment before gcsfs is imported)
 from dask_support import blobs, dask_client  # noqa: F401
 from io_support import write_parquet
 from s3_support import create_bucket
@@ -14,10 +15,23 @@ from kmeans_partition.runner.output import open_output
 from kmeans_partition.runner.stage import KMeansStage
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(scope="module")
+def gcs_server():
+    """gcp-storage-emulator behind a proxy that enforces ``ifGenerationMatch`` (the emulator
+    ignores it: see `gcs_support._PreconditionProxy`)."""
+    pytest.importorskip("gcsfs")
+    pytest.importorskip("gcp_storage_emulator")
+    with gcs_support.gcs_server_with_preconditions("lease") as server:
+        yield server
+
+
+@pytest.fixture(params=["local", "s3", "gcs"])
 def location(request, tmp_path):
     if request.param == "local":
         return open_output(str(tmp_path / "out"), {})
+    if request.param == "gcs":
+        _, options = request.getfixturevalue("gcs_server")
+        return open_output(f"gs://lease/{request.node.name.replace('[', '-').replace(']', '')}", options)
     endpoint, options = request.getfixturevalue("s3_server")
     bucket = create_bucket(endpoint, "lease")
     return open_output(f"{bucket}/{request.node.name.replace('[', '-').replace(']', '')}", options)

@@ -49,12 +49,6 @@ def output_tables(out: Path) -> dict:
     return {str(p.relative_to(out)): pq.read_table(p) for p in sorted(out.glob("centroid=*/*.parquet"))}
 
 
-# Known defect, not hidden: under these limits a worker sometimes passes the nanny's 95 % during the
-# write (2 of 4 runs on 2 shared cores); the write's recovery then rebuilds group 0 eight times
-# without a further worker death and gives up ("results lost 8 times"). Until that rebuild loop is
-# fixed the test runs in CI but may fail; it passed in the other runs with output bit-identical.
-@pytest.mark.xfail(strict=False, raises=RuntimeError,
-                   reason="flaky: lost-worker rebuild loop in the out-of-core write (see comment)")
 @pytest.mark.timeout(900)  # ~2-3 min on 2 shared cores: 1 GB written, clustered twice, written twice
 def test_out_of_core_on_workers_with_less_memory_than_the_data_matches_in_memory(tmp_path, caplog):
     embedding_bytes = write_blobs(tmp_path / "in", ROWS, DIM, FILES, ROW_GROUP)

@@ -1,16 +1,18 @@
 """One writer per output: the lease object ``<output>/_lease.json``.
 
 Taken with a conditional create before any work (local: a hard link of a written temporary file,
-exclusive like ``O_EXCL`` and never seen half-written; S3: a PUT with
-``If-None-Match: *``; other stores: fsspec's ``pipe_file(mode="create")``, which each
-implementation makes atomic or not), renewed by a background thread every third of its
-lifetime, checked before the manifest is committed and deleted afterwards (also after a
-failure). The lease names its holder (owner uid, host, pid, run id) and when it expires.
+exclusive like ``O_EXCL`` and never seen half-written; S3: a PUT with ``If-None-Match: *``;
+GCS: an upload with ``ifGenerationMatch=0`` (`gcs_lease`); other stores: fsspec's
+``pipe_file(mode="create")``, which each implementation makes atomic or not), renewed by a
+background thread every third of its lifetime, checked before the manifest is committed and
+deleted afterwards (also after a failure). The lease names its holder (owner uid, host, pid,
+run id) and when it expires.
 
 A lease held by another run refuses the run, naming the holder. An expired lease (its holder
 died without deleting it), or one whose owner uid is ours (an earlier pod of the same
 resource: a Job starts the next pod only after the last one failed), is taken over by
-replacing it conditionally on what was read: S3 ``If-Match: <etag>`` (renewals too); local:
+replacing it conditionally on what was read: S3 ``If-Match: <etag>``, GCS
+``ifGenerationMatch=<generation>`` (renewals and the release's delete too); local:
 under a lock file created exclusively (``_lease.json.lock``), re-read, then replaced by an
 atomic rename (renewals too); other stores: delete and create (not atomic: two takers of one
 stale lease might both win there).
@@ -29,6 +31,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Optional
 
+from . import gcs_lease
 from .output import OutputError, OutputLocation, is_local
 
 log = logging.getLogger("kmeans_partition")
@@ -104,6 +107,12 @@ class Lease:
             finally:
                 os.unlink(tmp)
             return True
+        if gcs_lease.is_gcs(self.out.fs):
+            try:
+                self._etag = gcs_lease.put(self.out.fs, self.path, data, if_generation_match=0)
+            except FileExistsError:  # 412: the object exists
+                return False
+            return True
         try:
             reply = self.out.fs.pipe_file(self.path, data, mode="create")
         except (FileExistsError, OSError) as err:
@@ -125,6 +134,8 @@ class Lease:
             holder = Holder(**json.loads(raw))
         except (ValueError, TypeError) as err:
             raise LeaseError(f"output_path: {self.path!r} is not a lease of this tool ({err})") from err
+        if gcs_lease.is_gcs(self.out.fs):  # GCS preconditions compare generations, not etags
+            return holder, info.get("generation")
         return holder, info.get("ETag") or info.get("etag")
 
     @contextlib.contextmanager
@@ -163,6 +174,12 @@ class Lease:
                     return False
                 self._write_local()
                 return True
+        if gcs_lease.is_gcs(self.out.fs) and etag:
+            try:
+                self._etag = gcs_lease.put(self.out.fs, self.path, self._body(), if_generation_match=etag)
+            except FileExistsError:  # 412: replaced since we read it
+                return False
+            return True
         if _is_s3(self.out) and etag:
             try:
                 reply = self.out.fs.pipe_file(self.path, self._body(), IfMatch=etag)
@@ -183,6 +200,9 @@ class Lease:
             if found is None:
                 continue  # released meanwhile: try again
             holder, etag = found
+            if holder.run_id == self.holder.run_id:  # our own create, its reply lost and the request retried
+                self._etag = etag
+                return
             ours = holder.owner_uid is not None and holder.owner_uid == self.holder.owner_uid
             if holder.expires > time.time() and not ours:
                 raise LeaseError(
@@ -222,7 +242,12 @@ class Lease:
                     time.sleep(0.01)
                 raise LeaseError(f"output_path: could not renew the lease {self.path!r}: {self.path}.lock stays")
             found = self._own_or_raise(self._read())
-            if _is_s3(self.out) and found[1]:
+            if gcs_lease.is_gcs(self.out.fs) and found[1]:
+                try:
+                    self._etag = gcs_lease.put(self.out.fs, self.path, self._body(), if_generation_match=found[1])
+                except FileExistsError as err:  # 412: replaced between our read and our write
+                    raise LeaseError(f"output_path: the lease {self.path!r} was replaced while renewing") from err
+            elif _is_s3(self.out) and found[1]:
                 self.out.fs.pipe_file(self.path, self._body(), IfMatch=found[1])
             else:
                 self.out.fs.pipe_file(self.path, self._body())
@@ -247,7 +272,10 @@ class Lease:
         try:
             found = self._read()
             if found is not None and found[0].run_id == self.holder.run_id:
-                self.out.fs.rm_file(self.path)
+                if gcs_lease.is_gcs(self.out.fs) and found[1]:
+                    gcs_lease.delete(self.out.fs, self.path, if_generation_match=found[1])
+                else:
+                    self.out.fs.rm_file(self.path)
             if self._made_folder:
                 os.rmdir(self._made_folder)
         except OSError as err:  # not empty: the run wrote its output there

@@ -10,9 +10,11 @@ client holds (`fit.DaskKMeans`); a task that raised an error is never retried he
 from __future__ import annotations
 
 import logging
+import warnings
 from concurrent.futures import CancelledError
 
-from distributed import Future
+import numpy as np
+from distributed import Client, Future
 from distributed.scheduler import KilledWorker
 
 log = logging.getLogger("kmeans_partition")
@@ -32,12 +34,35 @@ def is_lost(future: Future) -> bool:
     return False
 
 
+def lost_cause(future: Future) -> str:
+    """Why a lost future is lost, for the log: its status, or its error."""
+    return repr(future.exception()) if future.status == "error" else future.status
+
+
 def is_lost_error(err: BaseException) -> bool:
     return isinstance(err, LOST_ERRORS)
 
 
 def note(what: str, attempt: int, detail: str = "") -> None:
-    """Log one recovery; raise after `MAX_RECOVERIES`."""
+    """Log one recovery; raise after `MAX_RECOVERIES` (naming the last loss: `detail`)."""
     if attempt >= MAX_RECOVERIES:
-        raise RuntimeError(f"{what}: results lost {attempt} times (workers keep dying); giving up")
+        last = f"; the last: {detail}" if detail else ""
+        raise RuntimeError(f"{what}: results lost {attempt} times (workers keep dying); giving up{last}")
     log.warning("lost worker during %s: rebuilding (attempt %d)%s", what, attempt + 1, f": {detail}" if detail else "")
+
+
+def _same(value):
+    return value
+
+
+def recomputable(client: Client, value: np.ndarray) -> Future:
+    """A future of `value` (a small array all tasks read, e.g. the centroids) that Dask can compute
+    again on any worker: a task holding `value` in its spec.
+
+    Scattered data is lost for good once every worker holding it died, and so is every task that
+    depends on it (cancelled: a broadcast reaches only the workers present at the time, not the
+    ones the nanny restarts). A task's result is recomputed from its spec instead.
+    """
+    with warnings.catch_warnings():  # k x d float32: large at big k, once per run
+        warnings.filterwarnings("ignore", message=".*[Ll]arge graph.*")
+        return client.submit(_same, value, pure=False)

@@ -25,7 +25,7 @@ from .manifest import RunResult, manifest_data, write_centroids, write_manifest
 from .output import REPORT, clear_previous, open_output
 from .partition import count_duplicates, hash_buckets, load_partition, partition_stats, unify_column_types
 from .progress import Progress
-from .recovery import is_lost_error, note
+from .recovery import is_lost_error, note, recomputable
 from .read import discover_files, plan_partitions
 from ..spec import DEFAULT_ENGINE, Engine, JobSpec, SpecError, parse_job_spec
 from .stage_support import check_shapes, placement, wait_or_raise
@@ -313,7 +313,7 @@ class _Run:
         spec = self.spec
         started = time.perf_counter()
         self.progress.stage("assigning", partitions_total=len(parts))
-        c_future = self.client.scatter(centroids, broadcast=True, hash=False)
+        c_future = recomputable(self.client, centroids)  # not scattered: must survive every holder's death
         batch = spec.max_samples_per_batch
         assigned = [
             self.client.submit(assign_partition, p, c_future, batch, spec.write_second_centroid, pure=False, **where)

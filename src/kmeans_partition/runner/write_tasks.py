@@ -12,7 +12,7 @@ from typing import Optional
 from distributed import Client, as_completed, wait
 
 from .progress import Progress
-from .recovery import is_lost, note
+from .recovery import is_lost, lost_cause, note
 from .output import is_local
 from .write import ATTEMPTS_DIR, WritePlan, write_group
 
@@ -59,13 +59,21 @@ class GroupWriter:
 
         rebuilt, again, done = 0, {}, set()
 
-        def pieces_again(g: int) -> list:
-            """Group g's pieces from one re-read of every partition still needed (shared by the groups)."""
+        def pieces_again(g: int, why: str) -> list:
+            """Group g's pieces from one re-read of every partition still needed (shared by the groups).
+
+            The pieces they replace (a previous rebuild's, and the originals of the groups not yet
+            submitted) are dropped first: the rows of the write are never held twice.
+            """
             nonlocal rebuilt, again
             if g not in again or any(is_lost(f) for f in again[g]):
-                note("the write", rebuilt, f"group {g} lost its pieces")
+                note("the write", rebuilt, f"group {g} lost its pieces ({why})")
                 rebuilt += 1
-                again = rebuild([h for h in range(plan.n_groups) if h not in done])
+                groups = [h for h in range(plan.n_groups) if h not in done]
+                again = {}
+                for h in range(next_group, plan.n_groups):
+                    pieces[h] = ([], pieces[h][1])
+                again = rebuild(groups)
             return again.pop(g)
 
         try:
@@ -74,7 +82,7 @@ class GroupWriter:
             for future in queue:
                 g = in_flight.pop(future)
                 if rebuild is not None and is_lost(future):
-                    submit(g, pieces_again(g), plan.group_pieces(g)[1])
+                    submit(g, pieces_again(g, lost_cause(future)), plan.group_pieces(g)[1])
                     continue
                 files = future.result()
                 done.add(g)
