@@ -247,8 +247,10 @@ class _Run:
             embedding_dim=spec.embedding_dim,
         )
         out_of_core = self.memory.mode == "out_of_core"
+        where = memory_mode.spread(refs, self.client.scheduler_info().get("workers", {}))
         parts = [
-            self.client.submit(load_partition, i, ref, options, out_of_core, pure=False) for i, ref in enumerate(refs)
+            self.client.submit(load_partition, i, ref, options, out_of_core, pure=False, **w)
+            for i, (ref, w) in enumerate(zip(refs, where))
         ]
         stat_futures = [self.client.submit(partition_stats, p, pure=False) for p in parts]
         stats = [None] * len(refs)
@@ -329,7 +331,7 @@ class _Run:
             summary.stats = None  # k-sized arrays: keep only the running total
         counts = np.stack([s.counts for s in summaries])
         n_threads = sum(self.client.nthreads().values())
-        task_bytes = memory_mode.write_task_bytes(self.memory, WRITE_TASK_BYTES)
+        task_bytes = memory_mode.write_task_bytes(self.memory, WRITE_TASK_BYTES, len(self.client.nthreads()))
         plan = plan_writes(counts, rows_per_write_task(int(counts.sum()), centroids.shape[1], n_threads, task_bytes))
         columns = OutputColumns(spec.id_field, spec.embedding_field, column_schema)
         out_of_core = self.memory.mode == "out_of_core"
@@ -337,8 +339,8 @@ class _Run:
             self.client.run(memory_mode.spill_earlier)
         try:
             splits = [
-                self.client.submit(split_partition, p, a, plan.partition_bounds(i), columns, pure=False)
-                for i, (p, a) in enumerate(zip(parts, assigned))
+                self.client.submit(split_partition, p, a, plan.partition_bounds(i), columns, True, pure=False, **where)
+                for i, (p, a, where) in enumerate(zip(parts, assigned, self.placement))
             ]
             parts.clear()  # a partition and its assignment are dropped once split
             del assigned
@@ -359,7 +361,8 @@ class _Run:
                 for p in sorted({p for ps in present.values() for p in ps}):
                     part = self.reload_partition(p)
                     a = self.client.submit(assign_partition, part, c_future, batch, spec.write_second_centroid, pure=False)
-                    splits[p] = self.client.submit(split_partition, part, a, plan.partition_bounds(p), columns, pure=False)
+                    splits[p] = self.client.submit(split_partition, part, a, plan.partition_bounds(p), columns, True,
+                                                   pure=False)
                 return {g: [self.client.submit(getitem, splits[p], g, pure=False) for p in ps] for g, ps in present.items()}
 
             writer = GroupWriter(self.client, self.out, spec.storage_options, self.progress, task=write_group)
