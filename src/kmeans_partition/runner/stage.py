@@ -344,10 +344,15 @@ class _Run:
             ]
             parts.clear()  # a partition and its assignment are dropped once split
             del assigned
-            pieces = []
-            for g in range(plan.n_groups):
-                present, rows = plan.group_pieces(g)
-                pieces.append(([self.client.submit(getitem, splits[p], g, pure=False) for p in present], rows))
+            groups = [plan.group_pieces(g) for g in range(plan.n_groups)]
+            taken, wanted = [[] for _ in groups], [[] for _ in splits]
+            for g, (present, _) in enumerate(groups):
+                for p in present:
+                    wanted[p].append(g)
+            for p, gs in enumerate(wanted):  # partition-major: a split's list (spilled out of core)
+                for g in gs:  # is read back once for all its pieces, not once per piece
+                    taken[g].append(self.client.submit(getitem, splits[p], g, pure=False))
+            pieces = [(futures, rows) for futures, (_, rows) in zip(taken, groups)]
             del splits  # each split's list goes once its pieces are taken; the pieces are the same tables
             wait_or_raise([f for futures, _ in pieces for f in futures])
             self.timings["assign"] = time.perf_counter() - started
