@@ -218,7 +218,9 @@ def run_baseline_job(args, data: Path, src: Path) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--rows", str(args.rows), "--dim", str(args.dim),
                "--clusters", str(args.clusters), "--files", str(args.files), "--seed", str(args.seed),
                "--k", str(args.k), "--max-iter", str(args.max_iter), "--workers", str(args.workers),
-               "--data-dir", str(args.data_dir), "--job-only", str(target)]
+               "--data-dir", str(args.data_dir), "--job-only", str(target), "--memory-mode", args.memory_mode]
+    if args.worker_memory:
+        command += ["--worker-memory", args.worker_memory]
     try:
         subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(src.resolve())})
         return json.loads(target.read_text())
