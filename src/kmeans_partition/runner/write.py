@@ -44,8 +44,7 @@ from .worker_memory import release_freed
 
 #: A centroid's rows are split into several files past this many rows.
 ROWS_PER_FILE = 1_000_000
-#: Most bytes of rows one write task holds in memory (its group; `memory_mode.write_task_bytes`
-#: sizes it by the data per worker); a single larger file is a group alone.
+#: Most bytes of rows in one write group (`memory_mode.write_task_bytes`); a larger file is a group alone.
 WRITE_TASK_BYTES = 256 << 20
 #: Bytes a row takes besides its embedding (id, distances, offsets), for sizing write groups.
 ROW_OVERHEAD_BYTES = 64
@@ -167,7 +166,6 @@ def assign_partition(
 def summary_of(assignment: Assignment) -> PartitionAssigned:
     return assignment.summary
 
-
 # ---------------------------------------------------------------- 2. plan (client)
 
 
@@ -281,11 +279,8 @@ def embedding_array(x: np.ndarray, max_values: int = MAX_LIST_VALUES) -> pa.Chun
 
 
 def gather_rows(x, rows):
-    """``x[rows]`` (m, d) from a (n, d) array that may be a strided view (``xa[:, :-1]``, memory-
-    mapped out of core): NumPy's ``take`` first copies all of a non-contiguous ``x``."""
-    if isinstance(x, np.ndarray):
-        return x[rows]
-    return be.namespace(x).take(x, rows, axis=0)
+    """``x[rows]`` (m, d) of a (n, d) strided view (``xa[:, :-1]``): NumPy's take copies all of it first."""
+    return x[rows] if isinstance(x, np.ndarray) else be.namespace(x).take(x, rows, axis=0)
 
 
 def output_table(part: Partition, rows, assignment: Assignment, columns: OutputColumns) -> pa.Table:
@@ -320,7 +315,6 @@ def split_partition(
               for g in range(len(bounds) - 1)]
     if release:  # the rows live on in the pieces only (lost pieces re-read their partition)
         part.release()
-    del order
     release_freed()
     return pieces
 
