@@ -54,6 +54,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, default=ROOT / ".bench-data", help="sample cache and scratch")
     p.add_argument("--baseline-src", type=Path, help="also run the job with the package under this src/ dir")
     p.add_argument("--markdown", type=Path, help="also write the table as markdown here")
+    p.add_argument("--timeline", type=Path, help="also write each worker's (time, RSS, CPU) samples and the "
+                   "stage starts as JSON here")
     p.add_argument("--job-only", type=Path, help=argparse.SUPPRESS)  # child mode: write the job's JSON here
     return p.parse_args(argv)
 
@@ -205,6 +207,7 @@ def run_job(args, data: Path) -> dict:
         "cpu_by_stage": cpu_by_stage(workers, clock),
         "peak_rss_by_stage": peak_by_stage(workers, clock.starts),
         "memory_mode": result.get("memory_mode"),
+        "timeline": {"stages": clock.starts, "workers": {w: info["samples"] for w, info in workers.items()}},
     }
 
 
@@ -215,7 +218,9 @@ def run_baseline_job(args, data: Path, src: Path) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--rows", str(args.rows), "--dim", str(args.dim),
                "--clusters", str(args.clusters), "--files", str(args.files), "--seed", str(args.seed),
                "--k", str(args.k), "--max-iter", str(args.max_iter), "--workers", str(args.workers),
-               "--data-dir", str(args.data_dir), "--job-only", str(target)]
+               "--data-dir", str(args.data_dir), "--job-only", str(target), "--memory-mode", args.memory_mode]
+    if args.worker_memory:
+        command += ["--worker-memory", args.worker_memory]
     try:
         subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(src.resolve())})
         return json.loads(target.read_text())
@@ -337,6 +342,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         jobs.append((f"job ({args.baseline_src})", run_baseline_job(args, data, args.baseline_src)))
     jobs.append(("job (this checkout)", run_job(args, data)))
     centroids = np.array(jobs[-1][1]["centroids"], dtype=np.float32)
+    if args.timeline:
+        args.timeline.write_text(json.dumps(jobs[-1][1]["timeline"]))
     out = Path(tempfile.mkdtemp(prefix="e2e-plain-", dir=args.data_dir))
     try:
         plain = plain_pass(data, centroids, out)

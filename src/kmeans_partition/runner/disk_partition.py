@@ -93,9 +93,19 @@ class MappedPartition(Partition):
     def xa(self) -> np.ndarray:
         rows = self._mapped() if self._mapped is not None else None
         if rows is None:
+            if self.path is None:
+                raise RuntimeError(f"partition {self.index} was released (its rows were split for the write)")
             rows = np.load(self.path, mmap_mode="r")
             self._mapped = weakref.ref(rows)
         return rows
+
+    def release(self) -> None:
+        """`Partition.release`; the file goes too (the page cache with it)."""
+        path, self.path = self.path, None
+        self.x_sq = self.ids = self.metadata = None
+        self._mapped = None
+        if path is not None:
+            _remove_quietly(path)
 
     def __reduce__(self):
         # Pickled when Dask moves it to another worker (work stealing): the rows travel (mapped here,

@@ -124,15 +124,26 @@ def check_row_groups(refs, plan: MemoryPlan, limits: list[tuple[int, int]]) -> N
             )
 
 
-def write_task_bytes(plan: MemoryPlan, default: int) -> int:
-    """Bytes of rows one write task gathers: out of core, at most half a partition's budget (the
-    task holds its rows and the parquet writer's encoded copy)."""
-    return min(default, plan.partition_bytes // 2) if plan.mode == "out_of_core" else default
+#: Write groups hold at most this share of a worker's part of the data: while a group is written,
+#: its pieces from other workers are copies next to the data (the in-flight memory of the write).
+WRITE_GROUP_SHARE = 1 / 8
+#: ... and at least this many bytes (fewer, larger tasks on small data).
+WRITE_GROUP_MIN_BYTES = 32 << 20
+
+
+def write_task_bytes(plan: MemoryPlan, default: int, n_workers: int = 1) -> int:
+    """Bytes of rows one write task gathers: `WRITE_GROUP_SHARE` of a worker's data, within
+    [`WRITE_GROUP_MIN_BYTES`, ``default``]; out of core, also at most half a partition's budget
+    (the task holds its rows and the parquet writer's encoded copy)."""
+    share = int(plan.data_bytes * WRITE_GROUP_SHARE / max(1, n_workers))
+    task = max(WRITE_GROUP_MIN_BYTES, min(default, share))
+    return min(task, plan.partition_bytes // 2) if plan.mode == "out_of_core" else task
 
 
 def write_window(plan: MemoryPlan, threads: int) -> int:
-    """Write tasks in flight: 2 per worker thread in memory, 1 out of core."""
-    return max(1, threads) * (1 if plan.mode == "out_of_core" else 2)
+    """Write tasks in flight: one per worker thread (both modes; a group's remote pieces are
+    copies, so each more task in flight costs a group's bytes on its worker)."""
+    return max(1, threads)
 
 
 #: Out of core: the share of its memory limit at which a worker starts spilling the rows in flight
@@ -181,6 +192,26 @@ def restore_spill(dask_worker) -> None:
     for buffer, n in zip(_buffers(dask_worker), sizes):
         buffer.n = n
     delattr(dask_worker, _SAVED)
+
+
+def spread(refs, workers: dict) -> list[dict]:
+    """Submit options placing each partition to read (`refs`, with estimated ``nbytes``) on the
+    worker with the fewest bytes so far per thread (``workers``: ``scheduler_info()["workers"]``).
+
+    Loose (``allow_other_workers``): a worker that leaves does not block the read. Left to Dask,
+    the faster worker takes more partitions (seen: 0.1 GiB more on one of 2 workers), and the
+    most loaded worker sets the peak memory.
+    """
+    if not workers or any(ref.nbytes is None for ref in refs):
+        return [{} for _ in refs]
+    load = {address: 0.0 for address in sorted(workers)}
+    threads = {address: max(1, int(workers[address].get("nthreads") or 1)) for address in load}
+    out = []
+    for ref in refs:
+        address = min(load, key=lambda a: (load[a] + ref.nbytes) / threads[a])
+        load[address] += ref.nbytes
+        out.append({"workers": [address], "allow_other_workers": True})
+    return out
 
 
 def log_plan(plan: MemoryPlan, n_partitions: int) -> None:

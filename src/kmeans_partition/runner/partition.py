@@ -37,11 +37,18 @@ class Partition:
     def __sizeof__(self) -> int:
         """Bytes held (Dask's `sizeof`: its memory accounting and the cost it sees in moving the
         partition to another worker, which keeps tasks where their partition lives)."""
-        return int(self.xa.nbytes + self.resident_extra_bytes())
+        return int(self.xa.nbytes + self.resident_extra_bytes()) if self.xa is not None else 0
 
     def resident_extra_bytes(self) -> int:
-        """Bytes of everything but the rows: squared norms, ids, metadata."""
+        """Bytes of everything but the rows: squared norms, ids, metadata (0 once released)."""
+        if self.ids is None:
+            return 0
         return int(self.x_sq.nbytes + self.ids.nbytes + self.metadata.nbytes)
+
+    def release(self) -> None:
+        """Drop rows, norms, ids and metadata now, in the task that used them last (the write's
+        split): Dask frees the object only when the scheduler later says so. Any use after this fails."""
+        self.xa = self.x_sq = self.ids = self.metadata = None
 
     @property
     def n_rows(self) -> int:

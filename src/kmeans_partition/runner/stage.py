@@ -247,8 +247,10 @@ class _Run:
             embedding_dim=spec.embedding_dim,
         )
         out_of_core = self.memory.mode == "out_of_core"
+        where = memory_mode.spread(refs, self.client.scheduler_info().get("workers", {}))
         parts = [
-            self.client.submit(load_partition, i, ref, options, out_of_core, pure=False) for i, ref in enumerate(refs)
+            self.client.submit(load_partition, i, ref, options, out_of_core, pure=False, **w)
+            for i, (ref, w) in enumerate(zip(refs, where))
         ]
         stat_futures = [self.client.submit(partition_stats, p, pure=False) for p in parts]
         stats = [None] * len(refs)
@@ -329,7 +331,7 @@ class _Run:
             summary.stats = None  # k-sized arrays: keep only the running total
         counts = np.stack([s.counts for s in summaries])
         n_threads = sum(self.client.nthreads().values())
-        task_bytes = memory_mode.write_task_bytes(self.memory, WRITE_TASK_BYTES)
+        task_bytes = memory_mode.write_task_bytes(self.memory, WRITE_TASK_BYTES, len(self.client.nthreads()))
         plan = plan_writes(counts, rows_per_write_task(int(counts.sum()), centroids.shape[1], n_threads, task_bytes))
         columns = OutputColumns(spec.id_field, spec.embedding_field, column_schema)
         out_of_core = self.memory.mode == "out_of_core"
@@ -337,15 +339,20 @@ class _Run:
             self.client.run(memory_mode.spill_earlier)
         try:
             splits = [
-                self.client.submit(split_partition, p, a, plan.partition_bounds(i), columns, pure=False)
-                for i, (p, a) in enumerate(zip(parts, assigned))
+                self.client.submit(split_partition, p, a, plan.partition_bounds(i), columns, True, pure=False, **where)
+                for i, (p, a, where) in enumerate(zip(parts, assigned, self.placement))
             ]
             parts.clear()  # a partition and its assignment are dropped once split
             del assigned
-            pieces = []
-            for g in range(plan.n_groups):
-                present, rows = plan.group_pieces(g)
-                pieces.append(([self.client.submit(getitem, splits[p], g, pure=False) for p in present], rows))
+            groups = [plan.group_pieces(g) for g in range(plan.n_groups)]
+            taken, wanted = [[] for _ in groups], [[] for _ in splits]
+            for g, (present, _) in enumerate(groups):
+                for p in present:
+                    wanted[p].append(g)
+            for p, gs in enumerate(wanted):  # partition-major: a split's list (spilled out of core)
+                for g in gs:  # is read back once for all its pieces, not once per piece
+                    taken[g].append(self.client.submit(getitem, splits[p], g, pure=False))
+            pieces = [(futures, rows) for futures, (_, rows) in zip(taken, groups)]
             del splits  # each split's list goes once its pieces are taken; the pieces are the same tables
             wait_or_raise([f for futures, _ in pieces for f in futures])
             self.timings["assign"] = time.perf_counter() - started
@@ -359,7 +366,8 @@ class _Run:
                 for p in sorted({p for ps in present.values() for p in ps}):
                     part = self.reload_partition(p)
                     a = self.client.submit(assign_partition, part, c_future, batch, spec.write_second_centroid, pure=False)
-                    splits[p] = self.client.submit(split_partition, part, a, plan.partition_bounds(p), columns, pure=False)
+                    splits[p] = self.client.submit(split_partition, part, a, plan.partition_bounds(p), columns, True,
+                                                   pure=False)
                 return {g: [self.client.submit(getitem, splits[p], g, pure=False) for p in ps] for g, ps in present.items()}
 
             writer = GroupWriter(self.client, self.out, spec.storage_options, self.progress, task=write_group)

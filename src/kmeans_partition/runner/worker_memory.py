@@ -9,6 +9,11 @@ default ceiling (32 MiB) for the mmap threshold and trims above 64 MiB, once per
 process; the large partition arrays are still mmap-ed and returned to the OS when freed.
 Not on a Dask worker whose memory limit is under `SMALL_WORKER_BYTES`: there the up to ~100 MiB
 of freed memory the process would keep is a sizeable share of what it may use.
+
+With the relaxed settings, freed chunks below the mmap threshold stay in glibc's heaps between
+tasks (holes between live arrays are never trimmed): measured ~0.5 GiB per worker after the write.
+The data-path tasks (read, assign, split, write) end with `release_freed` (``malloc_trim(0)``,
+which also returns whole free pages inside the heaps; ~50 ms for 0.4 GiB of holes).
 """
 
 from __future__ import annotations
@@ -44,6 +49,25 @@ def relax_malloc_trim() -> bool:
     ok = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1 and ok
     _relaxed = ok
     return ok
+
+
+def release_freed() -> bool:
+    """Give glibc's free heap pages back to the OS (``malloc_trim(0)``); False where not glibc."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(None).malloc_trim if sys.platform.startswith("linux") else False
+            if _malloc_trim:
+                _malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):  # not glibc (e.g. musl)
+            _malloc_trim = False
+    if not _malloc_trim:
+        return False
+    _malloc_trim(0)
+    return True
+
+
+_malloc_trim = None
 
 
 def _worker_memory_limit() -> int:

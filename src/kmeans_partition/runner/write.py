@@ -40,10 +40,11 @@ from . import kmeans as km
 from .output import TMP_PREFIX, is_local
 from .partition import ID_COLUMN, Partition
 from .summary import AssignSummary, cosine_margins, nearest_with_second, unit_centroids
+from .worker_memory import release_freed
 
 #: A centroid's rows are split into several files past this many rows.
 ROWS_PER_FILE = 1_000_000
-#: Bytes of rows one write task holds in memory (its group); a single larger file is a group alone.
+#: Most bytes of rows in one write group (`memory_mode.write_task_bytes`); a larger file is a group alone.
 WRITE_TASK_BYTES = 256 << 20
 #: Bytes a row takes besides its embedding (id, distances, offsets), for sizing write groups.
 ROW_OVERHEAD_BYTES = 64
@@ -156,6 +157,7 @@ def assign_partition(
     counts = np.bincount(host_labels, minlength=k).astype(np.int64)
     stats = AssignSummary.from_rows(host_labels, be.to_host(cosine), be.to_host(margin), k)
     summary = PartitionAssigned(part.index, counts, float(xp.sum(xp.astype(dist_sq, xp.float64))), stats)
+    release_freed()  # the float64 blocks' heap pages (also the fit's, on the first assign)
     if not second_centroid:
         return Assignment(labels, l2, cosine, summary)
     return Assignment(labels, l2, cosine, summary, second, margin)
@@ -163,7 +165,6 @@ def assign_partition(
 
 def summary_of(assignment: Assignment) -> PartitionAssigned:
     return assignment.summary
-
 
 # ---------------------------------------------------------------- 2. plan (client)
 
@@ -277,16 +278,20 @@ def embedding_array(x: np.ndarray, max_values: int = MAX_LIST_VALUES) -> pa.Chun
     return pa.chunked_array(chunks, type=pa.list_(pa.float32()))
 
 
+def gather_rows(x, rows):
+    """``x[rows]`` (m, d) of a (n, d) strided view (``xa[:, :-1]``): NumPy's take copies all of it first."""
+    return x[rows] if isinstance(x, np.ndarray) else be.namespace(x).take(x, rows, axis=0)
+
+
 def output_table(part: Partition, rows, assignment: Assignment, columns: OutputColumns) -> pa.Table:
     """The partition's `rows` (indices on the partition's device), in that order; id and metadata
     cast to the unified types. Embeddings and distances are gathered on the device, then copied
     to the host."""
-    xp = be.namespace(part.xa)
     idx = pa.array(be.to_host(rows))
     schema = columns.column_schema
     table = {
         columns.id_field: part.ids.take(idx).cast(schema.field(ID_COLUMN).type),
-        columns.embedding_field: embedding_array(be.to_host(xp.take(part.x, rows, axis=0))),
+        columns.embedding_field: embedding_array(be.to_host(gather_rows(part.x, rows))),
     }
     for name in part.metadata.column_names:
         table[name] = part.metadata.column(name).take(idx).cast(schema.field(name).type)
@@ -295,16 +300,23 @@ def output_table(part: Partition, rows, assignment: Assignment, columns: OutputC
 
 
 def split_partition(
-    part: Partition, assignment: Assignment, bounds: np.ndarray, columns: OutputColumns
+    part: Partition, assignment: Assignment, bounds: np.ndarray, columns: OutputColumns, release: bool = False
 ) -> list[pa.Table]:
     """The rows sorted by centroid (stable), one table per write group (`bounds` from the plan).
 
-    Each table owns its buffers, so each is freed once its group is written. The sort runs
-    where the partition lives (NumPy or CuPy); only each group's rows come back to the host.
+    Each table owns its buffers, so each is freed once its group is written. ``release``: free
+    the partition here (`Partition.release`; the write's split is its last use), not when the
+    scheduler later releases it. The sort runs where the partition lives (NumPy or CuPy); only
+    each group's rows come back to the host.
     """
     xp = be.namespace(assignment.labels)
     order = xp.argsort(assignment.labels, stable=True)
-    return [output_table(part, order[int(bounds[g]):int(bounds[g + 1])], assignment, columns) for g in range(len(bounds) - 1)]
+    pieces = [output_table(part, order[int(bounds[g]):int(bounds[g + 1])], assignment, columns)
+              for g in range(len(bounds) - 1)]
+    if release:  # the rows live on in the pieces only (lost pieces re-read their partition)
+        part.release()
+    release_freed()
+    return pieces
 
 
 # ---------------------------------------------------------------- 4. write (workers)
@@ -356,6 +368,7 @@ def write_group(
                 fs.delete_dir(staging)
             except (OSError, FileNotFoundError):
                 pass
+        release_freed()
     return written
 
 

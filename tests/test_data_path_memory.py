@@ -1,0 +1,110 @@
+"""The write path's memory kernels: rows gathered without whole-partition copies, partitions released
+in their split, write groups sized by the data per worker, reads spread over workers (no Dask)."""
+
+import os
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from kmeans_partition.runner import memory_mode
+from kmeans_partition.runner.disk_partition import MappedPartition
+from kmeans_partition.runner.partition import Partition, partition_stats
+from kmeans_partition.runner.read import PartitionRef
+from kmeans_partition.runner.worker_memory import release_freed
+from kmeans_partition.runner.write import OutputColumns, assign_partition, gather_rows, plan_writes, split_partition
+from dask_support import blobs
+
+
+def make_partition(x, first_id=0):
+    ids = pa.array([f"doc-{first_id + i}" for i in range(len(x))])
+    meta = pa.table({"text": [f"text {first_id + i}" for i in range(len(x))]})
+    return Partition.from_normalised(0, "mem://0", first_id, ids, x, meta)
+
+
+def test_gather_rows_equals_take_on_strided_views_and_memmaps(tmp_path):
+    rng = np.random.default_rng(3)
+    xa = rng.standard_normal((500, 17)).astype(np.float32)
+    rows = rng.permutation(500)[:123]
+    expected = np.take(np.ascontiguousarray(xa[:, :-1]), rows, axis=0)
+    got = gather_rows(xa[:, :-1], rows)
+    assert got.flags.c_contiguous and np.array_equal(got, expected)
+    np.save(tmp_path / "x.npy", xa)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert np.array_equal(np.asarray(gather_rows(mapped[:, :-1], rows)), expected)
+
+
+@pytest.mark.parametrize("release", [False, True])
+def test_split_is_a_stable_sort_by_label_cut_at_the_bounds(release):
+    x = blobs(400, 6, 4, seed=9)
+    part = make_partition(x)
+    ids, text = part.ids.to_pylist(), part.metadata.column("text").to_pylist()
+    xs = np.array(part.x)
+    columns = OutputColumns("id", "embedding", partition_stats(part).column_schema)
+    assignment = assign_partition(part, x[[0, 100, 200, 300]], 64)
+    plan = plan_writes(assignment.summary.counts[None], max_rows=70)
+    bounds = plan.partition_bounds(0)
+    pieces = split_partition(part, assignment, bounds, columns, release=release)
+    assert plan.n_groups > 3 and [p.num_rows for p in pieces] == list(np.diff(bounds))
+    order = np.argsort(assignment.labels, kind="stable")  # the NumPy reference
+    table = pa.concat_tables(pieces)
+    assert table.column("id").to_pylist() == [ids[i] for i in order]
+    assert table.column("text").to_pylist() == [text[i] for i in order]
+    embeddings = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+    assert np.array_equal(embeddings, xs[order])
+    assert np.array_equal(table.column("l2_dist_to_cent").to_numpy(), assignment.l2[order])
+    assert (part.xa is None) == release and (part.ids is None) == release
+    if release:
+        assert part.__sizeof__() == 0  # Dask may still size it until the scheduler drops it
+
+
+def test_a_released_mapped_partition_removes_its_file_and_refuses_use(tmp_path):
+    x = blobs(50, 4, 2, seed=2)
+    xa = np.hstack([x, np.ones((50, 1), np.float32)])
+    path = str(tmp_path / "part.npy")
+    np.save(path, xa)
+    part = MappedPartition(0, "mem://0", 0, pa.array(range(50)), path, np.ones(50, np.float32), pa.table({}))
+    assert np.array_equal(np.asarray(part.x), x)
+    part.release()
+    assert not os.path.exists(path) and part.__sizeof__() == 0
+    with pytest.raises(RuntimeError, match="released"):
+        part.xa
+
+
+def ref(nbytes):
+    return PartitionRef("f.parquet", [0], 0, 10, nbytes=nbytes)
+
+
+def test_spread_places_reads_by_bytes_per_thread():
+    refs = [ref(n) for n in (50, 30, 30, 20, 20, 20, 10)]
+    where = memory_mode.spread(refs, {"a": {"nthreads": 1}, "b": {"nthreads": 1}})
+    load = {"a": 0, "b": 0}
+    for r, w in zip(refs, where):
+        assert w["allow_other_workers"] is True and len(w["workers"]) == 1
+        load[w["workers"][0]] += r.nbytes
+    assert abs(load["a"] - load["b"]) <= 20  # greedy: within the largest later partition
+    where = memory_mode.spread([ref(10)] * 9, {"a": {"nthreads": 2}, "b": {"nthreads": 1}})
+    assert sum(w["workers"] == ["a"] for w in where) == 6
+    assert memory_mode.spread([ref(None)], {"a": {"nthreads": 1}}) == [{}]  # JSONL: left to Dask
+
+
+def test_write_groups_are_sized_by_the_data_per_worker():
+    plan = memory_mode.choose("in_memory", 8 << 30, [(0, 1)] * 4)
+    assert memory_mode.write_task_bytes(plan, 256 << 20, 4) == 256 << 20  # 2 GiB a worker: capped
+    plan = memory_mode.choose("in_memory", 1 << 30, [(0, 1)] * 2)
+    assert memory_mode.write_task_bytes(plan, 256 << 20, 2) == (1 << 30) // 2 // 8
+    plan = memory_mode.choose("in_memory", 10 << 20, [(0, 1)] * 2)
+    assert memory_mode.write_task_bytes(plan, 256 << 20, 2) == memory_mode.WRITE_GROUP_MIN_BYTES
+    plan = memory_mode.choose("out_of_core", 1 << 30, [(400 << 20, 1)] * 2)
+    assert memory_mode.write_task_bytes(plan, 256 << 20, 2) == plan.partition_bytes // 2
+    assert memory_mode.write_window(plan, 3) == 3
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_release_freed_trims_glibc():
+    import ctypes.util
+
+    if "libc.so" not in (ctypes.util.find_library("c") or ""):
+        pytest.skip("not glibc")
+    assert release_freed() is True
