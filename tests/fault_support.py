@@ -204,3 +204,28 @@ class KillInTurn:
 
     def close(self) -> None:
         pass
+
+
+class KillAll:
+    """Progress sink: SIGKILL every worker at once at the first `stage` event (as when a node pool
+    is preempted), then start as many new ones."""
+
+    def __init__(self, procs: DaskProcesses, stage: str):
+        self.procs, self.stage = procs, stage
+        self.killed: list[str] = []
+
+    def on_progress(self, snap: ProgressSnapshot, event: str) -> None:
+        if self.killed or event != "stage" or snap.stage != self.stage:
+            return
+        n_workers = len(self.procs.workers)
+        for name, proc in list(self.procs.workers.items()):
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            self.killed.append(name)
+        self.procs.replenish(n_workers)
+
+    def on_result(self, result) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -24,7 +24,7 @@ from kmeans_partition.runner.sample import write_sample
 from kmeans_partition.runner.stage import KMeansStage
 from kmeans_partition.runner.write import OutputColumns, assign_partition, plan_writes, split_partition
 from dask_support import blobs, write_input
-from fault_support import PHASES, VARYING_KEYS, KillInTurn, KillWorker, connect, dask_processes
+from fault_support import PHASES, VARYING_KEYS, KillAll, KillInTurn, KillWorker, connect, dask_processes
 from io_support import tree_hash
 
 
@@ -106,6 +106,17 @@ def test_out_of_core_write_survives_losing_every_worker_that_got_the_centroids(s
     assert got["manifest"]["memory_mode"]["mode"] == memory_mode
     assert without_memory_mode(got) == without_memory_mode(reference)
     assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(("_tmp", "."))]
+
+
+@pytest.mark.parametrize("stage", ["initialising", "writing"])
+def test_run_survives_losing_every_worker_at_once(stage, sample, reference, tmp_path):
+    """Every worker SIGKILLed together (a preempted node pool), new ones start: tasks placed on
+    the dead workers must run on the new ones (`runner/restrictions.py`), never wait forever."""
+    with dask_processes(2, tmp_path) as procs, connect(procs.address, 2) as client:
+        killer = KillAll(procs, stage)
+        job(sample / "in", tmp_path / "out").run(client=client, progress=Progress([killer]))
+    assert killer.killed == ["w0", "w1"]
+    assert without_memory_mode(outputs(tmp_path / "out")) == without_memory_mode(reference)
 
 
 # ---------------------------------------------------------------- write attempts (no Dask)

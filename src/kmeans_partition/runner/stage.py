@@ -15,7 +15,7 @@ import numpy as np
 from distributed import Client, as_completed
 
 from . import kmeans as km
-from . import memory_mode
+from . import memory_mode, restrictions
 from .checkpoint import fit_checkpointed
 from .cluster import dask_client
 from .engine import RaftParams, choose_engine, fit_raft, parse_engine
@@ -149,6 +149,7 @@ class _Run:
         """``replace``: the previous output's entries that `overwrite` will delete."""
         spec = self.spec
         started = time.perf_counter()
+        restrictions.register(self.client)  # tasks placed on workers must outlive those workers
         files = discover_files(spec.input_paths, spec.input_filetype, spec.storage_options)
         self.checkpoint, self.resume = self.guard.checkpoint(files) if self.guard else (None, None)
         refs = self.plan(files)
