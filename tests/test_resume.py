@@ -232,3 +232,40 @@ def test_fit_interrupted_on_s3_resumes_to_the_same_output(s3_server, dask_client
     plain_files = {p.split("/plain/", 1)[1]: fs.info(p)["ETag"] for p in fs.find(f"{bucket}/plain")}
     out_files.pop("_manifest.json"), plain_files.pop("_manifest.json")
     assert out_files == plain_files  # parquet files and centroids: the same bytes (MD5 ETags)
+
+
+def test_a_run_resumed_on_more_workers_reads_the_partitions_it_was_fitting(tmp_path, dask_client, monkeypatch):  # noqa: F811
+    """Partitions are planned from the workers present (two per worker), and partial sums are added
+    in partition order: the checkpoint keeps the plan, so a run started on 1 worker and resumed on 2
+    writes what the undisturbed 1-worker run writes."""
+    from distributed import Client, LocalCluster
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i in range(2):
+        write_parquet(inp / f"{i}.parquet", blobs(3000, 16, 30, seed=20 + i), row_group_size=500)
+    monkeypatch.setenv("KMP_OWNER_UID", "uid-more")
+    stage = lambda out: KMeansStage(  # noqa: E731
+        n_clusters=24, id_field="id", embedding_field="embedding", input_path=str(inp), output_path=str(out),
+        report=False, checkpoint_seconds=0, checkpoint_iterations=3, tol=0, max_iter=25, init="random")
+    real_call = Checkpoint.__call__
+
+    def crash_after_a_save(self, result, previous):
+        real_call(self, result, previous)
+        if result.n_iter == 7:
+            raise _Crash("runner died")
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as one, \
+            Client(one) as client:
+        plain = stage(tmp_path / "plain").run(client=client)
+        monkeypatch.setattr(Checkpoint, "__call__", crash_after_a_save)
+        with pytest.raises(_Crash):
+            stage(tmp_path / "out").run(client=client)
+    state = Checkpoint.read_state(open_output(str(tmp_path / "out"), {}))
+    assert len(state.partitions) == 2 and state.iteration == 6  # one worker: two partitions
+    monkeypatch.setattr(Checkpoint, "__call__", real_call)
+    assert len(dask_client.scheduler_info()["workers"]) == 2  # afresh, this client would plan four
+    resumed = stage(tmp_path / "out").run(client=dask_client)
+    results = lambda run: [(h["iteration"], h["inertia"], h["centroid_shift"]) for h in run["iterations"]]  # noqa: E731
+    assert results(resumed) == results(plain)
+    assert _data_files(tmp_path / "out") == _data_files(tmp_path / "plain")

@@ -7,7 +7,8 @@ iteration ending ``checkpoint_seconds`` after the last save, and once after the 
   iteration NNNNNN (written first, under a new name);
 - ``_checkpoint/state.json`` (written last, replacing the previous one: a local rename or a
   single S3 PUT): the iteration, the .npy's name, the iteration history and counters, the
-  spec hash, the input listing's hash and the owner (resource uid, run id).
+  spec hash, the input listing's hash, the owner (resource uid, run id) and the partitions
+  (a resumed run reads the same ones: partial sums are added in partition order).
 
 A run whose spec hash (every field that can change the result: `RESULT_FIELDS` excluded
 the runtime ones) and input listing (each file's path, size and etag/mtime as fsspec lists
@@ -32,6 +33,7 @@ import numpy as np
 
 from .fit import DaskKMeans, FitResult, _lloyd_step, fit
 from .output import OutputLocation, is_local
+from .read import replan
 
 log = logging.getLogger("kmeans_partition")
 
@@ -86,6 +88,8 @@ class State:
     inertia_history: list[float] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
     saved_at: float = 0.0
+    #: The partitions (`read.plan_record`): a resumed run reads the same ones, whatever its workers.
+    partitions: Optional[list] = None
     format: int = FORMAT
 
 
@@ -235,3 +239,14 @@ def fit_checkpointed(model: DaskKMeans, spec, tol_abs: float, checkpoint: Option
     checkpoint.save(fitted, fitted.centroids, finished=True)
     fitted.timings["checkpoint"] = checkpoint.save_seconds
     return fitted
+
+
+def resumed_plan(saved: Optional[State], files: list[str], spec, plan_args: dict):
+    """The partitions of the run ``saved`` comes from (None: plan afresh). Partial sums are added
+    in partition order, so another partitioning (planned from the workers present) would change
+    the last bits of the centroids."""
+    record = saved.partitions if saved is not None else None
+    refs = record and replan(files, spec.input_filetype, spec.storage_options, record, **plan_args)
+    if record and refs is None:
+        log.warning("the checkpoint's partitions do not fit the input's row groups: planning afresh")
+    return refs

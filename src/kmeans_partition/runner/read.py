@@ -359,3 +359,34 @@ def read_partition(
             metadata=pa.table({name: pa.nulls(0) for name in metadata_fields or []}),
         )
     return RawChunk(ref.path, ref.row_offset, filled.ids, sink.block, filled.metadata)
+
+
+def plan_record(refs: list[PartitionRef]) -> list[list]:
+    """A plan as JSON-able ``[path, row_groups]`` pairs (the checkpoint keeps it: `replan`)."""
+    return [[ref.path, None if ref.row_groups is None else list(ref.row_groups)] for ref in refs]
+
+
+def replan(files: list[str], filetype: str, storage_options: dict, record: list[list], **plan_args
+           ) -> Optional[list[PartitionRef]]:
+    """The partitions of a `plan_record` again (sizes from the footers, as `plan_partitions` makes
+    them), so a resumed run reduces over the same partitions as the run it resumes, whatever the
+    number of workers now. None when the record does not fit the files' row groups."""
+    singles = plan_partitions(files, filetype, storage_options, target_rows=1, **plan_args)
+    by_group = {}
+    for ref in singles:
+        for group in ref.row_groups if ref.row_groups is not None else [None]:
+            by_group[(ref.path, group)] = ref
+    refs = []
+    for path, groups in record:
+        parts = [by_group.get((path, g)) for g in (groups if groups is not None else [None])]
+        if any(p is None for p in parts) or not parts:
+            return None
+        unique = list({id(p): p for p in parts}.values())
+        covered = [g for p in unique for g in (p.row_groups or [])]
+        if groups is not None and covered != list(groups):
+            return None
+        sizes = [p.nbytes for p in unique]
+        refs.append(PartitionRef(path, None if groups is None else list(groups), unique[0].row_offset,
+                                 sum(p.num_rows for p in unique) if None not in [p.num_rows for p in unique] else None,
+                                 None if None in sizes else sum(sizes), unique[0].largest_group))
+    return refs

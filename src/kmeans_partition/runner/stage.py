@@ -16,7 +16,7 @@ from distributed import Client, as_completed
 
 from . import kmeans as km
 from . import memory_mode, restrictions
-from .checkpoint import fit_checkpointed
+from .checkpoint import fit_checkpointed, resumed_plan
 from .cluster import dask_client
 from .engine import RaftParams, choose_engine, fit_raft, parse_engine
 from .fit import DaskKMeans
@@ -26,7 +26,7 @@ from .output import REPORT, clear_previous, open_output
 from .partition import count_duplicates, hash_buckets, load_partition, partition_stats, unify_column_types
 from .progress import Progress
 from .recovery import is_lost_error, note, recomputable
-from .read import discover_files, plan_partitions
+from .read import discover_files, plan_partitions, plan_record
 from ..spec import DEFAULT_ENGINE, Engine, JobSpec, SpecError, parse_job_spec
 from .stage_support import check_shapes, placement, wait_or_raise
 from .summary import MergeInOrder
@@ -230,6 +230,9 @@ class _Run:
             target = max(1, -(-sum(sizes) // wanted))
             refs = plan_partitions(files, spec.input_filetype, spec.storage_options, target_rows=target,
                                    target_bytes=target_bytes, **plan_args)
+        refs = resumed_plan(self.resume, files, spec, plan_args) or refs
+        if self.checkpoint is not None:
+            self.checkpoint.state.partitions = plan_record(refs)
         memory_mode.check_row_groups(refs, self.memory, limits)
         memory_mode.log_plan(self.memory, len(refs))
         return refs
