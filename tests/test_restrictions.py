@@ -83,7 +83,7 @@ def test_a_placed_task_runs_on_a_new_worker_after_every_worker_died(tmp_path, in
             assert future.result(timeout=60) is None  # ran: time.sleep's result
         else:  # the Dask behaviour the plugin works around: if this passes, the plugin can go
             with pytest.raises(TimeoutError):
-                future.result(timeout=10)
+                future.result(timeout=3)
             assert client.sync(client.scheduler.get_task_status, keys=[future.key])[future.key] == "no-worker"
 
 
