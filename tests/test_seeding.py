@@ -9,10 +9,12 @@ import pytest
 from sklearn.cluster import kmeans_plusplus
 from threadpoolctl import threadpool_limits
 
+from kmeans_partition.runner import backend as be
 from kmeans_partition.runner import kmeans as km
 from kmeans_partition.runner.fit import _nearest_candidate
 from kmeans_partition.runner.partition import Partition
 from dask_support import blobs
+from array_support import on  # noqa: F401  (fixture)
 
 
 def sequential_greedy(points, weights, k, rng, trials):
@@ -185,3 +187,40 @@ def test_candidate_pass_skips_the_sampled_rows_and_matches_brute_force(n_sampled
     rest = np.setdiff1d(np.arange(700), sampled)
     np.testing.assert_array_equal(labels[rest][clear[rest]], plain_labels[rest][clear[rest]])
     np.testing.assert_allclose(dist[rest], plain_dist[rest], atol=1e-6)
+
+
+@pytest.mark.parametrize("trials", [1, 4])
+def test_reduction_runs_on_the_points_device_with_the_same_draws(on, trials):
+    """The k-means|| reduction on array-api-strict's non-default device (any host/device mixing
+    raises there): the same centres as on NumPy, drawn from the same host random numbers."""
+    points = blobs(700, 10, 12, seed=4)
+    weights = np.random.default_rng(5).integers(1, 20, size=len(points)).astype(np.float64)
+    expected = km.weighted_kmeans_pp(points, weights, 40, np.random.default_rng(6), trials=trials)
+    got = km.weighted_kmeans_pp(on(points), weights, 40, np.random.default_rng(6), trials=trials)
+    np.testing.assert_array_equal(got, expected)
+    assert len(set(got.tolist())) == 40
+    centres = km.reduce_candidates(on(points), weights, 40, [7, 1], n_rows=10_000)
+    assert isinstance(centres, np.ndarray) and centres.dtype == np.float32
+    np.testing.assert_array_equal(centres, km.reduce_candidates(points, weights, 40, [7, 1], n_rows=10_000))
+
+
+def test_the_reduction_task_moves_the_candidates_to_the_workers_array_library(monkeypatch):
+    """`fit._reduce_candidates` (the task a worker runs) works on the library the worker's partitions
+    use (CuPy on a GPU worker; array-api-strict stands in here) and returns NumPy centroids."""
+    xps = pytest.importorskip("array_api_strict")
+    from kmeans_partition.runner import fit as fit_module
+
+    seen = []
+    original = km.reduce_candidates
+
+    def spy(points, *args):
+        seen.append(be.namespace(points))
+        return original(points, *args)
+
+    monkeypatch.setattr(fit_module.be, "partition_namespace", lambda backend: xps)
+    monkeypatch.setattr(fit_module.km, "reduce_candidates", spy)
+    points = blobs(500, 8, 10, seed=9)
+    weights = np.ones(len(points))
+    got = fit_module._reduce_candidates(points, weights, 20, [3, 5], 5_000)
+    assert seen == [xps] and isinstance(got, np.ndarray)
+    np.testing.assert_array_equal(got, original(points, weights, 20, [3, 5], 5_000))

@@ -21,6 +21,7 @@ from distributed import Client, Future, as_completed
 from . import backend as be
 from . import kmeans as km
 from .lloyd import LloydReduction, lloyd_partial
+from . import partition as partition_module
 from .partition import Partition
 from .progress import Progress
 from .recovery import is_lost, is_lost_error, note
@@ -125,6 +126,13 @@ def _oversample(part: Partition, state, seed: list[int], phi: float, expected: f
     else:
         picked = be.nonzero(xp, draws < 0.0)
     return np.ascontiguousarray(be.to_host(xp.take(part.x, picked, axis=0))), be.to_host(picked)
+
+
+def _reduce_candidates(points: np.ndarray, weights: np.ndarray, k: int, seed: list[int], n_rows: int) -> np.ndarray:
+    """On a worker: the k-means|| reduction on its device (CuPy on a GPU worker, as the partitions);
+    the (k, d) float32 centroids come back as NumPy."""
+    xp = be.partition_namespace(partition_module.ARRAY_BACKEND)
+    return km.reduce_candidates(points if be.is_numpy(xp) else xp.asarray(points), weights, k, seed, n_rows)
 
 
 def _candidate_weights(state, m: int) -> np.ndarray:
@@ -270,10 +278,10 @@ class DaskKMeans:
             points = np.concatenate([points, self.fetch_rows(extra)])
             weights = np.concatenate([weights, np.ones(len(extra))])
         sampled = time.perf_counter()
-        # On a worker: one BLAS thread there, and the client stays light.
+        # On a worker, on its device (a GPU's on dask-cuda workers); the client stays light.
         seed = [self.random_state, KMEANS_PARALLEL_ROUNDS]
         points_f = self.client.scatter(points, hash=False)  # tens of MB at large k: not inside the task graph
-        reduced = self.client.submit(km.reduce_candidates, points_f, weights, self.k, seed, n_total, pure=False)
+        reduced = self.client.submit(_reduce_candidates, points_f, weights, self.k, seed, n_total, pure=False)
         centroids = reduced.result()
         self.init_details = {
             "candidates": len(points), "trials": km.local_trials(self.k, len(points), n_total),

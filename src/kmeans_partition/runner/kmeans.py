@@ -13,7 +13,7 @@ extra constant column of ones (``augment_rows``) and centroids as
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -183,27 +183,51 @@ def local_trials(k: int, n_points: int, n_rows: Optional[int] = None) -> int:
 
 
 class PointDistances:
-    """Squared distances between rows of one point set: one float32 GEMM per block."""
+    """Squared distances between rows of one point set: one float32 GEMM per block.
 
-    def __init__(self, points: np.ndarray):
-        self.points = np.ascontiguousarray(points, dtype=np.float32)
+    ``points`` (m, d) may live on any array library/device (NumPy, CuPy); distances stay there.
+    Index arguments are host (NumPy) integer arrays.
+    """
+
+    def __init__(self, points):
+        xp = be.namespace(points)
+        self.xp = xp
+        self.points = np.ascontiguousarray(points, dtype=np.float32) if be.is_numpy(xp) else \
+            xp.astype(points, xp.float32, copy=False)
         self.augmented = augment_rows(self.points)
         self.sq = row_sq_norms(self.points)
 
-    def block(self, rows: np.ndarray, cols: Optional[np.ndarray] = None) -> np.ndarray:
-        """(len(rows), len(cols) or all points) float32, >= 0."""
-        targets = self.augmented if cols is None else self.augmented[cols]
-        out = augment_centroids(self.points[rows]) @ targets.T
-        out += self.sq if cols is None else self.sq[cols]
-        return np.maximum(out, 0.0, out=out)
+    def index(self, rows) -> Any:
+        """Host indices as an index array on the points' device."""
+        return np.asarray(rows, dtype=np.int64) if be.is_numpy(self.xp) else be.like(np.asarray(rows, np.int64), self.sq)
 
-    def nearest_of(self, rows: np.ndarray, closest: np.ndarray) -> np.ndarray:
-        """``closest`` lowered to each point's distance to ``rows``, in blocks of `SEED_BLOCK_ENTRIES`."""
-        step = max(1, SEED_BLOCK_ENTRIES // len(self.sq))
+    def block(self, rows, cols=None):
+        """(len(rows), len(cols) or all points) float32, >= 0, on the points' device."""
+        xp, r = self.xp, self.index(rows)
+        targets = self.augmented if cols is None else xp.take(self.augmented, self.index(cols), axis=0)
+        out = be.matmul(xp, augment_centroids(xp.take(self.points, r, axis=0)), targets.T)
+        sq = self.sq if cols is None else xp.take(self.sq, self.index(cols), axis=0)
+        if be.is_numpy(xp):
+            out += sq
+        else:
+            out = out + sq[None, :]
+        return be.maximum_(xp, out, 0.0)
+
+    def nearest_of(self, rows, closest):
+        """``closest`` (m,) lowered to each point's distance to ``rows``, in blocks of `SEED_BLOCK_ENTRIES`."""
+        xp = self.xp
+        step = max(1, SEED_BLOCK_ENTRIES // self.sq.shape[0])
         for start in range(0, len(rows), step):
-            np.minimum(closest, self.block(rows[start : start + step]).min(axis=0), out=closest)
-        closest[rows] = 0.0
-        return closest
+            nearest_block = xp.min(self.block(rows[start : start + step]), axis=0)
+            if be.is_numpy(xp):
+                np.minimum(closest, nearest_block, out=closest)
+            else:
+                closest = xp.minimum(closest, xp.astype(nearest_block, closest.dtype))
+        return be.put(xp, closest, self.index(rows), 0.0)
+
+    def at(self, values, rows) -> np.ndarray:
+        """``values[rows]`` (a per-point array on the device) as NumPy."""
+        return be.to_host(self.xp.take(values, self.index(rows), axis=0))
 
 
 def _pool_size(trials: int, n_chosen: int, room: int, n_points: int) -> int:
@@ -214,10 +238,11 @@ def _pool_size(trials: int, n_chosen: int, room: int, n_points: int) -> int:
     return int(max(trials, min(wanted, cap)))
 
 
-def _plain_batch(dist: PointDistances, proposals: np.ndarray, closest: np.ndarray, u: np.ndarray, room: int):
-    """Without local trials: the accepted proposals, each tested against the ones before it."""
-    start = closest[proposals]
-    near = dist.block(proposals, proposals)
+def _plain_batch(dist: PointDistances, proposals: np.ndarray, closest, u: np.ndarray, room: int):
+    """Without local trials: the accepted proposals, each tested against the ones before it
+    (on the host: a pool x pool block); then every point's distance lowered on the device."""
+    start = dist.at(closest, proposals)
+    near = be.to_host(dist.block(proposals, proposals)).astype(np.float32, copy=False)
     near[proposals[:, None] == proposals[None, :]] = 0.0  # a repeated proposal is the same point
     current = start.copy()
     taken = []
@@ -231,29 +256,34 @@ def _plain_batch(dist: PointDistances, proposals: np.ndarray, closest: np.ndarra
     return picked, dist.nearest_of(picked, closest)
 
 
-def _greedy_batch(dist, proposals, closest, w, u, trials: int, room: int):
-    """With local trials: each centre is the best of the next ``trials`` accepted proposals."""
-    start = closest[proposals]
+def _greedy_batch(dist: PointDistances, proposals: np.ndarray, closest, w, u: np.ndarray, trials: int, room: int):
+    """With local trials: each centre is the best of the next ``trials`` accepted proposals.
+
+    ``closest`` and ``w`` (m,) live with the points; the acceptance tests read the proposals'
+    current distances from one host copy per centre."""
+    xp = dist.xp
+    start = dist.at(closest, proposals)
+    now = start
     block = dist.block(proposals)
     taken, j = [], 0
     while len(taken) < room:
         rows = []
         while len(rows) < trials and j < len(proposals):
-            if u[j] * start[j] < closest[proposals[j]]:
+            if u[j] * start[j] < now[j]:
                 rows.append(j)
             j += 1
         if len(rows) < trials:  # pool used up: the next batch draws afresh
             break
-        after = np.minimum(block[rows], closest[None, :])
-        best = int(np.argmin(after @ w))
-        closest = after[best]
-        closest[proposals[rows[best]]] = 0.0
+        after = xp.minimum(xp.take(block, dist.index(rows), axis=0), closest[None, :])
+        best = int(be.to_host(xp.argmin(after @ w)))
+        closest = be.put(xp, after[best, ...], dist.index([proposals[rows[best]]]), 0.0)
         taken.append(proposals[rows[best]])
+        now = dist.at(closest, proposals)
     return np.asarray(taken, dtype=np.int64), closest
 
 
 def weighted_kmeans_pp(
-    points: np.ndarray,
+    points,
     weights: np.ndarray,
     k: int,
     rng: np.random.Generator,
@@ -262,7 +292,9 @@ def weighted_kmeans_pp(
 ) -> np.ndarray:
     """Greedy weighted k-means++ (scikit-learn's local-trials variant), in GEMM-sized batches.
 
-    Returns indices of ``k`` chosen points; ``points`` must have at least ``k`` rows. Each batch
+    Returns (host) indices of ``k`` chosen points; ``points`` (m, d), on any array library and
+    device (the distances, potentials and cumulative sums are computed there; random numbers are
+    drawn on the host), must have at least ``k`` rows. Each batch
     draws ``pool`` proposals from the potential (weight x squared distance to the nearest chosen
     point) and computes their distances with one GEMM; the centres are then picked one by one,
     a proposal being accepted with probability (its distance now / at the batch start). That is
@@ -273,23 +305,28 @@ def weighted_kmeans_pp(
     `SEED_BLOCK_ENTRIES` floats.
     """
     m = points.shape[0]
-    w = np.asarray(weights, dtype=np.float64)
+    w_host = np.asarray(weights, dtype=np.float64)
     trials = trials or 2 + int(np.log(k))
     dist = PointDistances(points)
+    xp = dist.xp
+    w = w_host if be.is_numpy(xp) else be.like(w_host, dist.sq)
     accept_rng = rng.spawn(1)[0]  # acceptance draws do not shift the proposals' stream
-    first = rng.choice(m, p=w / w.sum()) if w.sum() > 0 else rng.integers(m)
+    first = rng.choice(m, p=w_host / w_host.sum()) if w_host.sum() > 0 else rng.integers(m)
     chosen = [np.array([first], dtype=np.int64)]
-    closest = dist.nearest_of(chosen[0], np.full(m, np.inf))
+    closest = dist.nearest_of(chosen[0], xp.full((m,), np.inf, dtype=xp.float64, device=be.device(dist.sq)))
     n_chosen = 1
     while n_chosen < k:
-        cumulative = np.cumsum(w * closest)
-        total = cumulative[-1]
+        cumulative = np.cumsum(w * closest) if be.is_numpy(xp) else xp.cumulative_sum(w * closest)
+        total = float(be.to_host(cumulative[-1:])[0])
         if total <= 0:  # every point coincides with a chosen one: take unused points in order
             unused = np.setdiff1d(np.arange(m), np.concatenate(chosen))
             chosen.append(unused[: k - n_chosen])
             break
         size = max(trials, pool or _pool_size(trials, n_chosen, k - n_chosen, m))
-        proposals = np.minimum(np.searchsorted(cumulative, rng.random(size) * total), m - 1)
+        draws = rng.random(size) * total
+        found = np.searchsorted(cumulative, draws) if be.is_numpy(xp) else \
+            be.to_host(xp.searchsorted(cumulative, be.like(draws, cumulative)))
+        proposals = np.minimum(found, m - 1)
         u = accept_rng.random(size)
         if trials == 1:
             picked, closest = _plain_batch(dist, proposals, closest, u, k - n_chosen)
@@ -300,16 +337,17 @@ def weighted_kmeans_pp(
     return np.concatenate(chosen)
 
 
-def reduce_candidates(
-    points: np.ndarray, weights: np.ndarray, k: int, seed: list[int], n_rows: Optional[int] = None
-) -> np.ndarray:
-    """k-means|| last step: weighted k-means++ picks ``k`` of the candidates.
+def reduce_candidates(points, weights: np.ndarray, k: int, seed: list[int], n_rows: Optional[int] = None
+                      ) -> np.ndarray:
+    """k-means|| last step: weighted k-means++ picks ``k`` of the candidates (k, d) float32 NumPy.
 
-    ``n_rows`` (the data's rows) caps the local trials (`local_trials`). No weighted Lloyd
-    refinement on the candidates (Spark runs one): measured on 384-d embeddings it pulled
-    centroids towards the mean and Lloyd on the data then stopped in a worse optimum
-    (docs/benchmarks.md).
+    ``points`` (m, d) on any array library/device: the work runs there. ``n_rows`` (the data's
+    rows) caps the local trials (`local_trials`). No weighted Lloyd refinement on the candidates
+    (Spark runs one): measured on 384-d embeddings it pulled centroids towards the mean and Lloyd
+    on the data then stopped in a worse optimum (docs/benchmarks.md).
     """
     rng = np.random.default_rng(seed)
-    chosen = weighted_kmeans_pp(points, weights, k, rng, trials=local_trials(k, len(points), n_rows))
-    return np.ascontiguousarray(points[chosen], dtype=np.float32)
+    chosen = weighted_kmeans_pp(points, weights, k, rng, trials=local_trials(k, points.shape[0], n_rows))
+    xp = be.namespace(points)
+    picked = points[chosen] if be.is_numpy(xp) else xp.take(points, be.like(chosen, points), axis=0)
+    return np.ascontiguousarray(be.to_host(picked), dtype=np.float32)
