@@ -270,8 +270,28 @@ def run_checks(args, xp, torch=None) -> dict[str, Any]:
                 row["engine"]["centroid_gap"] = float(np.abs(row["engine"].pop("centroids") - c_final).max())
         else:
             row["engine"] = {"note": "not run (--no-engine)"}
+        row["reduction"] = reduction_check(xp, x_sample, k, args.seed)
         results["ks"][k] = row
     return results
+
+
+def reduction_check(xp, x_sample: np.ndarray, k: int, seed: int) -> Optional[tuple[float, float, int]]:
+    """The k-means|| reduction (weighted k-means++ over ~5k candidates) on the device and in
+    NumPy: (device s, NumPy s, centres the two share). None without the package."""
+    try:
+        from kmeans_partition.runner import kmeans as km
+    except ImportError:
+        return None
+    cands = x_sample[: min(len(x_sample), 5 * k)]
+    if len(cands) < k:
+        return None
+    weights = np.random.default_rng(seed).integers(1, 50, size=len(cands)).astype(np.float64)
+    on_device, device_s = timed(xp, lambda: km.reduce_candidates(xp.asarray(cands), weights, k, [seed, 1], 10**8))
+    started = time.perf_counter()
+    on_host = km.reduce_candidates(cands, weights, k, [seed, 1], 10**8)
+    host_s = time.perf_counter() - started
+    shared = len({r.tobytes() for r in on_device} & {r.tobytes() for r in on_host})
+    return device_s, host_s, shared
 
 
 def _ratio(value: Optional[float], floor: float) -> str:
@@ -304,6 +324,10 @@ def render(results: dict[str, Any], environment: dict[str, str], args) -> str:
             f"| {_ratio(engine.get('bounds_off'), floor)} | {_ratio(engine.get('bounds_on'), floor)} "
             f"| {diff} of {args.sample:,} ({ties}) | {'-' if tf32 is None else f'{tf32[0]} ({tf32[1]})'} |")
         notes.append(f"- labels reference, k={k}: {row['reference']}")
+        if row.get("reduction"):
+            device_s, host_s, shared = row["reduction"]
+            notes.append(f"- k-means|| reduction, k={k}, {min(args.sample, 5 * k):,} candidates: device {device_s:.2f} s, "
+                         f"NumPy {host_s:.2f} s; {shared} of {k} centres the same (cumulative sums round differently)")
     return "\n".join(lines + ["", *notes, "", f"Command: `python bench/gpu_check.py {' '.join(args.argv)}`", ""])
 
 

@@ -41,6 +41,9 @@ def test_cpu_smoke_writes_the_table(check, tmp_path):
     gaps = re.findall(r"centroids after 2 iterations within ([0-9.e+-]+) of the plain Lloyd's", text)
     assert len(gaps) == 2 and all(float(g) < 1e-4 for g in gaps), text  # our engine = the plain Lloyd
     assert "LocalCluster, 2 CPU worker processes" in text and "--cpu-smoke" in text.splitlines()[-1]
+    reductions = re.findall(r"k-means\|\| reduction, k=(\d+), [0-9,]+ candidates: device [0-9.]+ s, NumPy [0-9.]+ s; "
+                            r"(\d+) of \d+ centres the same", text)
+    assert reductions == [("8", "8"), ("20", "20")], text  # NumPy both times: the same centres
 
 
 def test_chunks_are_reproducible_and_unit_norm(check):
