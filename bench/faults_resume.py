@@ -62,6 +62,17 @@ def _comparable(out: Path) -> tuple[dict, dict]:
     return files, manifest
 
 
+def first_difference(got: tuple[dict, dict], want: tuple[dict, dict]) -> str:
+    """Where a resumed output first differs from the undisturbed one (for the log of a failure)."""
+    (got_files, got_manifest), (want_files, want_manifest) = got, want
+    for a, b in zip(got_manifest["iterations"], want_manifest["iterations"]):
+        if a != b:
+            return f"iteration {b['iteration']}: resumed {a} vs undisturbed {b}"
+    keys = sorted(k for k in set(got_manifest) | set(want_manifest) if got_manifest.get(k) != want_manifest.get(k))
+    files = sorted(k for k in set(got_files) | set(want_files) if got_files.get(k) != want_files.get(k))
+    return f"manifest keys {keys}; files {files[:5]}{' ...' if len(files) > 5 else ''}"
+
+
 def _timed(cmd: list[str]) -> float:
     started = time.perf_counter()
     subprocess.run(cmd, env=_env(), check=True)
@@ -115,6 +126,7 @@ def main(argv=None) -> None:
         wall_resumed = _timed(cmd)
         resumed = _manifest(out)
         same = _comparable(out) == _comparable(root / "plain")
+        difference = "" if same else first_difference(_comparable(out), _comparable(root / "plain"))
 
     ckpt_plain, ckpt_each = plain["timings"].get("checkpoint", 0.0), each["timings"].get("checkpoint", 0.0)
     saves = each["n_iter"] + 1
@@ -135,6 +147,8 @@ def main(argv=None) -> None:
           f"iterations redone")
     print(f"wall: undisturbed {wall_plain:.1f}s, killed run {wall_killed:.1f}s + resumed run {wall_resumed:.1f}s "
           f"(resumed fit {resumed['timings']['fit']:.2f}s); output identical to the undisturbed run: {same}")
+    if difference:
+        print(f"first difference: {difference}")
 
 
 if __name__ == "__main__":
