@@ -45,7 +45,7 @@ class DaskProcesses:
     """A `dask scheduler` and `dask worker` processes on 127.0.0.1 (no nanny: a SIGKILL ends a
     worker for good); `replenish` starts new workers in place of killed ones."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, scheduler_env: Optional[dict] = None):
         self.tmp = tmp
         self.address = f"tcp://127.0.0.1:{free_port()}"
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -54,11 +54,12 @@ class DaskProcesses:
         self.workers: dict[str, subprocess.Popen] = {}  # the live ones, by name
         port = self.address.rsplit(":", 1)[1]
         self.scheduler = self._popen(
-            [DASK, "scheduler", "--host", "127.0.0.1", "--port", port, "--dashboard-address", ":0", "--no-show"]
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", port, "--dashboard-address", ":0", "--no-show"],
+            {**self.env, **(scheduler_env or {})},
         )
 
-    def _popen(self, args: list[str]) -> subprocess.Popen:
-        return subprocess.Popen(args, stdout=self.log, stderr=self.log, env=self.env)
+    def _popen(self, args: list[str], env: Optional[dict] = None) -> subprocess.Popen:
+        return subprocess.Popen(args, stdout=self.log, stderr=self.log, env=env or self.env)
 
     def replenish(self, n: int) -> None:
         """Start workers until `n` live ones were started (a killed one is dropped from `workers`)."""
@@ -86,9 +87,9 @@ class DaskProcesses:
 
 
 @contextmanager
-def dask_processes(n_workers: int, tmp: Path):
+def dask_processes(n_workers: int, tmp: Path, scheduler_env: Optional[dict] = None):
     """Yields a `DaskProcesses` with `n_workers` started; every process started here is ended here."""
-    procs = DaskProcesses(tmp)
+    procs = DaskProcesses(tmp, scheduler_env)
     try:
         procs.replenish(n_workers)
         yield procs
@@ -208,10 +209,10 @@ class KillInTurn:
 
 class KillAll:
     """Progress sink: SIGKILL every worker at once at the first `stage` event (as when a node pool
-    is preempted), then start as many new ones."""
+    is preempted), then start as many new ones (unless not `replace`)."""
 
-    def __init__(self, procs: DaskProcesses, stage: str):
-        self.procs, self.stage = procs, stage
+    def __init__(self, procs: DaskProcesses, stage: str, replace: bool = True):
+        self.procs, self.stage, self.replace = procs, stage, replace
         self.killed: list[str] = []
 
     def on_progress(self, snap: ProgressSnapshot, event: str) -> None:
@@ -222,7 +223,8 @@ class KillAll:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             self.killed.append(name)
-        self.procs.replenish(n_workers)
+        if self.replace:
+            self.procs.replenish(n_workers)
 
     def on_result(self, result) -> None:
         pass

@@ -100,6 +100,8 @@ def test_scheduler_never_requests_a_gpu(data):
     ports = {p["name"]: p["port"] for p in scheduler["service"]["ports"]}
     assert ports["tcp-comm"] == B.SCHEDULER_PORT
     assert scheduler["service"]["selector"]["dask.org/cluster-name"] == cluster["metadata"]["name"]
+    # tasks without any worker fail after a while instead of waiting forever (read by distributed)
+    assert _env(container)["DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT"] == B.NO_WORKERS_TIMEOUT
 
 
 def test_integer_quantities_are_written_as_strings():

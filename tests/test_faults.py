@@ -120,6 +120,19 @@ def test_run_survives_losing_every_worker_at_once(stage, sample, reference, tmp_
     assert without_memory_mode(outputs(tmp_path / "out")) == without_memory_mode(reference)
 
 
+def test_a_run_whose_workers_never_come_back_fails_instead_of_waiting_forever(sample, tmp_path):
+    """With the scheduler's no-workers timeout (the operator sets it: `builders.NO_WORKERS_TIMEOUT`),
+    tasks left without any worker fail after it, and so does the run, with the scheduler's reason."""
+    from distributed.scheduler import NoValidWorkerError, NoWorkerError
+
+    timeout = {"DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT": "2s"}
+    with dask_processes(2, tmp_path, timeout) as procs, connect(procs.address, 2) as client:
+        killer = KillAll(procs, "initialising", replace=False)
+        with pytest.raises((NoWorkerError, NoValidWorkerError), match="timed out after 2.00 s waiting"):
+            job(sample / "in", tmp_path / "out").run(client=client, progress=Progress([killer]))
+    assert killer.killed == ["w0", "w1"] and not (tmp_path / "out" / "_manifest.json").exists()
+
+
 # ---------------------------------------------------------------- write attempts (no Dask)
 
 
