@@ -4,7 +4,8 @@ A step with bounds first moves each row's distance bounds by how far the centroi
 moved (`bounds.py`); rows whose label cannot change are skipped, the others may get
 their distance to the assigned centroid or to the most-moved centroids measured, and
 only rows still in doubt get the full GEMM against all centroids. Labels equal those
-of the full float32 computation; early steps (centroids moving a lot) skip nothing,
+of the full float32 computation except for rows tied within float32 rounding (the GEMM of a
+subset of rows may round differently: docs/reliability.md, "near ties"); early steps (centroids moving a lot) skip nothing,
 late steps most rows (docs/benchmarks.md). A step without bounds (the first one, or
 when pruning does not pay) is the plain blocked GEMM + argmin.
 
