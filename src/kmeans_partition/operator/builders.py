@@ -138,9 +138,7 @@ def _dask_pod_spec(spec: KMeansPartitionSpec, container: dict[str, Any], volumes
     return _pod_spec(spec, [container], volumes, automountServiceAccountToken=False)
 
 
-#: With no worker for this long, the scheduler fails the tasks waiting for one (distributed's
-#: ``no-workers-timeout``): the runner then fails with that error (its Job retries and resumes from
-#: the checkpoint) instead of waiting forever when the worker pods never come back.
+#: Tasks left this long without any worker fail (``no-workers-timeout``), then the runner: no endless wait.
 NO_WORKERS_TIMEOUT = "1800s"
 NO_WORKERS_TIMEOUT_ENV = {"name": "DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT", "value": NO_WORKERS_TIMEOUT}
 
@@ -151,8 +149,8 @@ def build_dask_cluster(
     """The DaskCluster: a scheduler (never a GPU) + Service, and `workers` worker replicas."""
     cluster_name = L.dask_cluster_name(name)
     cluster = spec.cluster
-    scheduler_volumes, scheduler_mounts, scheduler_env = _with_tls(
-        name, spec, *SEC.scratch_volumes(), _env(spec, NO_WORKERS_TIMEOUT_ENV))
+    scheduler_volumes, scheduler_mounts, scheduler_env = _with_tls(name, spec, *SEC.scratch_volumes(),
+                                                                   _env(spec, NO_WORKERS_TIMEOUT_ENV))
     # Workers get the scheduler's address from the dask-kubernetes operator (always tcp://) unless set here.
     address = [S.SCHEDULER_ADDRESS.env(scheduler_address(name, namespace, tls=True))] if cluster.tls else []
     processes = worker_processes(spec)
