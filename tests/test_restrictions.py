@@ -104,3 +104,13 @@ def test_a_task_placed_on_a_worker_already_gone_runs_on_a_later_worker(tmp_path)
         future = client.submit(time.sleep, 0.1, workers=[address], allow_other_workers=True, pure=False)
         procs.replenish(1)
         assert future.result(timeout=60) is None
+
+
+def test_a_scheduler_refusing_the_plugin_gets_a_warning_not_a_failure(caplog):
+    class Refusing:  # a client whose scheduler does not accept pickled plugins
+        def register_plugin(self, plugin, name=None):
+            raise RuntimeError("pickled plugins are disabled")
+
+    with caplog.at_level("WARNING", logger="kmeans_partition"):
+        assert restrictions.register(Refusing()) is False
+    assert "pickled plugins are disabled" in caplog.text and "every worker is lost at once" in caplog.text
