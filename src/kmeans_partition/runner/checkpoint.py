@@ -246,7 +246,7 @@ def resumed_plan(saved: Optional[State], files: list[str], spec, plan_args: dict
     in partition order, so another partitioning (planned from the workers present) would change
     the last bits of the centroids."""
     record = saved.partitions if saved is not None else None
-    refs = record and replan(files, spec.input_filetype, spec.storage_options, record, **plan_args)
+    refs = replan(files, spec.input_filetype, spec.storage_options, record, **plan_args) if record else None
     if record and refs is None:
         log.warning("the checkpoint's partitions do not fit the input's row groups: planning afresh")
     return refs

@@ -242,7 +242,7 @@ def _plain_batch(dist: PointDistances, proposals: np.ndarray, closest, u: np.nda
     """Without local trials: the accepted proposals, each tested against the ones before it
     (on the host: a pool x pool block); then every point's distance lowered on the device."""
     start = dist.at(closest, proposals)
-    near = be.to_host(dist.block(proposals, proposals)).astype(np.float32, copy=False)
+    near = be.to_host(dist.block(proposals, proposals))
     near[proposals[:, None] == proposals[None, :]] = 0.0  # a repeated proposal is the same point
     current = start.copy()
     taken = []

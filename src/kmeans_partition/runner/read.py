@@ -385,8 +385,8 @@ def replan(files: list[str], filetype: str, storage_options: dict, record: list[
         covered = [g for p in unique for g in (p.row_groups or [])]
         if groups is not None and covered != list(groups):
             return None
-        sizes = [p.nbytes for p in unique]
+        rows, sizes = [p.num_rows for p in unique], [p.nbytes for p in unique]
         refs.append(PartitionRef(path, None if groups is None else list(groups), unique[0].row_offset,
-                                 sum(p.num_rows for p in unique) if None not in [p.num_rows for p in unique] else None,
-                                 None if None in sizes else sum(sizes), unique[0].largest_group))
+                                 None if None in rows else sum(rows), None if None in sizes else sum(sizes),
+                                 unique[0].largest_group))
     return refs

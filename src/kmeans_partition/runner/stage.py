@@ -221,16 +221,17 @@ class _Run:
         target = memory_mode.partition_target(spec.n_clusters, data_bytes, n_rows)
         self.memory = memory_mode.choose(spec.memory_mode, data_bytes, limits, target)
         target_bytes = self.memory.partition_bytes
-        if target_bytes != memory_mode.PARTITION_BYTES:
+        resumed = resumed_plan(self.resume, files, spec, plan_args)  # the resumed run's partitions
+        if resumed is None and target_bytes != memory_mode.PARTITION_BYTES:
             refs = plan_partitions(files, spec.input_filetype, spec.storage_options,
                                    target_bytes=target_bytes, **plan_args)
         wanted = 2 * max(1, len(limits))
         sizes = [ref.num_rows for ref in refs]
-        if len(refs) < wanted and None not in sizes and sum(sizes) > 0:
+        if resumed is None and len(refs) < wanted and None not in sizes and sum(sizes) > 0:
             target = max(1, -(-sum(sizes) // wanted))
             refs = plan_partitions(files, spec.input_filetype, spec.storage_options, target_rows=target,
                                    target_bytes=target_bytes, **plan_args)
-        refs = resumed_plan(self.resume, files, spec, plan_args) or refs
+        refs = resumed or refs
         if self.checkpoint is not None:
             self.checkpoint.state.partitions = plan_record(refs)
         memory_mode.check_row_groups(refs, self.memory, limits)
