@@ -63,7 +63,7 @@ def test_nearest_two(on):
     c = x[:7] * 0.8
     xa, ca = km.augment_rows(x), km.augment_centroids(c)
     scores = on(np.empty((300, 7), np.float32))
-    lab, first, second = km.nearest_two(on(xa), on(ca).T, scores)
+    lab, first, second, _ = km.nearest_two(on(xa), on(ca).T, scores)
     ref = np.sort(reference(x, c), axis=1) - (x.astype(np.float64) ** 2).sum(1)[:, None]
     np.testing.assert_allclose(on.check(first), ref[:, 0], atol=3e-6)
     np.testing.assert_allclose(on.check(second), ref[:, 1], atol=3e-6)

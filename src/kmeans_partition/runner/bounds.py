@@ -122,7 +122,7 @@ def settled(upper: np.ndarray, lower: np.ndarray, err: np.ndarray) -> np.ndarray
     return u * u + 2.0 * err < lo * lo
 
 
-def farthest(values, known, upper_sq, r: int, compute) -> tuple[np.ndarray, np.ndarray]:
+def farthest(values, known, upper_sq, r: int, compute, exact=None, slack: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the ``r`` largest ``values``, farthest first, ties by lower index, and those values.
 
     ``values`` holds computed squared distances where ``known``; elsewhere only
@@ -130,12 +130,17 @@ def farthest(values, known, upper_sq, r: int, compute) -> tuple[np.ndarray, np.n
     computed values. Only rows that could enter the top ``r`` are computed, so the result
     equals selecting from fully computed values. ``values``/``known`` are updated in place
     on NumPy/CuPy; both results are NumPy arrays (of at most ``r`` rows).
+
+    With ``exact(indices)`` (host float64 exact values) and ``slack`` (how far a computed value
+    may be from the exact one, twice): rows are ranked by their exact values among those whose
+    computed value lies within ``slack`` of the ``r``-th largest, and the exact values are
+    returned, so the choice does not depend on how the values were computed (`ties.py`).
     """
     xp = be.namespace(values)
     n = values.shape[0]
     r = min(r, n)
     if r == 0:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64 if exact else np.float32)
 
     def rth_largest_known(values, known) -> float:
         pool = values[known]
@@ -147,12 +152,17 @@ def farthest(values, known, upper_sq, r: int, compute) -> tuple[np.ndarray, np.n
         return float(xp.sort(pool)[size - r])
 
     if not bool(xp.all(known)):
-        threshold = rth_largest_known(values, known)
+        threshold = rth_largest_known(values, known) - slack
         need = be.nonzero(xp, ~known & (upper_sq >= threshold))
         if need.shape[0]:
             values = be.put(xp, values, need, compute(need))
             known = be.put(xp, known, need, True)
-    candidates = be.nonzero(xp, known & (values >= rth_largest_known(values, known)))
-    order = xp.argsort(-xp.astype(xp.take(values, candidates), xp.float64), stable=True)[:r]
-    chosen = xp.take(candidates, order)
-    return be.to_host(chosen), be.to_host(xp.take(values, chosen))
+    candidates = be.nonzero(xp, known & (values >= rth_largest_known(values, known) - slack))
+    if exact is None:
+        order = xp.argsort(-xp.astype(xp.take(values, candidates), xp.float64), stable=True)[:r]
+        chosen = xp.take(candidates, order)
+        return be.to_host(chosen), be.to_host(xp.take(values, chosen))
+    rows = be.to_host(candidates)
+    distances = exact(candidates)
+    order = np.lexsort((rows, -distances))[:r]
+    return rows[order], distances[order]

@@ -18,6 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import backend as be
+from . import ties
 
 
 def augment_rows(x):
@@ -55,14 +56,15 @@ def scratch(size: int, name: str = "block") -> np.ndarray:
     return be.scratch(be.namespace(np.empty(0)), None, (size,), name)
 
 
-def nearest(xa, x_sq, ca, batch: int, sums: Optional["BlockSums"] = None):
+def nearest(xa, x_sq, ca, batch: int, sums: Optional["BlockSums"] = None, centroids: Optional[np.ndarray] = None):
     """Labels (int32) and squared distances (float32, >= 0) to the nearest centroid.
 
     ``xa``: augmented rows (n, d + 1), ``x_sq``: their squared norms (n,), ``ca``: augmented
     centroids (k, d + 1), all of one library and device. Ties go to the lowest centroid index
     (as NumPy's argmin and scikit-learn do). With ``sums`` (built on the same labels array,
     see `BlockSums.for_rows`), each block's rows are added to the cluster sums right after
-    they are labelled.
+    they are labelled. With ``centroids`` (the (k, d) float32 centroids on the host), near ties
+    are decided by exact distances (`ties.py`): the labels then do not depend on ``batch``.
     """
     xp = be.namespace(xa)
     n = xa.shape[0]
@@ -76,17 +78,28 @@ def nearest(xa, x_sq, ca, batch: int, sums: Optional["BlockSums"] = None):
         stop = min(start + batch, n)
         scores = be.matmul(xp, xa[start:stop, :], ca_t, out=block[: stop - start, :])
         lab = xp.argmin(scores, axis=1)
+        first = xp.take_along_axis(scores, lab[:, None], axis=1)[:, 0]
         labels[start:stop] = xp.astype(lab, xp.int32)
-        dist_sq[start:stop] = xp.take_along_axis(scores, lab[:, None], axis=1)[:, 0] + x_sq[start:stop]
+        dist_sq[start:stop] = first + x_sq[start:stop]
+        if centroids is not None:
+            found = ties.settle_block(xa[start:stop, :], scores, lab, first, ties.slack(x_sq[start:stop], centroids),
+                                      centroids)
+            if found is not None:
+                at = found.rows + start
+                labels = be.put(xp, labels, at, be.like(found.labels, labels))
+                dist_sq = be.put(xp, dist_sq, at, be.like(found.scores, dist_sq) + xp.take(x_sq, at))
+                if sums is not None:
+                    sums.labels = labels  # a new array where `put` cannot write in place
         if sums is not None:
             sums.advance(stop)
     return labels, be.maximum_(xp, dist_sq, 0.0)
 
 
 def nearest_two(xa, ca_t, scores):
-    """One block: labels (int32), smallest and second smallest score ``||c||^2 - 2x.c``.
+    """One block: labels (int32), smallest and second smallest score ``||c||^2 - 2x.c``, and the scores.
 
-    ``scores`` is a ``len(xa) x k`` float32 work buffer (overwritten). The second score is
+    ``scores`` is a ``len(xa) x k`` float32 work buffer (overwritten; the returned scores may be
+    another array, with each row's label entry set to ``inf`` or not). The second score is
     ``inf`` when there is one centroid. Ties go to the lowest index, as in `nearest`.
     """
     xp = be.namespace(xa)
@@ -94,7 +107,7 @@ def nearest_two(xa, ca_t, scores):
     labels = xp.argmin(scores, axis=1)
     first = xp.take_along_axis(scores, labels[:, None], axis=1)[:, 0]
     second = xp.min(be.mask_labels(xp, scores, labels), axis=1)
-    return xp.astype(labels, xp.int32), first, second
+    return xp.astype(labels, xp.int32), first, second, scores
 
 
 #: Rows per one-hot product in `cluster_sums` on NumPy: float32 products, accumulated in float64

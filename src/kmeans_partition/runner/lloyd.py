@@ -4,8 +4,8 @@ A step with bounds first moves each row's distance bounds by how far the centroi
 moved (`bounds.py`); rows whose label cannot change are skipped, the others may get
 their distance to the assigned centroid or to the most-moved centroids measured, and
 only rows still in doubt get the full GEMM against all centroids. Labels equal those
-of the full float32 computation except for rows tied within float32 rounding (the GEMM of a
-subset of rows may round differently: docs/reliability.md, "near ties"); early steps (centroids moving a lot) skip nothing,
+of the exact computation: rows tied within float32 rounding are decided by exact distances
+(`ties.py`), so no label depends on which rows a GEMM took; early steps (centroids moving a lot) skip nothing,
 late steps most rows (docs/benchmarks.md). A step without bounds (the first one, or
 when pruning does not pay) is the plain blocked GEMM + argmin.
 
@@ -22,6 +22,7 @@ import numpy as np
 
 from . import backend as be
 from . import bounds as bd
+from . import ties
 from .kmeans import BlockSums, augment_centroids, nearest, nearest_two
 
 #: Farthest rows each partition offers per Lloyd step for re-seeding empty clusters.
@@ -39,7 +40,7 @@ class LloydPartial:
     counts: np.ndarray  # (k,) int64
     inertia: float
     n_changed: int  # rows whose label changed since the previous step (-1: unknown)
-    far_dist: np.ndarray  # (r,) float32, the partition's farthest rows, descending
+    far_dist: np.ndarray  # (r,) float64 exact squared distances of the partition's farthest rows, descending
     far_rows: np.ndarray  # (r, d) float32
     n_recomputed: int = 0  # rows that needed the full distance computation
 
@@ -91,11 +92,12 @@ def lloyd_partial(
     xp = be.namespace(xa)
     k, d = centroids.shape
     n = x_sq.shape[0]
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
     ca = augment_centroids(centroids, ref=xa)
     last = None if previous is None or drift is None else previous[1]
     if last is None or last.plain_left > 0:  # no bounds this step
         block_sums = BlockSums.for_rows(xa, k)
-        labels, dist_sq = nearest(xa, x_sq, ca, batch, block_sums)
+        labels, dist_sq = nearest(xa, x_sq, ca, batch, block_sums, centroids)
         n_recomputed, known, err = n, xp.ones(n, dtype=xp.bool, device=be.device(xa)), None
         state = bd.RowBounds(labels, plain_left=max(last.plain_left - 1, 0) if last else 0,
                              backoff=last.backoff if last else 1)
@@ -106,7 +108,7 @@ def lloyd_partial(
         else:
             work, stale = _settle(xa, x_sq, ca, err, last, drift, costs)
         block_sums = BlockSums(xa, work.labels, k)
-        n_recomputed = _recompute(xa, x_sq, ca, batch, stale, err, work, block_sums, costs)
+        n_recomputed = _recompute(xa, x_sq, ca, centroids, batch, stale, err, work, block_sums, costs)
         labels, dist_sq, known = work.labels, work.dist_sq, work.known
         state = bd.RowBounds(
             labels, work.upper, work.lower, work.assigned_lower, work.yields, backoff=last.backoff
@@ -117,7 +119,9 @@ def lloyd_partial(
     sums, counts = be.to_host(sums[:, :d]), be.to_host(counts)
     upper_sq = None if err is None else xp.astype(state.upper, xp.float64) ** 2 + err
     far, far_dist = bd.farthest(
-        dist_sq, known, upper_sq, RESEED_CANDIDATES, lambda rows: _to_assigned(xa, x_sq, ca, labels, rows)
+        dist_sq, known, upper_sq, RESEED_CANDIDATES, lambda rows: _to_assigned(xa, x_sq, ca, labels, rows),
+        exact=lambda rows: ties.exact_sq_to(xa, rows, centroids, xp.take(labels, rows)),
+        slack=float(be.to_host(ties.slack(xp.reshape(xp.max(x_sq), (1,)), centroids))[0]) if n else 0.0,
     )
     partial = LloydPartial(
         sums=sums,
@@ -253,7 +257,7 @@ def _nearest_of(xa, x_sq, ca, labels, rows, subset):
 
 
 def _recompute(
-    xa, x_sq, ca, batch, stale, err, work: RowWork, block_sums: BlockSums, costs: PruningCosts
+    xa, x_sq, ca, centroids, batch, stale, err, work: RowWork, block_sums: BlockSums, costs: PruningCosts
 ) -> int:
     """Full distances for the ``stale`` rows, in blocks of at most ``batch`` rows.
 
@@ -286,7 +290,12 @@ def _recompute(
         x_sq_rows = x_sq[rows] if isinstance(rows, slice) else xp.take(x_sq, rows)
         err_rows = err[rows] if isinstance(rows, slice) else xp.take(err, rows)
         scores = be.scratch(xp, xa, (count, k))
-        lab, first, second = nearest_two(block, ca_t, scores)
+        lab, first, second, scores = nearest_two(block, ca_t, scores)
+        found = ties.settle_block(block, scores, lab, first, 2.0 * err_rows, centroids, second)
+        if found is not None:  # near ties: the exact label; its score bounds the row, the best the others
+            second = be.put(xp, second, found.rows, xp.take(first, found.rows))
+            first = be.put(xp, first, found.rows, be.like(found.scores, first))
+            lab = be.put(xp, lab, found.rows, be.like(found.labels, lab))
         first = first + x_sq_rows
         second = second + x_sq_rows
         upper, lower = bd.from_distances(first, second, err_rows)

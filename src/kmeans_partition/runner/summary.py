@@ -25,6 +25,7 @@ import numpy as np
 
 from . import backend as be
 from . import kmeans as km
+from . import ties
 
 #: A row with a margin below a threshold counts as a boundary row at that threshold.
 MARGIN_THRESHOLDS = (0.005, 0.01, 0.02)
@@ -35,11 +36,13 @@ MARGIN_EDGES = np.linspace(0.0, 0.2, 201)
 DISTANCE_EDGES = np.linspace(0.0, 1.0, 201)
 
 
-def nearest_with_second(xa, x_sq, ca, batch: int):
+def nearest_with_second(xa, x_sq, ca, batch: int, centroids: Optional[np.ndarray] = None):
     """`kmeans.nearest` plus each row's second-nearest centroid (int32; None when k == 1).
 
-    Same distance block and tie rule as `kmeans.nearest`, so the labels are the same. Runs
-    where the rows live (NumPy or CuPy); the results stay there.
+    Same distance block and tie rules as `kmeans.nearest`, so the labels are the same (with
+    ``centroids``, (k, d) float32 on the host, near ties decided exactly; their second is the
+    next of the near-tied centroids by exact distance). Runs where the rows live (NumPy or
+    CuPy); the results stay there.
     """
     xp = be.namespace(xa)
     n, k = xa.shape[0], ca.shape[0]
@@ -53,10 +56,23 @@ def nearest_with_second(xa, x_sq, ca, batch: int):
         stop = min(start + batch, n)
         scores = be.matmul(xp, xa[start:stop, :], ca_t, out=block[: stop - start, :])
         lab = xp.argmin(scores, axis=1)
+        first = xp.take_along_axis(scores, lab[:, None], axis=1)[:, 0]
         labels[start:stop] = xp.astype(lab, xp.int32)
-        dist_sq[start:stop] = xp.take_along_axis(scores, lab[:, None], axis=1)[:, 0] + x_sq[start:stop]
-        if second is not None:
-            second[start:stop] = xp.astype(xp.argmin(be.mask_labels(xp, scores, lab), axis=1), xp.int32)
+        dist_sq[start:stop] = first + x_sq[start:stop]
+        if second is None:
+            continue
+        masked = be.mask_labels(xp, scores, lab)
+        runner = xp.argmin(masked, axis=1)
+        second[start:stop] = xp.astype(runner, xp.int32)
+        if centroids is not None:
+            runner_score = xp.take_along_axis(masked, runner[:, None], axis=1)[:, 0]
+            found = ties.settle_block(xa[start:stop, :], masked, lab, first, ties.slack(x_sq[start:stop], centroids),
+                                      centroids, runner_score)
+            if found is not None:
+                at = found.rows + start
+                labels = be.put(xp, labels, at, be.like(found.labels, labels))
+                second = be.put(xp, second, at, be.like(found.runner_up, second))
+                dist_sq = be.put(xp, dist_sq, at, be.like(found.scores, dist_sq) + xp.take(x_sq, at))
     return labels, be.maximum_(xp, dist_sq, 0.0), second
 
 

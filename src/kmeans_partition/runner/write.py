@@ -142,14 +142,14 @@ def assign_partition(
     """Nearest centroid of every row, its distances and margin, and the partition's summary (on a worker).
 
     Runs where the partition lives (NumPy, or CuPy on a GPU worker); the per-row results stay
-    there. The summary is computed on the host from copies of the labels, distances and margins
-    (12 bytes a row). ``second_centroid``: keep the `SECOND_CENTROID_COLUMN` and `MARGIN_COLUMN`
-    columns for the output.
+    there. The summary is computed on the host from copies of the labels, distances and margins (12 bytes
+    a row). ``second_centroid``: keep the `SECOND_CENTROID_COLUMN` and `MARGIN_COLUMN` columns.
     """
     xp = be.namespace(part.xa)
     k = centroids.shape[0]
-    ca = km.augment_centroids(np.asarray(centroids), ref=part.xa)
-    labels, dist_sq, second = nearest_with_second(part.xa, part.x_sq, ca, batch)
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    ca = km.augment_centroids(centroids, ref=part.xa)
+    labels, dist_sq, second = nearest_with_second(part.xa, part.x_sq, ca, batch, centroids)
     rows = float64_block_rows(centroids.shape[1], batch)  # the distances' float64 blocks stay small
     l2, cosine = distances_to_assigned(part.x, centroids, labels, rows)
     margin = cosine_margins(part.x, centroids, labels, second, rows)
