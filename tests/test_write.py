@@ -140,8 +140,8 @@ def test_distances_are_float32_and_match_float64():
     x = blobs(50, 6, 2, seed=3)
     c = x[:3] * 0.5
     labels = np.arange(50) % 3
-    l2, cos = distances_to_assigned(x, c, labels, 7)
-    assert l2.dtype == np.float32 and cos.dtype == np.float32
+    l2, cos, margin = distances_to_assigned(x, c, labels, 7)
+    assert l2.dtype == np.float32 and cos.dtype == np.float32 and np.isnan(margin).all()
     ref = np.linalg.norm(x.astype(np.float64) - c[labels].astype(np.float64), axis=1)
     np.testing.assert_allclose(l2, ref, rtol=1e-6)
 

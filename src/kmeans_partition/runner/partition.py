@@ -195,5 +195,5 @@ def hash_ids(ids: pa.Array) -> np.ndarray:
 
 def count_duplicates(*bucket_parts: np.ndarray) -> int:
     """Rows of one hash bucket whose id hash was already seen (extra occurrences)."""
-    everything = np.concatenate(bucket_parts) if bucket_parts else np.empty(0, np.uint64)
-    return int(everything.size - np.unique(everything).size)
+    everything = np.sort(np.concatenate(bucket_parts)) if bucket_parts else np.empty(0, np.uint64)
+    return int(np.count_nonzero(everything[1:] == everything[:-1]))  # = size - unique size, without np.unique

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .output import CENTROIDS, MANIFEST, OutputLocation, open_output
-from .summary import AssignSummary, cosine_margins, headline, second_nearest
+from .summary import AssignSummary, distances_to_assigned, headline, second_nearest
 
 #: Rows read at most to estimate a missing summary.
 SAMPLE_ROWS = 100_000
@@ -60,8 +60,6 @@ def sample_summary(
     manifest: dict[str, Any], out: OutputLocation, max_rows: int = SAMPLE_ROWS, seed: int = 0
 ) -> dict[str, Any]:
     """A summary estimated from a sample: from each chosen file, rows in proportion to its size."""
-    from .write import distances_to_assigned
-
     files = [f for f in manifest.get("files", []) if f.get("rows", 0) > 0]
     if not files:
         raise ValueError(f"{out.url(MANIFEST)}: lists no files to sample")
@@ -80,8 +78,7 @@ def sample_summary(
     x = np.ascontiguousarray(np.concatenate(blocks), dtype=np.float32)
     label = np.concatenate(labels)
     centroids = _load_centroids(out)
-    _, cosine = distances_to_assigned(x, centroids, label, batch=32768)
-    margin = cosine_margins(x, centroids, label, second_nearest(x, centroids, label), batch=32768)
+    _, cosine, margin = distances_to_assigned(x, centroids, label, 32768, second_nearest(x, centroids, label))
     return AssignSummary.from_rows(label, cosine, margin, len(centroids)).to_dict(sampled_rows=len(x))
 
 

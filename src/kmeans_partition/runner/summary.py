@@ -101,21 +101,33 @@ def unit_centroids(centroids, ref):
     return c64 / xp.maximum(norms, float(np.finfo(np.float64).tiny))[:, None]
 
 
-def cosine_margins(x, centroids, labels, second, batch: int):
-    """Margins (n,) float32 (computed in float64 where ``x`` lives); all NaN when `second` is None."""
+def distances_to_assigned(x, centroids, labels, batch: int, second=None):
+    """(l2, cosine, margin) (n,) float32 of each row to its centroid, computed in float64 where ``x`` lives.
+
+    ``l2 = ||x - c||``; ``cosine = 1 - x.c / ||c||`` (rows are unit-norm); ``margin`` = the cosine
+    distance to the ``second`` (n,) centroid minus that to the own one (all NaN without ``second``).
+    One pass over ``x`` in blocks of ``batch`` rows: each block is converted to float64 once and its
+    dot product with the own unit centroid serves both the cosine and the margin.
+    """
     xp = be.namespace(x)
     n = labels.shape[0]
-    margin = xp.full(n, xp.nan, dtype=xp.float32, device=be.device(x))
-    if second is None:
-        return margin
+    c64 = be.like(np.asarray(be.to_host(centroids), dtype=np.float64), x)
     c_unit = unit_centroids(centroids, x)
+    l2, cosine = (xp.empty(n, dtype=xp.float32, device=be.device(x)) for _ in range(2))
+    margin = xp.full(n, xp.nan, dtype=xp.float32, device=be.device(x))
     for start in range(0, n, batch):
         stop = min(start + batch, n)
         xb = xp.astype(x[start:stop, :], xp.float64)
-        own = be.rowdot(xp, xb, xp.take(c_unit, labels[start:stop], axis=0))
-        other = be.rowdot(xp, xb, xp.take(c_unit, second[start:stop], axis=0))
-        margin[start:stop] = xp.astype(own - other, xp.float32)  # (1 - other) - (1 - own)
-    return margin
+        lab = labels[start:stop]
+        diff = xb - xp.take(c64, lab, axis=0)
+        l2[start:stop] = xp.astype(xp.sqrt(be.rowdot(xp, diff, diff)), xp.float32)
+        del diff
+        own = be.rowdot(xp, xb, xp.take(c_unit, lab, axis=0))
+        cosine[start:stop] = xp.astype(1.0 - own, xp.float32)
+        if second is not None:
+            other = be.rowdot(xp, xb, xp.take(c_unit, second[start:stop], axis=0))
+            margin[start:stop] = xp.astype(own - other, xp.float32)  # (1 - other) - (1 - own)
+    return l2, cosine, margin
 
 
 def _histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
