@@ -314,8 +314,7 @@ class _Run:
     def write(self, parts, centroids: np.ndarray, column_schema):
         """Assign where the partitions live, move rows to their write group in memory, write each file once.
 
-        Takes `parts` over: the list is emptied so that each partition is released from worker
-        memory as soon as its rows are split into pieces.
+        Takes `parts` over: the list is emptied, so each partition is released once its rows are split.
         """
         spec = self.spec
         started = time.perf_counter()
@@ -350,15 +349,16 @@ class _Run:
             parts.clear()  # a partition and its assignment are dropped once split
             del assigned
             groups = [plan.group_pieces(g) for g in range(plan.n_groups)]
-            taken, wanted = [[] for _ in groups], [[] for _ in splits]
-            for g, (present, _) in enumerate(groups):
-                for p in present:
-                    wanted[p].append(g)
-            for p, gs in enumerate(wanted):  # partition-major: a split's list (spilled out of core)
-                for g in gs:  # is read back once for all its pieces, not once per piece
-                    taken[g].append(self.client.submit(getitem, splits[p], g, pure=False))
+            taken = [[] for _ in groups]
+            # partition-major: a split's list (spilled out of core) is read back once for all its pieces; one
+            # `map`, not a submit per piece (952 pieces at 2M x 128: the assign took 1.6x as long)
+            order = sorted((p, g) for g, (present, _) in enumerate(groups) for p in present)
+            futures = self.client.map(getitem, [splits[p] for p, _ in order], [g for _, g in order], pure=False)
+            for (_, g), future in zip(order, futures):
+                taken[g].append(future)
             pieces = [(futures, rows) for futures, (_, rows) in zip(taken, groups)]
-            del splits  # each split's list goes once its pieces are taken; the pieces are the same tables
+            # each split's list goes once its pieces are taken (the pieces are the same tables); only
+            del splits, taken, futures  # `pieces` refers to them: a group's pieces go once it is written
             wait_or_raise([f for futures, _ in pieces for f in futures])
             self.timings["assign"] = time.perf_counter() - started
             started = time.perf_counter()
