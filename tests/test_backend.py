@@ -248,3 +248,13 @@ def test_partition_namespace_chooses_cupy_only_when_asked_and_available(monkeypa
     assert be.is_numpy(be.partition_namespace("auto", fake_import))
     with pytest.raises(ValueError, match="unknown array backend"):
         be.partition_namespace("torch", fake_import)
+
+
+def test_block_rows_caps_host_score_blocks_not_gpu_ones():
+    entries = be.HOST_BLOCK_ENTRIES
+    assert be.block_rows(np, 32768, 1000) == entries // 1000  # 16 MB of scores, not 131 MB
+    assert be.block_rows(np, 100, 1000) == 100  # the user's batch still bounds it
+    assert be.block_rows(np, 32768, 10_000_000) == 256  # a floor of rows at huge k
+    import array_api_strict
+
+    assert be.block_rows(array_api_strict, 32768, 1000) == 32768  # other libraries (GPUs): the batch

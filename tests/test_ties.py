@@ -125,3 +125,13 @@ def test_exact_sq_does_not_depend_on_the_other_pairs():
     every = ties.exact_sq(x, c)
     for rows in (np.arange(3), np.arange(4990, 5000), rng.choice(5000, 777, replace=False)):
         np.testing.assert_array_equal(ties.exact_sq(x[rows], c[rows]), every[rows])
+
+
+def test_lloyd_step_does_not_depend_on_the_block_size():
+    x, c = data(n=3000)
+    xa, x_sq = km.augment_rows(x), km.row_sq_norms(x)
+    big, state_big = lloyd_partial(xa, x_sq, c, 4096)
+    small, state_small = lloyd_partial(xa, x_sq, c, 7)
+    np.testing.assert_array_equal(state_small.labels, state_big.labels)
+    np.testing.assert_array_equal(small.sums, big.sums)
+    np.testing.assert_array_equal(small.far_dist, big.far_dist)

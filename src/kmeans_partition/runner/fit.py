@@ -30,8 +30,8 @@ from .worker_memory import relax_malloc_trim
 
 #: Sampling rounds of k-means|| (Spark MLlib's default; each round is one pass).
 KMEANS_PARALLEL_ROUNDS = 2
-#: Float32 entries of one rows x candidates distance block in the sampling passes (128 MB, as a
-#: Lloyd block at the default batch and k=1000); with ~2k candidates per round a whole ``batch``
+#: Float32 entries of one rows x candidates distance block in the sampling passes on a GPU (128 MB;
+#: on NumPy `backend.HOST_BLOCK_ENTRIES`, 16 MB); with ~2k candidates per round a whole ``batch``
 #: of rows would need gigabytes at large k.
 CANDIDATE_BLOCK_ENTRIES = 1 << 25
 
@@ -72,7 +72,8 @@ def _nearest_candidate(part: Partition, state, own, cands: np.ndarray, offset: i
     relax_malloc_trim()
     xp = be.namespace(part.xa)
     dev = be.device(part.xa)
-    rows = max(1, min(batch, CANDIDATE_BLOCK_ENTRIES // max(len(cands), 1)))
+    entries = be.HOST_BLOCK_ENTRIES if be.is_numpy(xp) else CANDIDATE_BLOCK_ENTRIES
+    rows = max(1, min(batch, entries // max(len(cands), 1)))
     ca = km.augment_centroids(cands, ref=part.xa)
     if state is None:
         dist_sq = xp.full(part.n_rows, xp.inf, dtype=xp.float32, device=dev)

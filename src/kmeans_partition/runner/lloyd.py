@@ -93,7 +93,7 @@ def lloyd_partial(
     k, d = centroids.shape
     n = x_sq.shape[0]
     centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-    ca = augment_centroids(centroids, ref=xa)
+    ca, batch = augment_centroids(centroids, ref=xa), be.block_rows(xp, batch, k)
     last = None if previous is None or drift is None else previous[1]
     if last is None or last.plain_left > 0:  # no bounds this step
         block_sums = BlockSums.for_rows(xa, k)

@@ -128,7 +128,7 @@ def assign_partition(
     xp = be.namespace(part.xa)
     k = centroids.shape[0]
     centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-    ca = km.augment_centroids(centroids, ref=part.xa)
+    ca, batch = km.augment_centroids(centroids, ref=part.xa), be.block_rows(xp, batch, k)
     labels, dist_sq, second = nearest_with_second(part.xa, part.x_sq, ca, batch, centroids)
     rows = float64_block_rows(centroids.shape[1], batch)  # the distances' float64 blocks stay small
     l2, cosine, margin = distances_to_assigned(part.x, centroids, labels, rows, second)
