@@ -135,3 +135,18 @@ def test_lloyd_step_does_not_depend_on_the_block_size():
     np.testing.assert_array_equal(state_small.labels, state_big.labels)
     np.testing.assert_array_equal(small.sums, big.sums)
     np.testing.assert_array_equal(small.far_dist, big.far_dist)
+
+
+def test_farthest_with_many_identical_rows_is_exact_and_chunked(monkeypatch):
+    """Duplicates tie for the farthest place: every one is ranked exactly, a chunk at a time."""
+    monkeypatch.setattr(ties, "EXACT_CHUNK", 16)
+    rng = np.random.default_rng(8)
+    x = np.repeat(blobs(3, 8, 1, seed=2), [5, 200, 5], axis=0)  # 200 copies of one row
+    x = x[rng.permutation(len(x))]
+    c = blobs(4, 8, 1, seed=9)
+    xa, x_sq = km.augment_rows(x), km.row_sq_norms(x)
+    partial, state = lloyd_partial(xa, x_sq, c, 64)
+    exact = ((x.astype(np.float64) - c[state.labels].astype(np.float64)) ** 2).sum(1)
+    reference = np.lexsort((np.arange(len(x)), -exact))[:len(partial.far_dist)]
+    np.testing.assert_array_equal(partial.far_dist, exact[reference])
+    np.testing.assert_array_equal(partial.far_rows, x[reference])

@@ -66,12 +66,19 @@ def exact_sq(x: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 def exact_sq_to(xa, rows, centroids: np.ndarray, labels) -> np.ndarray:
-    """Exact squared distances (float64, host) of ``rows`` of the augmented ``xa`` to their labels' centroids."""
+    """Exact squared distances (float64, host) of ``rows`` of the augmented ``xa`` to their labels' centroids.
+
+    Rows are copied to the host `EXACT_CHUNK` at a time (data full of duplicates may tie many rows).
+    """
     xp = be.namespace(xa)
     d = centroids.shape[1]
-    x = be.to_host(xp.take(xa, be.like(np.asarray(be.to_host(rows), dtype=np.int64), xa), axis=0))[:, :d]
-    assigned = be.to_host(labels)
-    return exact_sq(np.ascontiguousarray(x), centroids[assigned])
+    rows, assigned = np.asarray(be.to_host(rows), dtype=np.int64), be.to_host(labels)
+    out = np.empty(rows.shape[0], dtype=np.float64)
+    for start in range(0, rows.shape[0], EXACT_CHUNK):
+        chunk = be.like(rows[start:start + EXACT_CHUNK], xa)
+        x = np.ascontiguousarray(be.to_host(xp.take(xa, chunk, axis=0))[:, :d])
+        out[start:start + x.shape[0]] = exact_sq(x, centroids[assigned[start:start + EXACT_CHUNK]])
+    return out
 
 
 def _near_tie_rows(xp, scores, labels, limit, second):
