@@ -47,15 +47,21 @@ class RowBounds:
     backoff: int = 1  # steps to run without bounds the next time pruning does not pay
 
 
-def score_error(x_sq: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+def max_norm(centroids: np.ndarray) -> float:
+    """The largest centroid norm (float64, host)."""
+    c_host = be.to_host(centroids)
+    return float(np.sqrt(np.einsum("ij,ij->i", c_host, c_host, dtype=np.float64).max()))
+
+
+def score_error(x_sq: np.ndarray, centroids: np.ndarray, c_max: Optional[float] = None) -> np.ndarray:
     """Per row, an upper bound (float64) on the float32 error of a squared distance.
 
     ``2 (d + 2) 2^-24 (||x|| + max ||c||)^2``: the dot product's ``gamma_{d+1}`` bound on
     ``2|x||c| + |c|^2``, the rounding of ``||c||^2`` and ``||x||^2``, times 2 for safety.
+    ``c_max``: `max_norm` of ``centroids``, when the caller already has it.
     """
     d = centroids.shape[1]
-    c_host = be.to_host(centroids)
-    c_max = float(np.sqrt(np.einsum("ij,ij->i", c_host, c_host, dtype=np.float64).max()))
+    c_max = max_norm(centroids) if c_max is None else c_max
     gamma = 2.0 * (d + 2) * 2.0**-24
     xp = be.namespace(x_sq)
     return gamma * (xp.sqrt(xp.astype(x_sq, xp.float64)) + c_max) ** 2

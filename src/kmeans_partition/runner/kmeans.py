@@ -74,6 +74,7 @@ def nearest(xa, x_sq, ca, batch: int, sums: Optional["BlockSums"] = None, centro
     dist_sq = xp.empty(n, dtype=xp.float32, device=dev)
     block = be.scratch(xp, xa, (min(batch, n), k))
     ca_t = ca.T
+    rule = None if centroids is None else ties.TieRule(centroids)
     for start in range(0, n, batch):
         stop = min(start + batch, n)
         scores = be.matmul(xp, xa[start:stop, :], ca_t, out=block[: stop - start, :])
@@ -81,15 +82,11 @@ def nearest(xa, x_sq, ca, batch: int, sums: Optional["BlockSums"] = None, centro
         first = xp.take_along_axis(scores, lab[:, None], axis=1)[:, 0]
         labels[start:stop] = xp.astype(lab, xp.int32)
         dist_sq[start:stop] = first + x_sq[start:stop]
-        if centroids is not None:
-            found = ties.settle_block(xa[start:stop, :], scores, lab, first, ties.slack(x_sq[start:stop], centroids),
-                                      centroids)
-            if found is not None:
-                at = found.rows + start
-                labels = be.put(xp, labels, at, be.like(found.labels, labels))
-                dist_sq = be.put(xp, dist_sq, at, be.like(found.scores, dist_sq) + xp.take(x_sq, at))
-                if sums is not None:
-                    sums.labels = labels  # a new array where `put` cannot write in place
+        if rule is not None:
+            found = rule.settle(xa[start:stop, :], x_sq[start:stop], scores, lab, first)
+            labels, dist_sq = ties.write_back(found, start, x_sq, labels, dist_sq)
+            if sums is not None:
+                sums.labels = labels  # a new array where `put` cannot write in place
         if sums is not None:
             sums.advance(stop)
     return labels, be.maximum_(xp, dist_sq, 0.0)

@@ -52,6 +52,7 @@ def nearest_with_second(xa, x_sq, ca, batch: int, centroids: Optional[np.ndarray
     dist_sq = xp.empty(n, dtype=xp.float32, device=dev)
     block = be.scratch(xp, xa, (min(batch, n), k))
     ca_t = ca.T
+    rule = None if centroids is None else ties.TieRule(centroids)
     for start in range(0, n, batch):
         stop = min(start + batch, n)
         scores = be.matmul(xp, xa[start:stop, :], ca_t, out=block[: stop - start, :])
@@ -64,15 +65,12 @@ def nearest_with_second(xa, x_sq, ca, batch: int, centroids: Optional[np.ndarray
         masked = be.mask_labels(xp, scores, lab)
         runner = xp.argmin(masked, axis=1)
         second[start:stop] = xp.astype(runner, xp.int32)
-        if centroids is not None:
+        if rule is not None:
             runner_score = xp.take_along_axis(masked, runner[:, None], axis=1)[:, 0]
-            found = ties.settle_block(xa[start:stop, :], masked, lab, first, ties.slack(x_sq[start:stop], centroids),
-                                      centroids, runner_score)
+            found = rule.settle(xa[start:stop, :], x_sq[start:stop], masked, lab, first, runner_score)
+            labels, dist_sq = ties.write_back(found, start, x_sq, labels, dist_sq)
             if found is not None:
-                at = found.rows + start
-                labels = be.put(xp, labels, at, be.like(found.labels, labels))
-                second = be.put(xp, second, at, be.like(found.runner_up, second))
-                dist_sq = be.put(xp, dist_sq, at, be.like(found.scores, dist_sq) + xp.take(x_sq, at))
+                second = be.put(xp, second, found.rows + start, be.like(found.runner_up, second))
     return labels, be.maximum_(xp, dist_sq, 0.0), second
 
 

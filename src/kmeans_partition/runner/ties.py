@@ -45,9 +45,39 @@ class Ties:
     runner_up: np.ndarray  # (t,) int32, the next candidate by exact distance
 
 
+class TieRule:
+    """The near-tie rule for one set of centroids ((k, d), host): their largest norm computed once,
+    not for every block."""
+
+    def __init__(self, centroids: np.ndarray):
+        self.centroids = np.ascontiguousarray(be.to_host(centroids), dtype=np.float32)
+        self.c_max = bd.max_norm(self.centroids)
+
+    def slack(self, x_sq):
+        """Per row, the float64 width (2e) within which a computed score may beat the exact nearest's."""
+        return 2.0 * bd.score_error(x_sq, self.centroids, self.c_max)
+
+    def settle(self, xa, x_sq, scores, labels, first, second=None) -> Optional["Ties"]:
+        """`settle_block` for a block of rows (``x_sq`` their squared norms)."""
+        return settle_block(xa, scores, labels, first, self.slack(x_sq), self.centroids, second)
+
+
 def slack(x_sq, centroids: np.ndarray):
-    """Per row, the float64 width (2e) within which a computed score may beat the exact nearest's."""
-    return 2.0 * bd.score_error(x_sq, centroids)
+    """`TieRule.slack` for a one-off call."""
+    return TieRule(centroids).slack(x_sq)
+
+
+def write_back(found: Optional["Ties"], start: int, x_sq, labels, dist_sq):
+    """Labels and squared distances (n,) with a block's decided ties (block rows from ``start``) put in.
+
+    Returns both (new arrays where the library cannot write in place).
+    """
+    if found is None:
+        return labels, dist_sq
+    xp = be.namespace(labels)
+    at = found.rows + start
+    labels = be.put(xp, labels, at, be.like(found.labels, labels))
+    return labels, be.put(xp, dist_sq, at, be.like(found.scores, dist_sq) + xp.take(x_sq, at))
 
 
 def exact_sq(x: np.ndarray, c: np.ndarray) -> np.ndarray:
