@@ -108,3 +108,29 @@ def test_release_freed_trims_glibc():
     if "libc.so" not in (ctypes.util.find_library("c") or ""):
         pytest.skip("not glibc")
     assert release_freed() is True
+
+
+@pytest.mark.parametrize("mode, turned_off", [
+    ("always defer defer+madvise [madvise] never\n", True),
+    ("[always] defer defer+madvise madvise never\n", True),
+    ("always defer defer+madvise madvise [never]\n", False),
+    ("always [defer] defer+madvise madvise never\n", False),
+    (None, False),  # no THP (the file is absent)
+])
+def test_huge_page_advice_is_turned_off_only_where_faults_may_compact(tmp_path, monkeypatch, mode, turned_off):
+    from numpy._core import multiarray
+
+    from kmeans_partition.runner import worker_memory
+
+    path = tmp_path / "defrag"
+    if mode is not None:
+        path.write_text(mode)
+    before = multiarray._get_madvise_hugepage()
+    multiarray._set_madvise_hugepage(True)
+    monkeypatch.setattr(worker_memory, "_hugepages_checked", False)
+    try:
+        assert worker_memory.avoid_hugepage_stalls(str(path)) is turned_off
+        assert multiarray._get_madvise_hugepage() is (not turned_off)
+        assert worker_memory.avoid_hugepage_stalls(str(path)) is False  # once per process
+    finally:
+        multiarray._set_madvise_hugepage(before)

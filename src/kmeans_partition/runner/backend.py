@@ -168,6 +168,13 @@ def maximum_(xp: ModuleType, a, value: float):
     return xp.maximum(a, xp.asarray(value, dtype=a.dtype, device=device(a)))
 
 
+def scale_rows_(xp: ModuleType, a, scale):
+    """Rows of `a` (n, d) times `scale` (n,), in place where the library can."""
+    if _native(xp):
+        return _raw(xp).multiply(a, scale[:, None], out=a)
+    return a * scale[:, None]
+
+
 #: Rows per product in `rowdot` off NumPy (bounds its (rows, d) temporary).
 ROWDOT_ROWS = 65536
 
