@@ -134,3 +134,22 @@ def test_huge_page_advice_is_turned_off_only_where_faults_may_compact(tmp_path, 
         assert worker_memory.avoid_hugepage_stalls(str(path)) is False  # once per process
     finally:
         multiarray._set_madvise_hugepage(before)
+
+
+def test_arrow_buffers_move_to_the_system_pool_once(monkeypatch):
+    from kmeans_partition.runner import worker_memory
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("linux only")
+    before = pa.default_memory_pool()
+    monkeypatch.setattr(worker_memory, "_arrow_pool_set", False)
+    pa.set_memory_pool(pa.mimalloc_memory_pool())
+    try:
+        kept = pa.array(np.arange(1000))  # allocated before: freed by its own pool later
+        assert worker_memory.use_system_arrow_pool() is True
+        assert pa.default_memory_pool().backend_name == "system"
+        assert pa.array(np.arange(10)).sum().as_py() == 45 and kept.sum().as_py() == 499500
+        pa.set_memory_pool(pa.mimalloc_memory_pool())
+        assert worker_memory.use_system_arrow_pool() is False  # once per process
+    finally:
+        pa.set_memory_pool(before)

@@ -22,7 +22,7 @@ from .columns import check_columns_present, check_embedding_type, embedding_matr
 from .errors import InputError
 from .kmeans import row_sq_norms
 from .normalise import normalise_rows
-from .worker_memory import avoid_hugepage_stalls, relax_malloc_trim, release_freed
+from .worker_memory import avoid_hugepage_stalls, relax_malloc_trim, release_freed, use_system_arrow_pool
 
 #: Most rows per record batch read from parquet (bounds the Arrow memory next to the block) ...
 BATCH_ROWS = 65536
@@ -107,6 +107,7 @@ def fill(
     """
     relax_malloc_trim()  # the batches' scratch reused, not page-faulted afresh (~2.3x fewer faults)
     avoid_hugepage_stalls()  # the block's pages fault in 4 KB at a time, never waiting on compaction
+    use_system_arrow_pool()  # Arrow's freed memory trimmable like the rest
     ids, metadata = [], []
     start, d, dim_row, started = 0, embedding_dim, row_offset, False
     x_sq = np.empty(n, dtype=np.float32) if normalise else None

@@ -40,7 +40,7 @@ from . import kmeans as km
 from .output import TMP_PREFIX, is_local
 from .partition import ID_COLUMN, Partition
 from .summary import AssignSummary, distances_to_assigned, nearest_with_second
-from .worker_memory import release_freed
+from .worker_memory import release_freed, use_system_arrow_pool
 
 #: A centroid's rows are split into several files past this many rows.
 ROWS_PER_FILE = 1_000_000
@@ -309,6 +309,7 @@ def write_group(
     ``piece_rows[p, f]``: rows piece p gives file f, in order. Returns ``(centroid, path, rows)``.
     On failure the files this task created are removed before the error propagates.
     """
+    use_system_arrow_pool()  # a worker that joined after the read
     fs, root = arrow_filesystem(out_url, storage_options)
     staging = posixpath.join(root, ATTEMPTS_DIR, uuid.uuid4().hex) if isinstance(fs, pafs.LocalFileSystem) else None
     taken = [0] * len(pieces)
