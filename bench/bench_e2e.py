@@ -82,7 +82,9 @@ SAMPLE_EVERY_S = 0.05
 
 
 def _start_sampler(dask_worker) -> None:
-    """On a worker: record (time, RSS, CPU seconds) every SAMPLE_EVERY_S until `_stop_sampler`."""
+    """On a worker: record (time, RSS, CPU seconds, private RSS) every SAMPLE_EVERY_S until `_stop_sampler`.
+
+    Private RSS leaves out file-backed pages (the libraries' code, shared by the node's workers)."""
     import threading
 
     import psutil
@@ -92,8 +94,8 @@ def _start_sampler(dask_worker) -> None:
 
     def loop():
         while not stop.is_set():
-            cpu = process.cpu_times()
-            samples.append((time.time(), process.memory_info().rss, cpu.user + cpu.system))
+            cpu, mem = process.cpu_times(), process.memory_info()
+            samples.append((time.time(), mem.rss, cpu.user + cpu.system, mem.rss - mem.shared))
             stop.wait(SAMPLE_EVERY_S)
 
     dask_worker._e2e_sampler = (samples, stop)
@@ -133,7 +135,7 @@ def peak_by_stage(workers: dict, starts: list[tuple[str, float]]) -> dict:
     edges = starts + [("end", float("inf"))]
     peaks = {}
     for info in workers.values():
-        for t, rss, _ in info["samples"]:
+        for t, rss, *_ in info["samples"]:
             for (stage, lo), (_, hi) in zip(edges, edges[1:]):
                 if lo <= t < hi:
                     peaks[stage] = max(peaks.get(stage, 0), rss)
@@ -147,8 +149,8 @@ def cpu_by_stage(workers: dict, clock: StageClock) -> dict:
         hi = clock.starts[i + 1][1]
         total = clock.cpu[i + 1] - clock.cpu[i]
         for info in workers.values():
-            before = [cpu for t, _, cpu in info["samples"] if t < lo]
-            until = [cpu for t, _, cpu in info["samples"] if t < hi]
+            before = [cpu for t, _, cpu, *_ in info["samples"] if t < lo]
+            until = [cpu for t, _, cpu, *_ in info["samples"] if t < hi]
             total += (until[-1] if until else 0.0) - (before[-1] if before else 0.0)
         used[stage] = total
     return used
@@ -204,6 +206,7 @@ def run_job(args, data: Path) -> dict:
         "centroids": centroids.tolist(),
         "baseline_rss": max(info["samples"][0][1] for info in workers.values()),
         "peak_rss": max(max([info["maxrss"]] + [s[1] for s in info["samples"]]) for info in workers.values()),
+        "peak_private": max(s[3] for info in workers.values() for s in info["samples"]),
         "cpu_by_stage": cpu_by_stage(workers, clock),
         "peak_rss_by_stage": peak_by_stage(workers, clock.starts),
         "memory_mode": result.get("memory_mode"),
@@ -300,6 +303,7 @@ def rows_for(label: str, job: dict, plain: dict, workers: int) -> tuple[dict, di
         "run": label, "data share GiB": share / 2**30, "idle GiB": job["baseline_rss"] / 2**30,
         "peak GiB": job["peak_rss"] / 2**30, "x data share": job["peak_rss"] / share,
         "x data share (above idle)": (job["peak_rss"] - job["baseline_rss"]) / share,
+        "x data share (private)": job["peak_private"] / share,
         **{f"peak {stage}": by_stage.get(stage, float("nan")) / 2**30 for stage in STAGES},
     }
     return seconds, cpu, memory
