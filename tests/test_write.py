@@ -236,3 +236,26 @@ def test_float_columns_are_written_without_a_dictionary(tmp_path):
         dictionary = any("DICTIONARY" in e for e in used)
         assert dictionary == (name in ("id", "text")), (name, used)
     assert meta.row_group(0).column(0).compression == "SNAPPY"
+
+
+def test_a_large_file_is_written_in_row_groups_with_bounded_writer_memory(tmp_path):
+    """A 24 MiB file: row groups of about `ROW_GROUP_BYTES`, the writer's Arrow memory below the
+    file's size (one row group of it all took ~1.9x), the rows unchanged."""
+    from pyarrow.fs import LocalFileSystem
+
+    n, d = 48_000, 128
+    x = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
+    table = pa.table({"id": pa.array(np.arange(n)), "embedding": write.embedding_array(x),
+                      "l2_dist_to_cent": pa.array(np.random.default_rng(1).random(n))})
+    before = pa.default_memory_pool()
+    counting = pa.proxy_memory_pool(pa.system_memory_pool())
+    pa.set_memory_pool(counting)
+    try:
+        write.write_file(LocalFileSystem(), str(tmp_path / "f.parquet"), table)
+    finally:
+        pa.set_memory_pool(before)
+    meta = pq.ParquetFile(tmp_path / "f.parquet").metadata
+    expected_groups = -(-n // write.row_group_rows(table))
+    assert meta.num_row_groups == expected_groups and expected_groups >= table.nbytes // write.ROW_GROUP_BYTES
+    assert counting.max_memory() < table.nbytes / 2, (counting.max_memory(), table.nbytes)
+    assert pq.read_table(tmp_path / "f.parquet").equals(table)
