@@ -13,7 +13,8 @@ from kmeans_partition.runner.disk_partition import MappedPartition
 from kmeans_partition.runner.partition import Partition, partition_stats
 from kmeans_partition.runner.read import PartitionRef
 from kmeans_partition.runner.worker_memory import release_freed
-from kmeans_partition.runner.write import OutputColumns, assign_partition, gather_rows, plan_writes, split_partition
+from kmeans_partition.runner.backend import take_rows as gather_rows
+from kmeans_partition.runner.write import OutputColumns, assign_partition, plan_writes, split_partition
 from dask_support import blobs
 
 
@@ -23,7 +24,7 @@ def make_partition(x, first_id=0):
     return Partition.from_normalised(0, "mem://0", first_id, ids, x, meta)
 
 
-def test_gather_rows_equals_take_on_strided_views_and_memmaps(tmp_path):
+def test_take_rows_equals_take_on_strided_views_and_memmaps(tmp_path):
     rng = np.random.default_rng(3)
     xa = rng.standard_normal((500, 17)).astype(np.float32)
     rows = rng.permutation(500)[:123]

@@ -175,6 +175,12 @@ def maximum_(xp: ModuleType, a, value: float):
     return xp.maximum(a, xp.asarray(value, dtype=a.dtype, device=device(a)))
 
 
+def take_rows(x, rows):
+    """``x[rows]`` (m, d) of a (n, d) array, also of a strided view (``xa[:, :-1]``) without a copy
+    of all of it (NumPy's ``take`` makes one first: a whole partition per call)."""
+    return x[rows] if isinstance(x, np.ndarray) else namespace(x).take(x, rows, axis=0)
+
+
 def scale_rows_(xp: ModuleType, a, scale):
     """Rows of `a` (n, d) times `scale` (n,), in place where the library can."""
     if _native(xp):

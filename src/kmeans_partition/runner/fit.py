@@ -53,8 +53,7 @@ class FitResult:
 
 def _rows(part: Partition, local: np.ndarray) -> np.ndarray:
     """Rows ``local`` (host indices) of the partition, as NumPy."""
-    xp = be.namespace(part.xa)
-    return np.ascontiguousarray(be.to_host(xp.take(part.x, be.like(np.asarray(local, np.int64), part.xa), axis=0)))
+    return np.ascontiguousarray(be.to_host(be.take_rows(part.x, be.like(np.asarray(local, np.int64), part.xa))))
 
 
 def _lloyd_step(part: Partition, previous, centroids: np.ndarray, drift, batch: int) -> tuple:
@@ -126,7 +125,7 @@ def _oversample(part: Partition, state, seed: list[int], phi: float, expected: f
         picked = be.nonzero(xp, draws < prob)
     else:
         picked = be.nonzero(xp, draws < 0.0)
-    return np.ascontiguousarray(be.to_host(xp.take(part.x, picked, axis=0))), be.to_host(picked)
+    return np.ascontiguousarray(be.to_host(be.take_rows(part.x, picked))), be.to_host(picked)
 
 
 def _reduce_candidates(points: np.ndarray, weights: np.ndarray, k: int, seed: list[int], n_rows: int) -> np.ndarray:

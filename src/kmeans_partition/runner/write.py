@@ -262,11 +262,6 @@ def embedding_array(x: np.ndarray, max_values: int = MAX_LIST_VALUES) -> pa.Chun
     return pa.chunked_array(chunks, type=pa.list_(pa.float32()))
 
 
-def gather_rows(x, rows):
-    """``x[rows]`` (m, d) of a (n, d) strided view (``xa[:, :-1]``): NumPy's take copies all of it first."""
-    return x[rows] if isinstance(x, np.ndarray) else be.namespace(x).take(x, rows, axis=0)
-
-
 def output_table(part: Partition, rows, assignment: Assignment, columns: OutputColumns) -> pa.Table:
     """The partition's `rows` (indices on the partition's device), in that order; id and metadata
     cast to the unified types. Embeddings and distances are gathered on the device, then copied
@@ -275,7 +270,7 @@ def output_table(part: Partition, rows, assignment: Assignment, columns: OutputC
     schema = columns.column_schema
     table = {
         columns.id_field: part.ids.take(idx).cast(schema.field(ID_COLUMN).type),
-        columns.embedding_field: embedding_array(be.to_host(gather_rows(part.x, rows))),
+        columns.embedding_field: embedding_array(be.to_host(be.take_rows(part.x, rows))),
     }
     for name in part.metadata.column_names:
         table[name] = part.metadata.column(name).take(idx).cast(schema.field(name).type)
