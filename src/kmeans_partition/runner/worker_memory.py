@@ -78,7 +78,7 @@ def use_system_arrow_pool() -> bool:
     pyarrow's default pool (mimalloc in the wheels) keeps freed segments mapped: measured 40-65 MiB
     resident beyond what Arrow held, through the fit (after the read's batches) and the write (its
     encoders), where `release_freed` (``malloc_trim``) cannot reach them. With the system pool the
-    2M x 128 job's peak worker RSS went 0.83 -> 0.78 GiB (bench_e2e). Buffers allocated before
+    2M x 128 job's peak worker RSS went 0.84 -> 0.80 GiB (bench_e2e). Buffers allocated before
     keep their pool. True if the pool was switched here.
     """
     global _arrow_pool_set

@@ -48,7 +48,7 @@ ROWS_PER_FILE = 1_000_000
 WRITE_TASK_BYTES = 256 << 20
 #: Parquet row groups of about this many bytes of rows (at least `MIN_ROW_GROUP_ROWS`): the writer holds
 #: about 2x a row group while it encodes it (measured 19 MiB for a 10 MiB file written as one group,
-#: 151 MiB for 101 MiB), so a large centroid's file no longer costs its writer twice its size.
+#: 151 MiB for 101 MiB of Arrow memory), so a large centroid's file no longer costs its writer twice its size.
 ROW_GROUP_BYTES = 4 << 20
 MIN_ROW_GROUP_ROWS = 1024
 #: Bytes a row takes besides its embedding (id, distances, offsets), for sizing write groups.
