@@ -7,6 +7,8 @@ from .errors import InputError
 
 BLOCK_ROWS = 16384  # most rows per float64 scratch block
 BLOCK_BYTES = 2 << 20  # and at most this many bytes of float64 per block (cache-sized: 2-3x faster than 8 MB)
+NON_FINITE = "embedding contains NaN or Inf"
+ZERO_VECTOR = "embedding is a zero vector and cannot be normalised"
 TINY_NORM = 1e-150  # below this (or non-finite) the squared norm may have under/overflowed
 
 
@@ -19,9 +21,18 @@ def _narrow_unit_rows(block, source: str, row0: int):
     xp = be.namespace(block)
     wide = xp.astype(block, xp.float64)
     sq = be.rowdot(xp, wide, wide)
-    _raise_first(xp, ~xp.isfinite(sq), "embedding contains NaN or Inf", source, row0)
-    _raise_first(xp, sq == 0, "embedding is a zero vector and cannot be normalised", source, row0)
+    _raise_first(xp, ~xp.isfinite(sq), NON_FINITE, source, row0)
+    _raise_first(xp, sq == 0, ZERO_VECTOR, source, row0)
     return be.scale_rows_(xp, wide, 1.0 / xp.sqrt(sq))
+
+
+def _checked_unit_rows(block, source: str, row0: int):
+    """Float64 unit rows (n, d) of any floating block (float64 too); raises for a NaN/Inf or zero row."""
+    xp = be.namespace(block)
+    _raise_first(xp, ~xp.all(xp.isfinite(block), axis=1), NON_FINITE, source, row0)
+    unit, zero = _unit_rows(block)
+    _raise_first(xp, zero, ZERO_VECTOR, source, row0)
+    return unit
 
 
 def _raise_first(xp, bad, message: str, source: str, row0: int) -> None:
@@ -78,16 +89,7 @@ def normalise_rows(x, source: str, row_offset: int, out=None):
     for start in range(0, x.shape[0], step):
         stop = min(start + step, x.shape[0])
         block = be.like(x[start:stop, ...], out) if moved else x[start:stop, :]
-        if block.dtype == xp.float32 or block.dtype == getattr(xp, "float16", None):  # not in the standard
-            out[start:stop, :] = xp.astype(_narrow_unit_rows(block, source, row_offset + start), xp.float32)
-            continue
-        finite = xp.all(xp.isfinite(block), axis=1)
-        if not bool(xp.all(finite)):
-            row = row_offset + start + int(be.nonzero(xp, ~finite)[0])
-            raise InputError("embedding contains NaN or Inf", source, row=row)
-        unit, zero = _unit_rows(block)
-        if bool(xp.any(zero)):
-            row = row_offset + start + int(be.nonzero(xp, zero)[0])
-            raise InputError("embedding is a zero vector and cannot be normalised", source, row=row)
+        narrow = block.dtype == xp.float32 or block.dtype == getattr(xp, "float16", None)  # not in the standard
+        unit = (_narrow_unit_rows if narrow else _checked_unit_rows)(block, source, row_offset + start)
         out[start:stop, :] = xp.astype(unit, xp.float32)
     return out
