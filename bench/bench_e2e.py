@@ -169,11 +169,11 @@ def cluster_client(args):
     def limited():
         import logging
 
-        from distributed import Client, LocalCluster
+        from distributed import Client
 
-        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                          memory_limit=args.worker_memory, silence_logs=logging.WARNING) as cluster, \
-                Client(cluster) as client:
+        from kmeans_partition.runner.cluster import local_cluster
+
+        with local_cluster(args.workers, args.worker_memory, logging.WARNING) as cluster, Client(cluster) as client:
             yield client
 
     return limited()

@@ -155,3 +155,20 @@ def test_arrow_buffers_move_to_the_system_pool_once(monkeypatch):
         assert worker_memory.use_system_arrow_pool() is False  # once per process
     finally:
         pa.set_memory_pool(before)
+
+
+def test_embedded_cluster_workers_start_with_arrow_on_the_system_pool(monkeypatch):
+    """The C++ reader's pool is the process-wide default, chosen by the env var before pyarrow loads;
+    a worker started without it shows mimalloc/jemalloc here."""
+    from kmeans_partition.runner.cluster import dask_client
+
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+
+    def pool():
+        import pyarrow
+
+        return os.environ.get("ARROW_DEFAULT_MEMORY_POOL"), pyarrow.default_memory_pool().backend_name
+
+    with dask_client(None, n_workers=1) as client:
+        assert list(client.run(pool).values()) == [("system", "system")]

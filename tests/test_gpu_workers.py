@@ -56,7 +56,7 @@ def test_one_gpu_per_worker():
         "--local-directory", SEC.DASK_LOCAL_DIR,
     ]
     assert _env(worker) == {"OMP_NUM_THREADS": "8", "OPENBLAS_NUM_THREADS": "8", "MKL_NUM_THREADS": "8",
-                            "CUPY_TF32": "0"}
+                            "CUPY_TF32": "0", "ARROW_DEFAULT_MEMORY_POOL": "system"}
     # one GPU: no NCCL peers in the pod, so no /dev/shm (only the scratch emptyDirs of pod security)
     assert W.SHM_VOLUME not in _names(worker["volumeMounts"]) | _names(_worker_pod(spec)["volumes"])
 
@@ -100,7 +100,7 @@ def test_without_a_cpu_request_no_blas_threads_are_derived():
 def test_cpu_workers_threads(threads, resources, blas):
     worker = _worker(_spec({"threadsPerWorker": threads, "resources": {"worker": resources}}))
     assert worker["command"][:2] == ["dask", "worker"] and _flag(worker["command"], "--nthreads") == str(threads)
-    assert {k: v for k, v in _env(worker).items()} == dict.fromkeys(W.BLAS_THREAD_VARS, blas)  # no CUPY_TF32
+    assert _env(worker) == {**dict.fromkeys(W.BLAS_THREAD_VARS, blas), "ARROW_DEFAULT_MEMORY_POOL": "system"}  # no CUPY_TF32
     assert W.SHM_VOLUME not in _names(worker["volumeMounts"])
 
 

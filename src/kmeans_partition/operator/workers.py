@@ -11,6 +11,8 @@ CPU pods run ``dask worker --nthreads threadsPerWorker``. GPU pods run ``dask-cu
 - ``--device-memory-limit`` always written out (default 0.8 of the GPU, dask-cuda's own default);
 - ``CUPY_TF32`` = 1 only for ``distancePrecision: tf32``, else 0.
 
+Every worker container gets `worker_memory.WORKER_ENV` (Arrow's process-wide buffer pool: glibc).
+
 Pods with more than one GPU get a memory-backed emptyDir at ``/dev/shm`` (``cluster.gpu.shmSize``):
 NCCL between the pod's GPU processes needs more than a container's default 64 MiB.
 
@@ -31,6 +33,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from kmeans_partition.runner.worker_memory import WORKER_ENV
 from kmeans_partition.spec import CUPY_TF32_ENV, KMeansPartitionSpec
 
 WORKER_DASHBOARD_PORT = 8788
@@ -115,6 +118,7 @@ def worker_processes(spec: KMeansPartitionSpec) -> WorkerProcesses:
     common = ["--name", "$(DASK_WORKER_NAME)", "--nthreads", str(nthreads),
               "--dashboard-address", str(WORKER_DASHBOARD_PORT)]
     env = [{"name": name, "value": str(blas)} for name in BLAS_THREAD_VARS] if blas is not None else []
+    env += [{"name": name, "value": value} for name, value in WORKER_ENV.items()]
     if not spec.cluster.gpus_per_worker:
         return WorkerProcesses(command=["dask", "worker", *common], env=env)
     env.append({"name": CUPY_TF32_ENV, "value": "1" if spec.distance_precision == "tf32" else "0"})

@@ -76,6 +76,13 @@ class Filled:
         self.ids, self.metadata, self.n, self.d, self.x_sq = ids, metadata, n, d, x_sq
 
 
+def prepare_worker() -> None:
+    """A worker's memory settings for the data path, before its first Arrow buffer (once per process)."""
+    use_system_arrow_pool()  # Arrow's freed memory trimmable like the rest; a reader keeps the pool it opened with
+    relax_malloc_trim()  # the batches' scratch reused, not page-faulted afresh (~2.3x fewer faults)
+    avoid_hugepage_stalls()  # the block's pages fault in 4 KB at a time, never waiting on compaction
+
+
 def parquet_batches(handle, ref, names: list[str], fields: list[tuple[str, str]], embedding_field: str) -> tuple[int, Iterable]:
     """(rows, record batches) of the partition's row groups, only the `names` columns."""
     parquet = pq.ParquetFile(handle, buffer_size=STREAM_BUFFER_BYTES, pre_buffer=False)
@@ -105,9 +112,6 @@ def fill(
     ``normalise``: scale each row to unit norm in place and compute the squared norms (``x_sq``).
     Raises `InputError` naming `source`, the row and the field of the first problem.
     """
-    relax_malloc_trim()  # the batches' scratch reused, not page-faulted afresh (~2.3x fewer faults)
-    avoid_hugepage_stalls()  # the block's pages fault in 4 KB at a time, never waiting on compaction
-    use_system_arrow_pool()  # Arrow's freed memory trimmable like the rest
     ids, metadata = [], []
     start, d, dim_row, started = 0, embedding_dim, row_offset, False
     x_sq = np.empty(n, dtype=np.float32) if normalise else None

@@ -7,10 +7,12 @@ import logging
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
+import dask
 from dask.system import CPU_COUNT
 from distributed import Client, LocalCluster
 
 from kmeans_partition import settings
+from kmeans_partition.runner.worker_memory import WORKER_ENV
 
 log = logging.getLogger("kmeans_partition")
 
@@ -59,11 +61,15 @@ def dask_client(address: Optional[str], n_workers: Optional[int] = None) -> Iter
         return
     workers = n_workers or max(1, CPU_COUNT)
     log.info("starting a local Dask cluster with %d worker processes", workers)
-    with LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=":0",
-        silence_logs=logging.CRITICAL,  # task errors reach the client, which reports them
-    ) as cluster, Client(cluster) as client:
+    with local_cluster(workers) as cluster, Client(cluster) as client:
         yield client
+
+
+def local_cluster(n_workers: int, memory_limit=None, silence_logs: int = logging.CRITICAL) -> LocalCluster:
+    """`n_workers` single-threaded worker processes started with `worker_memory.WORKER_ENV`
+    (``memory_limit``: Dask's, per worker). Task errors reach the client, which reports them."""
+    spawn_env = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **WORKER_ENV}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):  # read as each nanny starts
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                            memory_limit="auto" if memory_limit is None else memory_limit,
+                            silence_logs=silence_logs)

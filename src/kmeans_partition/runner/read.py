@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from .block import BATCH_ROWS, BlockSink, Filled, fill, parquet_batches
+from .block import BATCH_ROWS, BlockSink, Filled, fill, parquet_batches, prepare_worker
 from .columns import check_columns_present
 from .errors import InputError
 from .jsonl import parse_jsonl
@@ -316,6 +316,7 @@ def read_into(
     """Read one partition's embeddings into `sink` (`block.BlockSink`, `memory_mode.FileSink`)
     batch by batch; ids and metadata come back as Arrow. None for an empty JSONL file."""
     _check_filetype(filetype)
+    prepare_worker()
     fields = _needed_fields(id_field, embedding_field, metadata_fields)
     names = [name for name, _ in fields]
     common = (ref.path, ref.row_offset, id_field, embedding_field, metadata_fields, embedding_dim, normalise)

@@ -71,6 +71,13 @@ _malloc_trim = None
 
 _arrow_pool_set = False
 
+#: Environment for the worker processes this tool starts (the embedded LocalCluster's, through the
+#: nanny's pre-spawn environment; the operator's worker containers). Arrow's C++ reader buffers come
+#: from its *process-wide* default pool, which only this variable picks, before pyarrow loads:
+#: `use_system_arrow_pool` switches Python's pool, not that one. With mimalloc there, each 500k x 384
+#: worker kept a 1 GiB arena with 17-30 MiB resident from the first read to the end of the job.
+WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
+
 
 def use_system_arrow_pool() -> bool:
     """Allocate Arrow buffers with glibc's malloc from now on in this process; once per process.
