@@ -73,3 +73,20 @@ def test_same_result_whatever_the_number_of_workers(dask_client):
             runs.append(fit(model, "k-means||", 2.0, 100, 0.0))
     assert runs[0].n_iter == runs[1].n_iter
     np.testing.assert_array_equal(runs[0].centroids, runs[1].centroids)
+
+
+def test_reduced_steps_keep_their_bounds_but_not_their_partial_sums(dask_client):
+    """A step's k x d partial sums are reduced once; held on as the next step's input they
+    would double the partials a worker keeps through the next iteration."""
+    from kmeans_partition.runner.bounds import RowBounds
+    from kmeans_partition.runner.fit import _lloyd_step
+
+    x = blobs(1200, 8, 6, seed=2)
+    parts, rows = scatter_partitions(dask_client, x, 4)
+    model = DaskKMeans(dask_client, parts, rows, 6, batch=128, random_state=0)
+    centroids = x[:6].copy()
+    steps = model._map(_lloyd_step, parts, [None] * 4, centroids=model._scatter(centroids), drift=None, batch=128)
+    update = model._reduce(steps, centroids)
+    held = dask_client.gather(steps)
+    assert all(step[0] is None and isinstance(step[1], RowBounds) for step in held)
+    assert sum(len(step[1].labels) for step in held) == len(x) and update.centroids.shape == (6, 8)
