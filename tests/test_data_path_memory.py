@@ -77,16 +77,18 @@ def ref(nbytes):
     return PartitionRef("f.parquet", [0], 0, 10, nbytes=nbytes)
 
 
-def test_spread_places_reads_by_bytes_per_thread():
+def test_spread_places_contiguous_runs_by_bytes_per_thread():
     refs = [ref(n) for n in (50, 30, 30, 20, 20, 20, 10)]
-    where = memory_mode.spread(refs, {"a": {"nthreads": 1}, "b": {"nthreads": 1}})
-    load = {"a": 0, "b": 0}
-    for r, w in zip(refs, where):
-        assert w["allow_other_workers"] is True and len(w["workers"]) == 1
-        load[w["workers"][0]] += r.nbytes
-    assert abs(load["a"] - load["b"]) <= 20  # greedy: within the largest later partition
+    where = memory_mode.spread(refs, {"b": {"nthreads": 1}, "a": {"nthreads": 1}})
+    assert all(w["allow_other_workers"] is True and len(w["workers"]) == 1 for w in where)
+    owners = [w["workers"][0] for w in where]
+    assert owners == ["a", "a", "b", "b", "b", "b", "b"]  # neighbours together: (0, 1), (2, 3) ... combine locally
+    load = {o: sum(r.nbytes for r, w in zip(refs, owners) if w == o) for o in "ab"}
+    assert abs(load["a"] - load["b"]) <= 50  # within the largest partition
     where = memory_mode.spread([ref(10)] * 9, {"a": {"nthreads": 2}, "b": {"nthreads": 1}})
-    assert sum(w["workers"] == ["a"] for w in where) == 6
+    assert [w["workers"][0] for w in where] == ["a"] * 6 + ["b"] * 3
+    three = [w["workers"][0] for w in memory_mode.spread([ref(10)] * 8, {w: {"nthreads": 1} for w in "abc"})]
+    assert three == sorted(three) and {three.count(w) for w in "abc"} <= {2, 3}
     assert memory_mode.spread([ref(None)], {"a": {"nthreads": 1}}) == [{}]  # JSONL: left to Dask
 
 

@@ -9,9 +9,13 @@ the file size) and compared with the workers' memory limits (``memory_limit`` of
 
 from __future__ import annotations
 
+import numpy as np
+
 import logging
 from dataclasses import asdict, dataclass
 from typing import Optional
+
+import numpy as np
 
 from .errors import InputError
 
@@ -195,22 +199,30 @@ def restore_spill(dask_worker) -> None:
 
 
 def spread(refs, workers: dict) -> list[dict]:
-    """Submit options placing each partition to read (`refs`, with estimated ``nbytes``) on the
-    worker with the fewest bytes so far per thread (``workers``: ``scheduler_info()["workers"]``).
+    """Submit options placing the partitions to read (`refs`, with estimated ``nbytes``) on the
+    workers (``scheduler_info()["workers"]``) in contiguous runs of partition indexes, each worker's
+    run about its share of the bytes by threads: a partition goes to the worker whose share covers
+    the partition's middle byte.
 
-    Loose (``allow_other_workers``): a worker that leaves does not block the read. Left to Dask,
-    the faster worker takes more partitions (seen: 0.1 GiB more on one of 2 workers), and the
-    most loaded worker sets the peak memory.
+    Contiguous, because the reductions combine partitions (0, 1), (2, 3), ...: neighbours on one
+    worker combine without moving their k x d partial sums between workers (alternating placement
+    moved every one, and the received buffers fragmented the workers' heaps: +46 MiB a worker over
+    five Lloyd steps at k=1000, 500k x 384). Balanced, because left to Dask the faster worker takes
+    more partitions (seen: 0.1 GiB more on one of 2 workers) and the most loaded one sets the peak
+    memory. Loose (``allow_other_workers``): a worker that leaves does not block the read.
     """
     if not workers or any(ref.nbytes is None for ref in refs):
         return [{} for _ in refs]
-    load = {address: 0.0 for address in sorted(workers)}
-    threads = {address: max(1, int(workers[address].get("nthreads") or 1)) for address in load}
-    out = []
+    addresses = sorted(workers)
+    threads = np.array([max(1, int(workers[a].get("nthreads") or 1)) for a in addresses], dtype=np.float64)
+    total = float(sum(ref.nbytes for ref in refs))
+    ends = np.cumsum(threads) / threads.sum() * total  # where each worker's share of the bytes ends
+    out, before = [], 0.0
     for ref in refs:
-        address = min(load, key=lambda a: (load[a] + ref.nbytes) / threads[a])
-        load[address] += ref.nbytes
-        out.append({"workers": [address], "allow_other_workers": True})
+        middle = before + ref.nbytes / 2
+        index = min(int(np.searchsorted(ends, middle, side="right")), len(addresses) - 1)
+        out.append({"workers": [addresses[index]], "allow_other_workers": True})
+        before += ref.nbytes
     return out
 
 
