@@ -244,8 +244,8 @@ def test_fit_rebuilds_a_lost_step_or_init_round_with_identical_result(where, mon
             return args[0].index == 2 and args[1] is not None and calls.stat().st_size > 10
         monkeypatch.setattr(fit_module, "_lloyd_step", lost_once(fit_module._lloyd_step, when, flag))
     else:  # a pass of the k-means|| sampling after the first candidates
-        monkeypatch.setattr(fit_module, "_nearest_candidate", lost_once(
-            fit_module._nearest_candidate, lambda a, kw: kw.get("offset", 0) > 0, flag))
+        monkeypatch.setattr(fit_module.seeding, "nearest_candidate", lost_once(
+            fit_module.seeding.nearest_candidate, lambda a, kw: kw.get("offset", 0) > 0, flag))
     got, recoveries = run()
     assert flag.exists() and none == [] and recoveries == [{"lloyd": "lloyd", "init": "k-means|| init"}[where]]
     assert got.centroids.tobytes() == reference.centroids.tobytes()

@@ -90,3 +90,55 @@ def test_reduced_steps_keep_their_bounds_but_not_their_partial_sums(dask_client)
     held = dask_client.gather(steps)
     assert all(step[0] is None and isinstance(step[1], RowBounds) for step in held)
     assert sum(len(step[1].labels) for step in held) == len(x) and update.centroids.shape == (6, 8)
+
+
+_HELD_AT_COMBINE: list = []
+
+
+def _counting_combine(left, right, keep):
+    """`combine_partials`, noting how many distinct partials the (in-process) worker holds."""
+    from distributed import get_worker
+
+    from kmeans_partition.runner.lloyd import LloydPartial
+    from kmeans_partition.runner.tree_reduce import combine_partials
+
+    data = list(get_worker().data.values())
+    alive = {id(v) for v in data if isinstance(v, LloydPartial)}
+    alive |= {id(v[0]) for v in data if isinstance(v, tuple) and v and isinstance(v[0], LloydPartial)}
+    _HELD_AT_COMBINE.append(len(alive))
+    return combine_partials(left, right, keep)
+
+
+def _slow_step(*args, **kwargs):
+    """A Lloyd step that takes as long as a real partition's (the reduction is submitted meanwhile)."""
+    import time
+
+    from kmeans_partition.runner.fit import _lloyd_step
+
+    time.sleep(0.05)
+    return _lloyd_step(*args, **kwargs)
+
+
+def _slowed_map(original):
+    def _map(self, func, *args, **kwargs):
+        return original(self, _slow_step if func.__name__ == "_lloyd_step" else func, *args, **kwargs)
+
+    return _map
+
+
+def test_a_worker_holds_few_partials_while_a_step_is_reduced(monkeypatch):
+    """Each partial is freed once combined, and combines run as soon as both halves exist:
+    at no combine does the worker hold a partial per partition (it held every step's to the end)."""
+    from kmeans_partition.runner import fit as fit_module
+
+    monkeypatch.setattr(fit_module, "combine_partials", _counting_combine)
+    monkeypatch.setattr(fit_module.DaskKMeans, "_map", _slowed_map(fit_module.DaskKMeans._map))
+    _HELD_AT_COMBINE.clear()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        x = blobs(4000, 8, 6, seed=3)
+        parts, rows = scatter_partitions(client, x, 24)
+        model = DaskKMeans(client, parts, rows, 6, batch=128, random_state=0)
+        result = fit(model, "random", 2.0, 3, 0.0, initial_centroids=x[:6].copy())
+    assert result.n_iter == 3 and len(_HELD_AT_COMBINE) == 3 * 23
+    assert max(_HELD_AT_COMBINE) <= 12, _HELD_AT_COMBINE  # a few tree levels, not one per partition as before

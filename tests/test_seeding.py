@@ -11,7 +11,7 @@ from threadpoolctl import threadpool_limits
 
 from kmeans_partition.runner import backend as be
 from kmeans_partition.runner import kmeans as km
-from kmeans_partition.runner.fit import _nearest_candidate
+from kmeans_partition.runner.seeding import nearest_candidate
 from kmeans_partition.runner.partition import Partition
 from dask_support import blobs
 from array_support import on  # noqa: F401  (fixture)
@@ -171,10 +171,10 @@ def test_fewer_distinct_points_than_k_fills_with_unused_points():
 def test_candidate_pass_skips_the_sampled_rows_and_matches_brute_force(n_sampled):
     x = blobs(700, 6, 5, seed=10)
     part = Partition.from_normalised(0, "mem://p", 0, pa.array(np.arange(700)), x)
-    state = _nearest_candidate(part, None, None, x[[3]], 0, 64)
+    state = nearest_candidate(part, None, None, x[[3]], 0, 64)
     sampled = np.sort(np.random.default_rng(12).choice(np.arange(4, 700), n_sampled, replace=False))
     cands = np.concatenate([blobs(2, 6, 1, seed=11), x[sampled]])  # 2 rows from another partition first
-    dist, labels = _nearest_candidate(part, state, (sampled, 3), cands, 1, 64)
+    dist, labels = nearest_candidate(part, state, (sampled, 3), cands, 1, 64)
     np.testing.assert_array_equal(labels[sampled], 3 + np.arange(n_sampled))
     assert (dist[sampled] == 0).all()
     every = np.concatenate([x[[3]], cands]).astype(np.float64)
@@ -183,7 +183,7 @@ def test_candidate_pass_skips_the_sampled_rows_and_matches_brute_force(n_sampled
     clear = order[:, 1] - order[:, 0] > 1e-5
     np.testing.assert_array_equal(labels[clear], d2.argmin(1)[clear])
     np.testing.assert_allclose(dist, d2.min(1), atol=2e-6)
-    plain_dist, plain_labels = _nearest_candidate(part, state, None, cands, 1, 64)  # every row computed
+    plain_dist, plain_labels = nearest_candidate(part, state, None, cands, 1, 64)  # every row computed
     rest = np.setdiff1d(np.arange(700), sampled)
     np.testing.assert_array_equal(labels[rest][clear[rest]], plain_labels[rest][clear[rest]])
     np.testing.assert_allclose(dist[rest], plain_dist[rest], atol=1e-6)
@@ -205,10 +205,10 @@ def test_reduction_runs_on_the_points_device_with_the_same_draws(on, trials):
 
 
 def test_the_reduction_task_moves_the_candidates_to_the_workers_array_library(monkeypatch):
-    """`fit._reduce_candidates` (the task a worker runs) works on the library the worker's partitions
+    """`seeding.reduce_on_worker` (the task a worker runs) works on the library the worker's partitions
     use (CuPy on a GPU worker; array-api-strict stands in here) and returns NumPy centroids."""
     xps = pytest.importorskip("array_api_strict")
-    from kmeans_partition.runner import fit as fit_module
+    from kmeans_partition.runner import seeding
 
     seen = []
     original = km.reduce_candidates
@@ -217,10 +217,10 @@ def test_the_reduction_task_moves_the_candidates_to_the_workers_array_library(mo
         seen.append(be.namespace(points))
         return original(points, *args)
 
-    monkeypatch.setattr(fit_module.be, "partition_namespace", lambda backend: xps)
-    monkeypatch.setattr(fit_module.km, "reduce_candidates", spy)
+    monkeypatch.setattr(seeding.be, "partition_namespace", lambda backend: xps)
+    monkeypatch.setattr(seeding.km, "reduce_candidates", spy)
     points = blobs(500, 8, 10, seed=9)
     weights = np.ones(len(points))
-    got = fit_module._reduce_candidates(points, weights, 20, [3, 5], 5_000)
+    got = seeding.reduce_on_worker(points, weights, 20, [3, 5], 5_000)
     assert seen == [xps] and isinstance(got, np.ndarray)
     np.testing.assert_array_equal(got, original(points, weights, 20, [3, 5], 5_000))

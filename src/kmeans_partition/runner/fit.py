@@ -21,7 +21,7 @@ from distributed import Client, Future, as_completed
 from . import backend as be
 from . import kmeans as km
 from .lloyd import LloydReduction, lloyd_partial
-from . import partition as partition_module
+from . import seeding
 from .partition import Partition
 from .progress import Progress
 from .recovery import is_lost, is_lost_error, note
@@ -30,10 +30,6 @@ from .worker_memory import relax_malloc_trim
 
 #: Sampling rounds of k-means|| (Spark MLlib's default; each round is one pass).
 KMEANS_PARALLEL_ROUNDS = 2
-#: Float32 entries of one rows x candidates distance block in the sampling passes on a GPU (128 MB;
-#: on NumPy `backend.HOST_BLOCK_ENTRIES`, 16 MB); with ~2k candidates per round a whole ``batch``
-#: of rows would need gigabytes at large k.
-CANDIDATE_BLOCK_ENTRIES = 1 << 25
 
 
 @dataclass
@@ -61,88 +57,13 @@ def _lloyd_step(part: Partition, previous, centroids: np.ndarray, drift, batch: 
     return lloyd_partial(part.xa, part.x_sq, centroids, batch, previous, drift)
 
 
+#: Dask priority of the tasks that split and reduce a Lloyd step's results (the steps have 0).
+REDUCE_PRIORITY = 1
+
+
 def _bounds_only(step: tuple) -> tuple:
-    """(None, bounds): a reduced step without its k x d partial sums, which the next step needs
-    not (held on, they doubled the partials a worker keeps: 3 MB a partition at k=1000, d=384)."""
+    """(None, bounds): a step without its k x d partial sums, which the next step needs not."""
     return None, step[1]
-
-
-def _nearest_candidate(part: Partition, state, own, cands: np.ndarray, offset: int, batch: int):
-    """Update (min squared distance, index of nearest candidate) with new candidates.
-
-    ``own``: (local rows, candidate index of the first) of this partition's rows among ``cands``.
-    Those rows are their own nearest candidate at distance 0, and rows already at distance 0 cannot
-    get closer, so neither is computed: at large k the candidates are a sizeable share of the rows.
-    """
-    relax_malloc_trim()
-    xp = be.namespace(part.xa)
-    dev = be.device(part.xa)
-    entries = be.HOST_BLOCK_ENTRIES if be.is_numpy(xp) else CANDIDATE_BLOCK_ENTRIES
-    rows = max(1, min(batch, entries // max(len(cands), 1)))
-    ca = km.augment_centroids(cands, ref=part.xa)
-    if state is None:
-        dist_sq = xp.full(part.n_rows, xp.inf, dtype=xp.float32, device=dev)
-        labels = xp.zeros(part.n_rows, dtype=xp.int64, device=dev)
-    else:
-        dist_sq, labels = xp.asarray(state[0], copy=True), xp.asarray(state[1], copy=True)
-    if own is not None:  # sampled rows had a distance > 0, so each is now its own nearest candidate
-        local, first = own
-        local_dev = be.like(np.asarray(local, dtype=np.int64), part.xa)
-        dist_sq = be.put(xp, dist_sq, local_dev, 0.0)
-        labels = be.put(xp, labels, local_dev, be.like(first + np.arange(len(local), dtype=np.int64), part.xa))
-    todo = be.nonzero(xp, dist_sq > 0)
-    if todo.shape[0] > part.n_rows - part.n_rows // 16:  # little to skip: contiguous blocks, no gathering
-        todo = None
-    total = part.n_rows if todo is None else todo.shape[0]
-    for start in range(0, total, rows):
-        stop = min(start + rows, total)
-        if todo is None:
-            block = slice(start, stop)
-            xa, x_sq, old_d, old_l = part.xa[block, :], part.x_sq[block], dist_sq[block], labels[block]
-        else:
-            block = todo[start:stop]
-            xa, x_sq = xp.take(part.xa, block, axis=0), xp.take(part.x_sq, block)
-            old_d, old_l = xp.take(dist_sq, block), xp.take(labels, block)
-        lab, dist = km.nearest(xa, x_sq, ca, rows)
-        closer = dist < old_d  # ties keep the older (lower-index) candidate
-        new_l = xp.where(closer, xp.astype(lab, xp.int64) + offset, old_l)
-        new_d = xp.where(closer, dist, old_d)
-        if todo is None:
-            labels[block], dist_sq[block] = new_l, new_d
-        else:
-            labels, dist_sq = be.put(xp, labels, block, new_l), be.put(xp, dist_sq, block, new_d)
-    return dist_sq, labels
-
-
-def _state_cost(state) -> float:
-    xp = be.namespace(state[0])
-    return float(xp.sum(xp.astype(state[0], xp.float64)))
-
-
-def _oversample(part: Partition, state, seed: list[int], phi: float, expected: float) -> tuple:
-    """Bernoulli sample with probability min(1, expected * d^2 / phi) (Bahmani et al.): (rows, local indices).
-
-    The uniform draws come from NumPy's generator on the host (the same sample on every backend);
-    the rows come back as NumPy."""
-    xp = be.namespace(part.xa)
-    draws = be.like(be.host_random(seed, part.n_rows), part.xa)
-    if phi > 0:
-        prob = xp.minimum(expected * xp.astype(state[0], xp.float64) / phi, 1.0)
-        picked = be.nonzero(xp, draws < prob)
-    else:
-        picked = be.nonzero(xp, draws < 0.0)
-    return np.ascontiguousarray(be.to_host(be.take_rows(part.x, picked))), be.to_host(picked)
-
-
-def _reduce_candidates(points: np.ndarray, weights: np.ndarray, k: int, seed: list[int], n_rows: int) -> np.ndarray:
-    """On a worker: the k-means|| reduction on its device (CuPy on a GPU worker, as the partitions);
-    the (k, d) float32 centroids come back as NumPy."""
-    xp = be.partition_namespace(partition_module.ARRAY_BACKEND)
-    return km.reduce_candidates(points if be.is_numpy(xp) else xp.asarray(points), weights, k, seed, n_rows)
-
-
-def _candidate_weights(state, m: int) -> np.ndarray:
-    return be.to_host(be.bincount(be.namespace(state[1]), state[1], m)).astype(np.float64)
 
 
 # ---------------------------------------------------------------- client side
@@ -256,14 +177,14 @@ class DaskKMeans:
         candidates = [self.fetch_rows(rng.integers(n_total, size=1))]
         first = self._scatter(candidates[0])
         none = [None] * len(self.parts)
-        states = self._map(_nearest_candidate, self.parts, none, none, cands=first, offset=0, batch=self.batch)
+        states = self._map(seeding.nearest_candidate, self.parts, none, none, cands=first, offset=0, batch=self.batch)
         expected = oversampling_factor * self.k
         n_cands = 1
         for round_no in range(KMEANS_PARALLEL_ROUNDS):
-            phi = sum(self.client.gather(self._map(_state_cost, states)))
+            phi = sum(self.client.gather(self._map(seeding.state_cost, states)))
             seeds = [[self.random_state, round_no, p] for p in range(len(self.parts))]
             samples = self.client.gather(
-                self._map(_oversample, self.parts, states, seeds, phi=phi, expected=expected)
+                self._map(seeding.oversample, self.parts, states, seeds, phi=phi, expected=expected)
             )
             new = np.concatenate([rows for rows, _ in samples])
             if len(new) == 0:
@@ -272,12 +193,12 @@ class DaskKMeans:
             own = [(local, int(first)) for (_, local), first in zip(samples, firsts)]
             new_f = self._scatter(new)
             states = self._map(
-                _nearest_candidate, self.parts, states, own, cands=new_f, offset=n_cands, batch=self.batch
+                seeding.nearest_candidate, self.parts, states, own, cands=new_f, offset=n_cands, batch=self.batch
             )
             candidates.append(new)
             n_cands += len(new)
         points = np.concatenate(candidates)
-        counts = self._map(_candidate_weights, states, m=n_cands)
+        counts = self._map(seeding.candidate_weights, states, m=n_cands)
         weights = self.client.gather(tree_reduce(self.client, counts, add_arrays))  # summed on the workers
         if n_cands < self.k:  # too few candidates (tiny or highly duplicated data): top up uniformly
             extra = rng.choice(n_total, size=min(self.k, n_total), replace=False)
@@ -287,7 +208,7 @@ class DaskKMeans:
         # On a worker, on its device (a GPU's on dask-cuda workers); the client stays light.
         seed = [self.random_state, KMEANS_PARALLEL_ROUNDS]
         points_f = self.client.scatter(points, hash=False)  # tens of MB at large k: not inside the task graph
-        reduced = self.client.submit(_reduce_candidates, points_f, weights, self.k, seed, n_total, pure=False)
+        reduced = self.client.submit(seeding.reduce_on_worker, points_f, weights, self.k, seed, n_total, pure=False)
         centroids = reduced.result()
         self.init_details = {
             "candidates": len(points), "trials": km.local_trials(self.k, len(points), n_total),
@@ -296,40 +217,44 @@ class DaskKMeans:
         return centroids
 
     # -- Lloyd
-    def _redo_without_bounds(self, c_f: Future, centroids: np.ndarray) -> Callable[[int], Future]:
-        """A function submitting partition i's step from `centroids` again, without bounds."""
+    def _redo_without_bounds(self, c_f: Future, centroids: np.ndarray) -> Callable[[int, Optional[Future]], Future]:
+        """A function submitting partition i's step from `centroids` again without bounds (given
+        the partition's surviving last bounds, its changed labels are still counted)."""
         scattered = [c_f]
 
-        def redo(i: int) -> Future:
+        def redo(i: int, last: Optional[Future] = None) -> Future:
             if is_lost(scattered[0]):  # the broadcast centroids went with the worker too
                 scattered[0] = self._scatter(centroids)
-            return self.client.submit(_lloyd_step, self.parts[i], None, scattered[0], None, self.batch, pure=False)
+            return self.client.submit(_lloyd_step, self.parts[i], last, scattered[0], None, self.batch, pure=False)
 
         return redo
 
-    def _reduce(self, steps: list[Future], previous: np.ndarray, redo: Optional[Callable[[int], Future]] = None):
+    def _reduce(self, steps: list[Future], previous: np.ndarray, redo: Optional[Callable] = None):
         """Reduce the steps' partials on the workers (fixed tree); only the total comes here.
 
-        A step lost with its worker (its bounds or centroids gone too) is redone with `redo`
-        (default: from `previous` without bounds, every row of that partition computed). `steps`
-        is updated in place; once reduced, each holds only its bounds (`_bounds_only`).
+        `steps` (futures of (partial, bounds)) are replaced in place by their bounds alone
+        (`_bounds_only`) before the reduction, so only the tree holds each partial, until it is
+        combined: a worker keeps a few k x d partials at a time, not one per partition. When
+        results are lost with a worker, every partition's step is redone with `redo` (default:
+        from `previous`, without bounds) and reduced again.
         """
         if redo is None:
             redo = self._redo_without_bounds(self._scatter(previous), previous)
         for attempt in itertools.count():
-            partials = [self.client.submit(itemgetter(0), s, pure=False) for s in steps]
-            total = tree_reduce(self.client, partials, combine_partials, keep=self.k)
+            pairs = list(zip(steps, self.placement))
+            first = dict(pure=False, priority=REDUCE_PRIORITY)  # before the next steps: frees their inputs
+            leaves = [self.client.submit(itemgetter(0), s, **first, **where) for s, where in pairs]
+            steps[:] = [self.client.submit(_bounds_only, s, **first, **where) for s, where in pairs]
+            total = tree_reduce(self.client, leaves, combine_partials, priority=REDUCE_PRIORITY, keep=self.k)
+            del leaves, pairs
             for _ in as_completed([total]):  # finished, failed or cancelled (`wait` raises on the latter)
                 pass
             if not is_lost(total):
                 break
-            lost = [i for i, s in enumerate(steps) if is_lost(s)]
-            note("a Lloyd step", attempt, f"partitions {lost}")
+            note("a Lloyd step", attempt, f"partitions {[i for i, s in enumerate(steps) if is_lost(s)]} lost")
             self.recoveries.append("lloyd")
             self._recover_parts()
-            for i in lost:
-                steps[i] = redo(i)
-        steps[:] = [self.client.submit(_bounds_only, s, pure=False, **where) for s, where in zip(steps, self.placement)]
+            steps[:] = [redo(i, None if is_lost(s) else s) for i, s in enumerate(steps)]
         reduction = LloydReduction(1)
         reduction.add(0, self.client.gather(total))
         return reduction.finish(previous)

@@ -15,13 +15,16 @@ from distributed import Client, Future
 from .lloyd import LloydPartial
 
 
-def tree_reduce(client: Client, leaves: list[Future], combine, **kwargs) -> Future:
-    """The root future of ``combine(left, right, **kwargs)`` over `leaves` in a fixed binary tree."""
+def tree_reduce(client: Client, leaves: list[Future], combine, priority: int = 0, **kwargs) -> Future:
+    """The root future of ``combine(left, right, **kwargs)`` over `leaves` in a fixed binary tree;
+    ``priority``: Dask's, of the combine tasks (above the leaves' tasks: a pair combines, and frees
+    its halves, as soon as both exist, before the worker computes further leaves)."""
     if not leaves:
         raise ValueError("nothing to reduce")
     level = list(leaves)
     while len(level) > 1:
-        up = [client.submit(combine, level[i], level[i + 1], pure=False, **kwargs) for i in range(0, len(level) - 1, 2)]
+        up = [client.submit(combine, level[i], level[i + 1], pure=False, priority=priority, **kwargs)
+              for i in range(0, len(level) - 1, 2)]
         if len(level) % 2:
             up.append(level[-1])
         level = up
