@@ -32,12 +32,12 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from . import backend as be
 from . import kmeans as km
 from .output import TMP_PREFIX, is_local
+from .parquet_files import write_file
 from .partition import ID_COLUMN, Partition
 from .summary import AssignSummary, distances_to_assigned, nearest_with_second
 from .worker_memory import release_freed, use_system_arrow_pool
@@ -46,11 +46,6 @@ from .worker_memory import release_freed, use_system_arrow_pool
 ROWS_PER_FILE = 1_000_000
 #: Most bytes of rows in one write group (`memory_mode.write_task_bytes`); a larger file is a group alone.
 WRITE_TASK_BYTES = 256 << 20
-#: Parquet row groups of about this many bytes of rows (at least `MIN_ROW_GROUP_ROWS`): the writer holds
-#: about 2x a row group while it encodes it (measured 19 MiB for a 10 MiB file written as one group,
-#: 151 MiB for 101 MiB of Arrow memory), so a large centroid's file no longer costs its writer twice its size.
-ROW_GROUP_BYTES = 4 << 20
-MIN_ROW_GROUP_ROWS = 1024
 #: Bytes a row takes besides its embedding (id, distances, offsets), for sizing write groups.
 ROW_OVERHEAD_BYTES = 64
 L2_COLUMN = "l2_dist_to_cent"
@@ -350,32 +345,6 @@ def write_group(
                 pass
         release_freed()
     return written
-
-
-def write_file(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
-    """One parquet file: snappy, row groups of about `ROW_GROUP_BYTES`, no dictionary for float columns."""
-    with pq.ParquetWriter(path, table.schema, filesystem=fs, use_dictionary=dictionary_columns(table.schema)) as w:
-        w.write_table(table, row_group_size=row_group_rows(table))
-
-
-def row_group_rows(table: pa.Table) -> int:
-    """Rows per row group: about `ROW_GROUP_BYTES` of `table`'s rows, at least `MIN_ROW_GROUP_ROWS`."""
-    row_bytes = table.nbytes / max(1, table.num_rows)
-    return max(MIN_ROW_GROUP_ROWS, int(ROW_GROUP_BYTES // max(1.0, row_bytes)))
-
-
-def dictionary_columns(schema: pa.Schema) -> list[str]:
-    """Columns worth pyarrow's dictionary attempt: all but floating-point (and list of float) ones.
-
-    Embeddings and distances are ~all distinct: the attempt saves nothing and costs ~10x a plain
-    write for files of a few thousand rows (it runs until the dictionary reaches 1 MB).
-    """
-    def is_float(t: pa.DataType) -> bool:
-        if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-            return is_float(t.value_type)
-        return pa.types.is_floating(t)
-
-    return [field.name for field in schema if not is_float(field.type)]
 
 
 def _remove_quietly(fs: pafs.FileSystem, paths: list[str]) -> None:
