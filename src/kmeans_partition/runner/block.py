@@ -78,7 +78,7 @@ class Filled:
 
 def prepare_worker() -> None:
     """A worker's memory settings for the data path, before its first Arrow buffer (once per process)."""
-    use_system_arrow_pool()  # Arrow's freed memory trimmable like the rest; a reader keeps the pool it opened with
+    use_system_arrow_pool()  # Python's Arrow buffers on glibc, trimmable (the C++ reader's: `WORKER_ENV`)
     relax_malloc_trim()  # the batches' scratch reused, not page-faulted afresh (~2.3x fewer faults)
     avoid_hugepage_stalls()  # the block's pages fault in 4 KB at a time, never waiting on compaction
 

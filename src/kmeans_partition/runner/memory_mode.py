@@ -9,8 +9,6 @@ the file size) and compared with the workers' memory limits (``memory_limit`` of
 
 from __future__ import annotations
 
-import numpy as np
-
 import logging
 from dataclasses import asdict, dataclass
 from typing import Optional
