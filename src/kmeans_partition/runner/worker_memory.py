@@ -80,7 +80,9 @@ WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
 
 
 def use_system_arrow_pool() -> bool:
-    """Allocate Arrow buffers with glibc's malloc from now on in this process; once per process.
+    """Allocate the Arrow buffers Python code asks for with glibc's malloc from now on in this
+    process; once per process. (The parquet reader's own buffers come from the process-wide pool,
+    which only `WORKER_ENV` switches.)
 
     pyarrow's default pool (mimalloc in the wheels) keeps freed segments mapped: measured 40-65 MiB
     resident beyond what Arrow held, through the fit (after the read's batches) and the write (its
