@@ -144,7 +144,7 @@ def fill(
     if start != n or schema is None:
         raise InputError(f"holds {start} rows, its metadata says {n}", source)
     id_type = schema.field(id_field).type
-    all_ids = pa.concat_arrays(ids) if len(ids) > 1 else (ids[0] if ids else pa.array([], id_type))
+    all_ids = pa.concat_arrays(ids) if len(ids) > 1 else (ids[0] if ids else pa.nulls(0, id_type))
     if metadata_fields:
         meta = pa.concat_tables(metadata) if len(metadata) > 1 else metadata[0]
     else:

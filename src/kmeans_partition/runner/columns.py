@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
+from .arrow_numpy import null_mask, offsets_to_numpy, to_numpy
 from .errors import InputError
 
 
@@ -41,7 +42,7 @@ def id_column(table: pa.Table, field: str, source: str, row_offset: int) -> pa.A
         raise InputError(f"ids must be scalars (strings or integers), got {kind}", source, field=field)
     ids = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     if ids.null_count:
-        row = first_true(ids.is_null().to_numpy(zero_copy_only=False))
+        row = first_true(null_mask(ids))
         raise InputError("id is missing or null", source, row=row_offset + row, field=field)
     return ids
 
@@ -70,7 +71,7 @@ def check_embedding_type(kind: pa.DataType, source: str, field: str) -> None:
 def _row_lengths(chunk: pa.Array) -> np.ndarray:
     if pa.types.is_fixed_size_list(chunk.type):
         return np.full(len(chunk), chunk.type.list_size, dtype=np.int64)
-    return np.diff(chunk.offsets.to_numpy(zero_copy_only=False).astype(np.int64))
+    return np.diff(offsets_to_numpy(chunk))
 
 
 def _check_lengths(
@@ -92,13 +93,13 @@ def _chunk_values(chunk: pa.Array, dim: int, source: str, field: str, row0: int)
     """The (len(chunk), dim) values of one null-free, equal-length list chunk."""
     values = chunk.flatten()  # honours slicing of the parent array
     if values.null_count:
-        position = first_true(values.is_null().to_numpy(zero_copy_only=False))
+        position = first_true(null_mask(values))
         raise InputError(
             "embedding contains a null (non-numeric) value", source, row=row0 + position // dim, field=field
         )
     if pa.types.is_null(values.type):
         return np.zeros((len(chunk), dim), dtype=np.float32)
-    return values.to_numpy(zero_copy_only=False).reshape(len(chunk), dim)
+    return to_numpy(values).reshape(len(chunk), dim)
 
 
 def first_length(column: pa.ChunkedArray) -> Optional[int]:
@@ -139,7 +140,7 @@ def embedding_matrix(
     for chunk in column.chunks:
         row0 = row_offset + start
         if chunk.null_count:
-            row = first_true(chunk.is_null().to_numpy(zero_copy_only=False))
+            row = first_true(null_mask(chunk))
             raise InputError("embedding is missing or null", source, row=row0 + row, field=field)
         lengths = _row_lengths(chunk)
         if dim is None and len(lengths):

@@ -13,7 +13,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 from distributed import Client, Future, as_completed
@@ -23,10 +23,12 @@ from . import kmeans as km
 from .lloyd import LloydReduction, lloyd_partial
 from . import seeding
 from .partition import Partition
-from .progress import Progress
 from .recovery import is_lost, is_lost_error, note
 from .tree_reduce import add_arrays, combine_partials, tree_reduce
 from .worker_memory import relax_malloc_trim
+
+if TYPE_CHECKING:  # the client's; workers unpickling this module's tasks need not load the status models
+    from .progress import Progress
 
 #: Sampling rounds of k-means|| (Spark MLlib's default; each round is one pass).
 KMEANS_PARALLEL_ROUNDS = 2
@@ -93,7 +95,11 @@ class DaskKMeans:
         self.k = n_clusters
         self.batch = batch
         self.random_state = random_state
-        self.progress = progress or Progress()
+        if progress is None:
+            from .progress import Progress
+
+            progress = Progress()
+        self.progress = progress
         self.bounds = bounds  # skip rows whose label cannot change (bounds.py); False: full steps
         self.init_details: dict = {}  # k-means||: candidates, trials, seconds per phase (for benchmarks)
         self.reload = reload  # partition index -> a new future of it (read again), for lost partitions

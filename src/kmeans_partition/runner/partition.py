@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from . import backend as be
 from .errors import InputError
+from .id_hash import hash_ids
 from .kmeans import augment_rows, row_sq_norms
 from .block import BlockSink
 from .read import read_into
@@ -108,7 +108,7 @@ def load_partition(index: int, ref, options: dict, out_of_core: bool = False,
     filled = read_into(ref, sink, normalise=True, **options)
     if filled is None:  # an empty JSONL file
         x = np.empty((0, options.get("embedding_dim") or 0), dtype=np.float32)
-        part = Partition.from_normalised(index, ref.path, ref.row_offset, pa.array([], pa.null()), x,
+        part = Partition.from_normalised(index, ref.path, ref.row_offset, pa.nulls(0), x,
                                          pa.table({n: pa.nulls(0) for n in options.get("metadata_fields") or []}))
     else:
         part = _from_block(index, ref, filled, sink.block)
@@ -186,12 +186,6 @@ def hash_buckets(part: Partition, n_buckets: int) -> list[np.ndarray]:
     hashes = hash_ids(part.ids)
     bucket = hashes % np.uint64(n_buckets)
     return [hashes[bucket == b] for b in range(n_buckets)]
-
-
-def hash_ids(ids: pa.Array) -> np.ndarray:
-    """64-bit hashes of ids (strings or integers), stable across processes."""
-    values = ids.to_pandas() if len(ids) else pd.Series([], dtype=object)
-    return pd.util.hash_pandas_object(values, index=False).to_numpy(dtype=np.uint64)
 
 
 def count_duplicates(*bucket_parts: np.ndarray) -> int:

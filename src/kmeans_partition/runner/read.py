@@ -355,7 +355,7 @@ def read_partition(
         return RawChunk(
             source=ref.path,
             row_offset=ref.row_offset,
-            ids=pa.array([], pa.null()),
+            ids=pa.nulls(0),
             embeddings=np.empty((0, embedding_dim or 0), dtype=np.float32),
             metadata=pa.table({name: pa.nulls(0) for name in metadata_fields or []}),
         )

@@ -36,6 +36,7 @@ from fsspec.core import url_to_fs
 
 from . import backend as be
 from . import kmeans as km
+from .arrow_numpy import from_numpy
 from .output import TMP_PREFIX, is_local
 from .parquet_files import write_file
 from .partition import ID_COLUMN, Partition
@@ -96,7 +97,7 @@ class Assignment:
         xp = be.namespace(self.labels)
 
         def host(values) -> pa.Array:
-            return pa.array(be.to_host(xp.take(values, rows)))
+            return from_numpy(be.to_host(xp.take(values, rows)))
 
         out = {L2_COLUMN: host(self.l2), COSINE_COLUMN: host(self.cosine)}
         if self.margin is not None:
@@ -252,8 +253,8 @@ def embedding_array(x: np.ndarray, max_values: int = MAX_LIST_VALUES) -> pa.Chun
     chunks = []
     for start in range(0, n, rows_per_chunk):
         rows = min(rows_per_chunk, n - start)
-        offsets = pa.array(np.arange(0, (rows + 1) * d, d, dtype=np.int32))
-        chunks.append(pa.ListArray.from_arrays(offsets, pa.array(flat[start * d:(start + rows) * d])))
+        offsets = from_numpy(np.arange(0, (rows + 1) * d, d, dtype=np.int32))
+        chunks.append(pa.ListArray.from_arrays(offsets, from_numpy(flat[start * d:(start + rows) * d])))
     return pa.chunked_array(chunks, type=pa.list_(pa.float32()))
 
 
@@ -261,7 +262,7 @@ def output_table(part: Partition, rows, assignment: Assignment, columns: OutputC
     """The partition's `rows` (indices on the partition's device), in that order; id and metadata
     cast to the unified types. Embeddings and distances are gathered on the device, then copied
     to the host."""
-    idx = pa.array(be.to_host(rows))
+    idx = from_numpy(be.to_host(rows))
     schema = columns.column_schema
     table = {
         columns.id_field: part.ids.take(idx).cast(schema.field(ID_COLUMN).type),
