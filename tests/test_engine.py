@@ -17,13 +17,13 @@ from distributed.protocol.pickle import dumps, loads
 
 import fake_cuml
 from dask_support import blobs, dask_client, scatter_partitions, write_input  # noqa: F401
-from kmeans_partition.runner import engine
+from kmeans_partition.runner import engine, worker_probe
 from kmeans_partition.runner.engine import EngineUnavailable, WorkerProbe, decide
 from kmeans_partition.runner.k8s_status import result_status
 from kmeans_partition.runner.stage import KMeansStage
 from kmeans_partition.spec import Engine, SpecError, parse_job_spec
 
-CUML_MISSING = engine._cuml_import_error() is not None
+CUML_MISSING = worker_probe.cuml_import_error() is not None
 
 
 @pytest.fixture
@@ -106,8 +106,8 @@ def test_precision_tf32_only_when_every_gpu_worker_has_it(caplog):
 def test_probes_run_on_the_workers(dask_client):
     probes = dask_client.run(engine.probe_worker)
     assert len(probes) == 2 and all(isinstance(p, WorkerProbe) for p in probes.values())
-    assert {p.gpu for p in probes.values()} == {engine._gpu_identity()}  # one machine: the same first device
-    assert {p.cuml_error for p in probes.values()} == {engine._cuml_import_error()}
+    assert {p.gpu for p in probes.values()} == {worker_probe.gpu_identity()}  # one machine: the same first device
+    assert {p.cuml_error for p in probes.values()} == {worker_probe.cuml_import_error()}
     assert engine.workers_have_cuml(dask_client) is (not CUML_MISSING)
 
 

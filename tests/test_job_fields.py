@@ -14,7 +14,7 @@ from pydantic.fields import FieldInfo
 
 from kmeans_partition import cli_flags
 from kmeans_partition.cli import build_parser, job_fields, main
-from kmeans_partition.runner import engine as engine_module
+from kmeans_partition.runner import engine as engine_module, worker_probe
 from kmeans_partition.runner.stage import KMeansStage
 from kmeans_partition.spec import DEFAULT_ENGINE, Engine, JobSpec, KMeansPartitionSpec, parse_job_spec
 
@@ -165,6 +165,6 @@ def test_auto_wants_a_gpu_of_its_own_per_worker(identities, usable):
 
 
 def test_the_default_engine_is_dask_on_cpu_workers(dask_client):
-    if engine_module._gpu_count():
+    if worker_probe.gpu_count():
         pytest.skip("this machine has a GPU")
     assert engine_module.choose_engine(DEFAULT_ENGINE, dask_client).chosen is Engine.dask

@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 from pydantic.alias_generators import to_camel
 
 from kmeans_partition.credentials import option_problems
+from kmeans_partition.runner.worker_probe import CUPY_TF32_ENV  # set by the operator, so cluster.env may not
 
 # Kubernetes resource.Quantity syntax (the pattern the API server's OpenAPI uses).
 QUANTITY_PATTERN = (
@@ -34,11 +35,6 @@ class _Model(BaseModel):
         extra="forbid",
         validate_assignment=True,
     )
-
-
-#: Env var through which CuPy allows TF32 for float32 GEMMs (read by CuPy, default 0); the operator sets
-#: it on GPU workers from ``distance_precision``, so ``cluster.env`` may not set it.
-CUPY_TF32_ENV = "CUPY_TF32"
 
 
 def _check_quantity(value: Union[str, int]) -> Union[str, int]:

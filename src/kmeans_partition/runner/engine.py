@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
-import socket
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -37,11 +35,10 @@ from distributed import Client, Future
 from .fit import FitResult
 from .partition import Partition
 from ..spec import CUPY_TF32_ENV, Engine, JobSpec, SpecError
+from .worker_probe import WorkerProbe, cuml_import_error, import_cuml_dask, probe_worker
 
 log = logging.getLogger(__name__)
 
-#: What cuML's multi-GPU KMeans imports (``cuml/dask/cluster/kmeans.py``), checked on every worker.
-CUML_MODULES = ("cuml.dask.cluster", "raft_dask.common.comms")
 CUML_KMEANS_MODULE = "cuml.dask.cluster.kmeans"
 NCCL_ROOT = "worker"
 
@@ -53,71 +50,9 @@ class EngineUnavailable(SpecError):
         super().__init__("engine", message)
 
 
-# ----------------------------------------------------------------- what each worker has
-
-
-def _import_cuml_dask() -> None:
-    """Import what cuML's multi-GPU KMeans needs; raises the worker's real error."""
-    for name in CUML_MODULES:
-        importlib.import_module(name)
-
-
-def _cuml_import_error() -> Optional[str]:
-    try:
-        _import_cuml_dask()
-    except Exception as err:  # ImportError, or a CUDA runtime error raised while importing
-        return f"{type(err).__name__}: {err}"
-    return None
-
-
-def _gpu_count() -> int:
-    try:
-        import cupy
-
-        return int(cupy.cuda.runtime.getDeviceCount())
-    except Exception:
-        return 0
-
-
-def _gpu_identity() -> Optional[str]:
-    """``host/PCI bus id`` of this process's first GPU, or None without one."""
-    if _gpu_count() == 0:
-        return None
-    try:
-        import cupy
-
-        return f"{socket.gethostname()}/{cupy.cuda.runtime.deviceGetPCIBusId(0)}"
-    except Exception:
-        return None
-
-
-@dataclass(frozen=True)
-class WorkerProbe:
-    """What one worker process has, as seen from inside it."""
-
-    host: str
-    gpu: Optional[str]  # host/PCI bus id of its first visible GPU; None: no GPU
-    cuml_error: Optional[str]  # None: cuML's multi-GPU KMeans imports
-    tf32: bool  # CUPY_TF32=1 in its environment
-
-    @property
-    def device(self) -> str:
-        return f"gpu {self.gpu}" if self.gpu else f"cpu {self.host}"
-
-
-def probe_worker() -> WorkerProbe:
-    """Runs on a worker (``client.run``)."""
-    return WorkerProbe(
-        host=socket.gethostname(),
-        gpu=_gpu_identity(),
-        cuml_error=_cuml_import_error(),
-        tf32=os.environ.get(CUPY_TF32_ENV, "0").strip() == "1",
-    )
-
-
 def workers_have_cuml(client: Client) -> bool:
     """cuML on every worker (checked there: the runner pod itself has no GPU and may lack it)."""
-    found = client.run(_cuml_import_error)
+    found = client.run(cuml_import_error)
     return bool(found) and all(error is None for error in found.values())
 
 
@@ -218,7 +153,7 @@ def choose_engine(
         cuml = _cuml_problem(probes)
         if cuml is not None:  # re-raise from the worker's own import error (traceback and type)
             try:
-                client.run(_import_cuml_dask, workers=[cuml[0]])
+                client.run(import_cuml_dask, workers=[cuml[0]])
             except Exception as real:
                 raise unavailable from real
         raise
