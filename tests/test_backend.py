@@ -251,7 +251,7 @@ def test_partition_namespace_chooses_cupy_only_when_asked_and_available(monkeypa
 
 
 def test_block_rows_caps_host_score_blocks_not_gpu_ones():
-    assert be.block_rows(np, 32768, 1000) == be.GEMM_ROWS  # 16 MB of scores, not 131 MB
+    assert be.block_rows(np, 32768, 1000) == be.GEMM_ROWS  # 8 MB of scores, not 131 MB
     assert be.block_rows(np, 32768, 100) == be.HOST_BLOCK_SMALL_ENTRIES // 100  # 4 MB at small k, not 13 MB
     assert be.block_rows(np, 32768, 10_000) == be.HOST_BLOCK_ENTRIES // 10_000  # 16 MB at large k, not 164 MB
     assert be.block_rows(np, 100, 1000) == 100  # the user's batch still bounds it

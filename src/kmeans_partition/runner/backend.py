@@ -124,9 +124,10 @@ _SCRATCH = threading.local()
 #: time with 2048 to 32768 rows per block, and 32768 x k held 131 MB (1.3 GB at k=10,000) ...
 HOST_BLOCK_ENTRIES = 1 << 22
 #: ... and once a block has `GEMM_ROWS` rows, at most this many (4 MB): 1024-row blocks made a k=1000
-#: step 4-8% slower, while at k=100 blocks of 10k rows fit as fast as 32k and hold 12 MB less.
+#: step 4-8% slower, 2048 rows none (8 MB at k=1000, not 16), while at k=100 blocks of 10k rows fit as
+#: fast as 32k and hold 12 MB less.
 HOST_BLOCK_SMALL_ENTRIES = 1 << 20
-GEMM_ROWS = 4096
+GEMM_ROWS = 2048
 
 
 def block_rows(xp: ModuleType, batch: int, k: int) -> int:
