@@ -60,6 +60,22 @@ def test_split_is_a_stable_sort_by_label_cut_at_the_bounds(release):
         assert part.__sizeof__() == 0  # Dask may still size it until the scheduler drops it
 
 
+def test_the_split_drops_the_threads_score_scratch():
+    """The fit's and the assignment's score blocks (8-16 MB a thread) are not kept through the write."""
+    from kmeans_partition.runner import backend as be
+
+    x = blobs(300, 5, 3, seed=4)
+    part = make_partition(x)
+    assignment = assign_partition(part, x[[0, 100, 200]], 64)
+    kept = be.scratch(np, x, (64, 3))  # a thread's score block, as the fit and the assignment leave it
+    assert vars(be._SCRATCH)
+    plan = plan_writes(assignment.summary.counts[None], max_rows=100)
+    columns = OutputColumns("id", "embedding", partition_stats(part).column_schema)
+    split_partition(part, assignment, plan.partition_bounds(0), columns)
+    assert not vars(be._SCRATCH)
+    assert not np.shares_memory(be.scratch(np, x, (64, 3)), kept)  # a fresh buffer when asked again
+
+
 def test_a_released_mapped_partition_removes_its_file_and_refuses_use(tmp_path):
     x = blobs(50, 4, 2, seed=2)
     xa = np.hstack([x, np.ones((50, 1), np.float32)])

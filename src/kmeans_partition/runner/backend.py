@@ -160,6 +160,15 @@ def scratch(xp: ModuleType, ref, shape: tuple[int, ...], name: str = "block"):
     return buffer[:size].reshape(shape)
 
 
+def drop_scratch() -> int:
+    """Forget this thread's `scratch` buffers (the job's GEMMs are over); returns how many there were.
+    They are freed once no array views them."""
+    names = list(vars(_SCRATCH))
+    for name in names:
+        delattr(_SCRATCH, name)
+    return len(names)
+
+
 def matmul(xp: ModuleType, a, b, out=None):
     """``a @ b``, into ``out`` where the library can (NumPy, CuPy); returns the product."""
     if out is None:

@@ -282,8 +282,9 @@ def split_partition(
     Each table owns its buffers, so each is freed once its group is written. ``release``: free
     the partition here (`Partition.release`; the write's split is its last use), not when the
     scheduler later releases it. The sort runs where the partition lives (NumPy or CuPy); only
-    each group's rows come back to the host.
+    each group's rows come back to the host. The thread's score scratch is dropped first.
     """
+    be.drop_scratch()  # the score blocks of the fit and assignment: their room goes to the pieces
     xp = be.namespace(assignment.labels)
     order = xp.argsort(assignment.labels, stable=True)
     pieces = [output_table(part, order[int(bounds[g]):int(bounds[g + 1])], assignment, columns)
