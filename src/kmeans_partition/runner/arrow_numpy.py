@@ -3,7 +3,7 @@
 pyarrow imports pandas, when it is installed, the first time `pa.array` sees any Python or NumPy
 object and on `Array.to_numpy`: ~35 MiB resident in every worker that never uses a DataFrame. These
 helpers go through Arrow's buffers instead, so a worker's data path never loads it
-(`tests/test_arrow_numpy.py` checks a worker running the job).
+(`tests/test_worker_footprint.py` checks a worker running the job).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ SplitMix64's finaliser, a bijection, so distinct integers never collide; a byte 
 8-byte little-endian words, each word mixed with its position, summed, then mixed with the length
 (distinct strings collide with probability ~2^-64 a pair, like the pandas hash used before, which
 would load pandas into every worker). Strings are processed word slot by word slot over all rows
-at once, longest first, so the loop runs max-length / 8 times.
+at once, longest first, so the loop runs max-length / 8 times. A ``uint64`` id above 2^63 - 1
+shares its hash with the ``int64`` of the same bits (one column has one type across a run's files).
 """
 
 from __future__ import annotations

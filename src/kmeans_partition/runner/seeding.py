@@ -11,7 +11,7 @@ from . import backend as be
 from . import kmeans as km
 from . import partition as partition_module
 from .partition import Partition
-from .worker_memory import relax_malloc_trim
+from .worker_memory import relax_malloc_trim, release_freed
 
 #: Float32 entries of one rows x candidates distance block in the sampling passes on a GPU (128 MB;
 #: on NumPy `backend.HOST_BLOCK_ENTRIES`, 16 MB); with ~2k candidates per round a whole ``batch``
@@ -90,7 +90,9 @@ def reduce_on_worker(points: np.ndarray, weights: np.ndarray, k: int, seed: list
     """On a worker: the k-means|| reduction on its device (CuPy on a GPU worker, as the partitions);
     the (k, d) float32 centroids come back as NumPy."""
     xp = be.partition_namespace(partition_module.ARRAY_BACKEND)
-    return km.reduce_candidates(points if be.is_numpy(xp) else xp.asarray(points), weights, k, seed, n_rows)
+    centroids = km.reduce_candidates(points if be.is_numpy(xp) else xp.asarray(points), weights, k, seed, n_rows)
+    release_freed()  # its distance blocks' heap pages, before the fit's steps run here
+    return centroids
 
 
 def candidate_weights(state, m: int) -> np.ndarray:

@@ -126,6 +126,7 @@ def assign_partition(
     there. The summary is computed on the host from copies of the labels, distances and margins (12 bytes
     a row). ``second_centroid``: keep the `SECOND_CENTROID_COLUMN` and `MARGIN_COLUMN` columns.
     """
+    release_freed()  # what the fit freed (its heap stays at its high water until trimmed)
     xp = be.namespace(part.xa)
     k = centroids.shape[0]
     centroids = np.ascontiguousarray(centroids, dtype=np.float32)
@@ -137,7 +138,7 @@ def assign_partition(
     counts = np.bincount(host_labels, minlength=k).astype(np.int64)
     stats = AssignSummary.from_rows(host_labels, be.to_host(cosine), be.to_host(margin), k)
     summary = PartitionAssigned(part.index, counts, float(xp.sum(xp.astype(dist_sq, xp.float64))), stats)
-    release_freed()  # the float64 blocks' heap pages (also the fit's, on the first assign)
+    release_freed()  # the float64 blocks' heap pages
     if not second_centroid:
         return Assignment(labels, l2, cosine, summary)
     return Assignment(labels, l2, cosine, summary, second, margin)
