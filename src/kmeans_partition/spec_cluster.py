@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 from pydantic.alias_generators import to_camel
 
 from kmeans_partition.credentials import option_problems
-from kmeans_partition.runner.worker_probe import CUPY_TF32_ENV  # set by the operator, so cluster.env may not
+from kmeans_partition.runner.worker_probe import CUPY_TF32_ENV  # the operator sets it: cluster.env may not
 
 # Kubernetes resource.Quantity syntax (the pattern the API server's OpenAPI uses).
 QUANTITY_PATTERN = (
