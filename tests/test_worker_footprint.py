@@ -14,13 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def loaded():
-    return sorted(m for m in ("pandas", "pydantic") if m in sys.modules)
+    return sorted(m for m in ("pandas", "pydantic", "scipy.sparse") if m in sys.modules)
 
 
 def test_a_worker_running_the_job_never_loads_pandas_nor_the_spec_models(tmp_path, monkeypatch):
     """pyarrow loads pandas (~35 MiB a worker) on `pa.array` and `to_numpy`; the job's worker tasks
     (read, fit, assign, write, the duplicate count) go through buffers instead. The engine's probe
-    runs from `worker_probe`, which does not import the spec (pydantic, ~9 MiB)."""
+    runs from `worker_probe`, which does not import the spec (pydantic, ~9 MiB). The Lloyd sums use
+    scipy's kernel without scipy.sparse (~13 MiB, `host_sums`)."""
     from kmeans_partition.runner.cluster import dask_client
     from kmeans_partition.runner.stage import KMeansStage
 

@@ -10,8 +10,9 @@ that names an array library. It holds:
 * what the standard lacks: scatter-add / segment sums (`segment_sum`), `bincount`, writes at
   integer indices (`put`), ``out=`` products (`matmul`), reused work buffers (`scratch`),
   host <-> device copies (`to_host`, `like`);
-* NumPy's fast paths (in-place BLAS with ``out=``, thread-local buffers, scipy.sparse one-hot
-  sums), kept so the CPU engine runs as fast as before (docs/benchmarks.md).
+* NumPy's fast paths (in-place BLAS with ``out=``, thread-local buffers, scipy's one-hot CSR
+  sums without importing scipy.sparse: `host_sums`), kept so the CPU engine runs as fast as
+  before (docs/benchmarks.md).
 
 Any other library (array-api-strict in the tests) takes the generic path: one-hot products for
 the sums and host round trips for `put`, exact but slow.
@@ -27,6 +28,8 @@ from typing import Any, Optional
 
 import numpy as np
 from array_api_compat import array_namespace, device, is_cupy_namespace, is_numpy_namespace
+
+from . import host_sums
 
 __all__ = ["namespace", "device", "is_numpy", "is_cupy", "partition_namespace", "to_host", "like"]
 
@@ -270,20 +273,18 @@ def sum_block(xp: ModuleType) -> int:
 def segment_sum(xp: ModuleType, labels, rows, k: int, ones=None):
     """Per-label sums of ``rows`` (n, d) -> (k, d) in the rows' dtype (float32 products).
 
-    NumPy: a scipy.sparse one-hot product (``ones``: a reusable vector of at least n ones);
-    CuPy: cupyx's sparse one-hot product (cuSPARSE); others: a dense one-hot GEMM.
+    NumPy: scipy's one-hot CSR product (`host_sums`; ``ones``: a reusable vector of at least n
+    ones); CuPy: cupyx's sparse one-hot product (cuSPARSE); others: a dense one-hot GEMM.
     """
     n = rows.shape[0]
-    if _native(xp):
-        sparse = importlib.import_module("scipy.sparse" if is_numpy(xp) else "cupyx.scipy.sparse")
-        raw = _raw(xp)
-        ones = raw.ones(n, dtype=rows.dtype) if ones is None else ones[:n]
-        if is_numpy(xp):
-            one_hot = sparse.csr_matrix((ones, (labels, raw.arange(n))), shape=(k, n))
-        else:  # cupyx builds CSR from COO triplets
-            one_hot = sparse.coo_matrix((ones, (labels.astype(raw.int32), raw.arange(n, dtype=raw.int32))),
-                                        shape=(k, n)).tocsr()
-        return raw.asarray(one_hot @ rows)
+    if is_numpy(xp):
+        return host_sums.segment_sum(np.asarray(labels), np.asarray(rows), k, ones)
+    if is_cupy(xp):
+        cp, sparse = _raw(xp), importlib.import_module("cupyx.scipy.sparse")
+        ones = cp.ones(n, dtype=rows.dtype) if ones is None else ones[:n]
+        one_hot = sparse.coo_matrix((ones, (labels.astype(cp.int32), cp.arange(n, dtype=cp.int32))),
+                                    shape=(k, n)).tocsr()  # cupyx builds CSR from COO triplets
+        return cp.asarray(one_hot @ rows)
     cols = xp.arange(k, device=device(rows))
     one_hot = xp.astype(xp.astype(labels, cols.dtype)[None, :] == cols[:, None], rows.dtype)
     return one_hot @ rows
