@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dask
 import pytest
 import yaml
 
 from kmeans_partition.operator import builders as B
 from kmeans_partition.operator import labels as L
+from kmeans_partition.runner.cluster import SCHEDULER_CONFIG
 from kmeans_partition.spec import API_GROUP, KIND, PLURAL, parse_resource_spec
 
 NAME, NS, UID = "docs", "team-a", "0f1e2d3c-uid"
@@ -102,6 +104,10 @@ def test_scheduler_never_requests_a_gpu(data):
     assert scheduler["service"]["selector"]["dask.org/cluster-name"] == cluster["metadata"]["name"]
     # tasks without any worker fail after a while instead of waiting forever (read by distributed)
     assert _env(container)["DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT"] == B.NO_WORKERS_TIMEOUT
+    # the runner's scheduler settings (no work stealing), as distributed reads them from the environment
+    collected = dask.config.collect_env({k: v for k, v in _env(container).items() if k.startswith("DASK_")})
+    assert SCHEDULER_CONFIG and all(dask.config.get(key, config=collected) == value
+                                    for key, value in SCHEDULER_CONFIG.items())
 
 
 def test_integer_quantities_are_written_as_strings():

@@ -140,7 +140,10 @@ def _dask_pod_spec(spec: KMeansPartitionSpec, container: dict[str, Any], volumes
 
 #: Tasks left this long without any worker fail (``no-workers-timeout``), then the runner: no endless wait.
 NO_WORKERS_TIMEOUT = "1800s"
-NO_WORKERS_TIMEOUT_ENV = {"name": "DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT", "value": NO_WORKERS_TIMEOUT}
+#: The scheduler's settings, read by distributed from its environment: that timeout, and the runner's
+#: `cluster.SCHEDULER_CONFIG` (no work stealing: partitions stay with the worker that read them).
+SCHEDULER_SETTINGS_ENV = ({"name": "DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT", "value": NO_WORKERS_TIMEOUT},
+                          {"name": "DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING", "value": "False"})
 
 
 def build_dask_cluster(
@@ -150,7 +153,7 @@ def build_dask_cluster(
     cluster_name = L.dask_cluster_name(name)
     cluster = spec.cluster
     scheduler_volumes, scheduler_mounts, scheduler_env = _with_tls(name, spec, *SEC.scratch_volumes(),
-                                                                   _env(spec, NO_WORKERS_TIMEOUT_ENV))
+                                                                   _env(spec, *SCHEDULER_SETTINGS_ENV))
     # Workers get the scheduler's address from the dask-kubernetes operator (always tcp://) unless set here.
     address = [S.SCHEDULER_ADDRESS.env(scheduler_address(name, namespace, tls=True))] if cluster.tls else []
     processes = worker_processes(spec)
