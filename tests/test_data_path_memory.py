@@ -2,6 +2,7 @@
 in their split, write groups sized by the data per worker, reads spread over workers (no Dask)."""
 
 import os
+import pickle
 import sys
 
 import numpy as np
@@ -87,6 +88,10 @@ def test_a_released_mapped_partition_removes_its_file_and_refuses_use(tmp_path):
     assert not os.path.exists(path) and part.__sizeof__() == 0
     with pytest.raises(RuntimeError, match="released"):
         part.xa
+    copy = pickle.loads(pickle.dumps(part))  # Dask may still spill it (seen under a memory limit)
+    assert (copy.index, copy.source, copy.__sizeof__()) == (0, "mem://0", 0)
+    with pytest.raises(RuntimeError, match="released"):
+        copy.xa
 
 
 def ref(nbytes):

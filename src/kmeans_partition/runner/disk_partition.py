@@ -83,7 +83,7 @@ class MappedPartition(Partition):
         self.index, self.source, self.row_offset = index, source, row_offset
         self.ids, self.path, self.x_sq, self.metadata = ids, path, x_sq, metadata
         self._mapped: Optional[weakref.ref] = None
-        self._finalizer = weakref.finalize(self, _remove_quietly, path)
+        self._finalizer = weakref.finalize(self, _remove_quietly, path) if path is not None else None
 
     def __sizeof__(self) -> int:
         """Only what this process holds: the rows are the page cache's (so Dask never spills them)."""
@@ -108,8 +108,11 @@ class MappedPartition(Partition):
             _remove_quietly(path)
 
     def __reduce__(self):
-        # Pickled when Dask moves it to another worker (work stealing): the rows travel (mapped here,
-        # pickle protocol 5 sends them out of band) and land in that worker's local directory.
+        # Pickled when Dask moves it to another worker or spills it: the rows travel (mapped here, pickle
+        # protocol 5 sends them out of band) and land in that worker's local directory. A released one
+        # (still in the worker's data until the scheduler forgets it, and spillable) travels as one.
+        if self.path is None:
+            return (_released, (self.index, self.source, self.row_offset))
         return (_rebuild, (self.index, self.source, self.row_offset, self.ids, self.xa, self.x_sq, self.metadata))
 
 
@@ -118,6 +121,12 @@ def _rebuild(index: int, source: str, row_offset: int, ids: pa.Array, xa: np.nda
     path = _new_path(index)
     np.save(path, xa)
     return MappedPartition(index, source, row_offset, ids, path, x_sq, metadata)
+
+
+def _released(index: int, source: str, row_offset: int) -> "MappedPartition":
+    part = MappedPartition(index, source, row_offset, None, None, None, None)
+    part.release()
+    return part
 
 
 def _new_path(index: int) -> str:
