@@ -57,3 +57,15 @@ def test_a_given_scheduler_that_steals_is_reported_and_the_operators_settings_tu
 def mkdir(path):
     path.mkdir()
     return path
+
+
+def test_the_next_write_group_goes_to_the_worker_whose_write_just_ended():
+    from kmeans_partition.runner.write_tasks import GroupWriter
+
+    with local_cluster(2) as cluster, Client(cluster) as client:
+        first, second = sorted(client.scheduler_info()["workers"])
+        writer = GroupWriter(client, out=None, storage_options={}, progress=None)
+        for address in (first, second):
+            done = client.submit(len, [1, 2], workers=[address], pure=False)
+            done.result()
+            assert writer.freed_slot(done) == {"workers": [address], "allow_other_workers": True}
