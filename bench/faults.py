@@ -5,7 +5,8 @@ run's (files, centroids, manifest except timings and work counters), and how man
     python bench/faults.py --rows 2000000 --dim 128     # the issue's size
     python bench/faults.py --rows 200000 --dim 64       # what docs/reliability.md records
 
-A real `dask scheduler` and `--no-nanny` workers on 127.0.0.1 (tests/fault_support.py); the kill
+A real `dask scheduler` (with the operator's settings: no work stealing; `--stealing`: Dask's
+defaults) and `--no-nanny` workers on 127.0.0.1 (tests/fault_support.py); the kill
 lands while a task of the phase runs on the victim (polled from the scheduler). A killed worker
 is replaced before the next phase, so every run starts with 3 workers.
 """
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from fault_support import PHASES, VARYING_KEYS, KillWorker, connect, dask_processes  # noqa: E402
+from kmeans_partition.operator.builders import SCHEDULER_SETTINGS_ENV  # noqa: E402
 from kmeans_partition.runner.progress import Progress  # noqa: E402
 from kmeans_partition.runner.sample import write_sample  # noqa: E402
 from kmeans_partition.runner.stage import KMeansStage  # noqa: E402
@@ -42,6 +44,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8192, help="max_samples_per_batch (smaller: longer phases)")
     p.add_argument("--workers", type=int, default=3)
     p.add_argument("--phases", default=",".join(PHASES))
+    p.add_argument("--stealing", action="store_true",
+                   help="a scheduler with Dask's defaults (work stealing on), not the operator's settings")
     return p.parse_args(argv)
 
 
@@ -83,7 +87,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         )
 
     rows = []
-    with dask_processes(args.workers, tmp) as cluster:
+    # The scheduler as the operator starts it (no work stealing), unless --stealing.
+    scheduler_env = None if args.stealing else {item["name"]: item["value"] for item in SCHEDULER_SETTINGS_ENV}
+    with dask_processes(args.workers, tmp, scheduler_env) as cluster:
         with connect(cluster.address, args.workers) as client:
             job(tmp / "ref").run(client=client)  # also warms the workers up (imports)
             started = time.perf_counter()
@@ -108,7 +114,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     killer.watcher.join()
             rows.append((phase, killer.killed is not None, done, same, seconds - base, recoveries.count))
     print(f"rows={args.rows} dim={args.dim} k={args.k} max_iter={args.max_iter} batch={args.batch} "
-          f"workers={args.workers}; undisturbed run {base:.1f} s")
+          f"workers={args.workers} work stealing {'on' if args.stealing else 'off'}; undisturbed run {base:.1f} s")
     print("| phase | worker killed | completed | identical to undisturbed | extra s | rebuilds logged |")
     print("| --- | --- | --- | --- | --- | --- |")
     for phase, killed, done, same, extra, rebuilt in rows:
