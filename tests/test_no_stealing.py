@@ -65,6 +65,7 @@ def test_the_next_write_group_goes_to_the_worker_whose_write_just_ended():
     with local_cluster(2) as cluster, Client(cluster) as client:
         first, second = sorted(client.scheduler_info()["workers"])
         writer = GroupWriter(client, out=None, storage_options={}, progress=None)
+        assert writer.initial_slots() == [{"workers": [a], "allow_other_workers": True} for a in (first, second)]
         for address in (first, second):
             done = client.submit(len, [1, 2], workers=[address], pure=False)
             done.result()

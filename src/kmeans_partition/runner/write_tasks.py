@@ -77,8 +77,9 @@ class GroupWriter:
             return again.pop(g)
 
         try:
+            slots = self.initial_slots()
             while next_group < min(window, plan.n_groups):
-                submit_next()
+                submit_next(slots[next_group % len(slots)] if slots else None)
             for future in queue:
                 g = in_flight.pop(future)
                 if rebuild is not None and is_lost(future):
@@ -99,6 +100,12 @@ class GroupWriter:
             raise
         remove_attempts(self.out.fs, self.out.root)  # what attempts killed with their worker left
         return written
+
+    def initial_slots(self) -> list[dict]:
+        """Submit options for the first groups: the workers in turn, each as many times as it has
+        threads (a worker given two at the start would otherwise keep two while another had none)."""
+        return [{"workers": [address], "allow_other_workers": True}
+                for address, threads in sorted(self.client.nthreads().items()) for _ in range(max(1, threads))]
 
     def freed_slot(self, done) -> dict:
         """Submit options for the next group: the worker whose write task `done` just ended, loosely.
