@@ -21,9 +21,9 @@ log = logging.getLogger("kmeans_partition")
 #: settings; a test checks). No work stealing: the job places each partition's tasks on the worker that
 #: read it (`memory_mode.spread`, `stage_support.placement`), loosely, so that they still run after that
 #: worker is lost; Dask's stealing moves such tasks to a less busy worker, which then reads partitions
-#: that are not its share, or copies them over (an out-of-core partition into memory). Measured with one
-#: of two workers at half speed (500k x 384, k=1000): peak RSS 675 / 486 MiB with stealing, 573 / 573
-#: without; the job took 43 s with, 53 s without (docs/benchmarks.md).
+#: that are not its share, or copies them over (an out-of-core partition into memory). With one of two
+#: workers at half speed (500k x 384, k=1000; `bench/uneven_load.py`): the faster worker's peak RSS
+#: 635-674 MiB with stealing, 570-584 without (share 382); the job 12-30% longer without.
 SCHEDULER_CONFIG = {"distributed.scheduler.work-stealing": False}
 
 
