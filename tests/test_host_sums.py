@@ -1,4 +1,4 @@
-"""The host's per-label sums (`host_sums`): scipy's CSR kernel without importing scipy.sparse, equal
+"""The host's per-label sums (`host_sums`): scipy's CSC kernel without importing scipy.sparse, equal
 bit for bit to scipy.sparse's product and close to a float64 NumPy reference."""
 
 import subprocess
@@ -27,10 +27,10 @@ def scipy_product(labels, rows, k):
                                              (500, 5, 40000, np.float32), (7, 3, 1, np.float32),
                                              (0, 4, 3, np.float32)])
 def test_sums_equal_scipy_sparse_bit_for_bit(n, d, k, dtype):
-    """Also k above 32767 (labels sorted without the 16-bit radix path), labels with no rows, n = 0."""
+    """Also k above 32767, labels with no rows, n = 0; int32 and int64 labels."""
     rng = np.random.default_rng(n + k)
     rows = rng.standard_normal((n, d)).astype(dtype)
-    labels = rng.integers(0, k, n).astype(np.int32)
+    labels = rng.integers(0, k, n).astype(np.int32 if n % 2 == 0 else np.int64)
     assert host_sums.sparsetools() is not None  # scipy's kernel is there in the test environment
     got = host_sums.segment_sum(labels, rows, k, np.ones(n + 5, dtype))
     assert got.shape == (k, d) and got.dtype == dtype
@@ -49,8 +49,8 @@ def test_strided_rows_and_the_scipy_sparse_fallback(monkeypatch):
 
 
 def test_a_kernel_that_sums_wrong_or_fails_is_not_used():
-    wrong = types.SimpleNamespace(csr_matvecs=lambda *args: args[-1].__setitem__(slice(None), 1.0))
-    failing = types.SimpleNamespace(csr_matvecs=lambda *args: (_ for _ in ()).throw(ValueError("bad")))
+    wrong = types.SimpleNamespace(csc_matvecs=lambda *args: args[-1].__setitem__(slice(None), 1.0))
+    failing = types.SimpleNamespace(csc_matvecs=lambda *args: (_ for _ in ()).throw(ValueError("bad")))
     assert host_sums._checked(wrong) is None and host_sums._checked(failing) is None
     assert host_sums._checked(None) is None
     assert host_sums._checked(host_sums.sparsetools()) is not None
