@@ -10,7 +10,7 @@ that names an array library. It holds:
 * what the standard lacks: scatter-add / segment sums (`segment_sum`), `bincount`, writes at
   integer indices (`put`), ``out=`` products (`matmul`), reused work buffers (`scratch`),
   host <-> device copies (`to_host`, `like`);
-* NumPy's fast paths (in-place BLAS with ``out=``, thread-local buffers, scipy's one-hot CSR
+* NumPy's fast paths (in-place BLAS with ``out=``, thread-local buffers, scipy's one-hot sparse
   sums without importing scipy.sparse: `host_sums`), kept so the CPU engine runs as fast as
   before (docs/benchmarks.md).
 
@@ -273,7 +273,7 @@ def sum_block(xp: ModuleType) -> int:
 def segment_sum(xp: ModuleType, labels, rows, k: int, ones=None):
     """Per-label sums of ``rows`` (n, d) -> (k, d) in the rows' dtype (float32 products).
 
-    NumPy: scipy's one-hot CSR product (`host_sums`; ``ones``: a reusable vector of at least n
+    NumPy: scipy's one-hot sparse product (`host_sums`; ``ones``: a reusable vector of at least n
     ones); CuPy: cupyx's sparse one-hot product (cuSPARSE); others: a dense one-hot GEMM.
     """
     n = rows.shape[0]
