@@ -163,6 +163,14 @@ def scratch(xp: ModuleType, ref, shape: tuple[int, ...], name: str = "block"):
     return buffer[:size].reshape(shape)
 
 
+def shrink_scratch(size: int) -> bool:
+    """Forget this thread's NumPy `scratch` buffers of more than ``size`` values; True if any went."""
+    big = [name for name, buffer in vars(_SCRATCH).items() if name.endswith("_np") and buffer.size > size]
+    for name in big:
+        delattr(_SCRATCH, name)
+    return bool(big)
+
+
 def drop_scratch() -> int:
     """Forget this thread's `scratch` buffers (the job's GEMMs are over); returns how many there were.
     They are freed once no array views them."""

@@ -25,7 +25,7 @@ from . import seeding
 from .partition import Partition
 from .recovery import is_lost, is_lost_error, note
 from .tree_reduce import add_arrays, combine_partials, tree_reduce
-from .worker_memory import relax_malloc_trim
+from .worker_memory import relax_malloc_trim, release_freed
 
 if TYPE_CHECKING:  # the client's; workers unpickling this module's tasks need not load the status models
     from .progress import Progress
@@ -56,6 +56,9 @@ def _rows(part: Partition, local: np.ndarray) -> np.ndarray:
 
 def _lloyd_step(part: Partition, previous, centroids: np.ndarray, drift, batch: int) -> tuple:
     relax_malloc_trim()
+    if previous is None and be.shrink_scratch(be.block_rows(be.namespace(part.xa), batch, len(centroids))
+                                              * len(centroids)):
+        release_freed()  # the k-means|| passes' larger score block (16 MB), before the fit's (8 at k=1000)
     return lloyd_partial(part.xa, part.x_sq, centroids, batch, previous, drift)
 
 

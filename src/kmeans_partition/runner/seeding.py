@@ -90,6 +90,10 @@ def reduce_on_worker(points: np.ndarray, weights: np.ndarray, k: int, seed: list
     """On a worker: the k-means|| reduction on its device (CuPy on a GPU worker, as the partitions);
     the (k, d) float32 centroids come back as NumPy."""
     xp = be.partition_namespace(partition_module.ARRAY_BACKEND)
+    # The sampling passes' score block (16 MB) and the candidates broadcast each round, freed but
+    # kept by glibc, would sit under the reduction's own blocks at this worker's peak.
+    be.drop_scratch()
+    release_freed()
     centroids = km.reduce_candidates(points if be.is_numpy(xp) else xp.asarray(points), weights, k, seed, n_rows)
     release_freed()  # its distance blocks' heap pages, before the fit's steps run here
     return centroids
