@@ -1,16 +1,15 @@
 """Pure builders of every child manifest of one KMeansPartition.
 
-Each takes the resource identity (name, namespace, uid) and its parsed
-`KMeansPartitionSpec` and returns a plain dict, ownerReference included, so the
-reconciler only has to create it. Nothing here talks to the API server.
+Each takes the resource identity (name, namespace, uid) and its parsed `KMeansPartitionSpec` and
+returns a plain dict, ownerReference included, so the reconciler only has to create it. Nothing here
+talks to the API server.
 
-Children: a DaskCluster (kubernetes.dask.org/v1, run by the dask-kubernetes
-operator, which creates the scheduler pod + ``<cluster>-scheduler`` Service and the
-worker pods, injecting ``DASK_SCHEDULER_ADDRESS`` and ``DASK_WORKER_NAME`` into
-workers), the NetworkPolicy that admits to the Dask pods only the cluster itself, the
-runner and the dask-kubernetes operator, a ConfigMap holding the manifest, the runner's
-ServiceAccount/Role/RoleBinding, the Secret with the cluster's TLS key material (unless
-``cluster.tls: false``; tls.py), and the runner Job. Pod hardening: security.py.
+Children: a DaskCluster (kubernetes.dask.org/v1, run by the dask-kubernetes operator, which creates
+the scheduler pod + ``<cluster>-scheduler`` Service and the worker pods, injecting
+``DASK_SCHEDULER_ADDRESS`` and ``DASK_WORKER_NAME`` into workers), the NetworkPolicy that admits to
+the Dask pods only the cluster itself, the runner and the dask-kubernetes operator, a ConfigMap
+holding the manifest, the runner's ServiceAccount/Role/RoleBinding, the Secret with the cluster's TLS
+key material (unless ``cluster.tls: false``; tls.py), and the runner Job. Pod hardening: security.py.
 """
 
 from __future__ import annotations
@@ -140,8 +139,7 @@ def _dask_pod_spec(spec: KMeansPartitionSpec, container: dict[str, Any], volumes
 
 #: Tasks left this long without any worker fail (``no-workers-timeout``), then the runner: no endless wait.
 NO_WORKERS_TIMEOUT = "1800s"
-#: The scheduler's settings, read by distributed from its environment: that timeout, and the runner's
-#: `cluster.SCHEDULER_CONFIG` (no work stealing: partitions stay with the worker that read them).
+#: The scheduler's env (read by distributed): that timeout; the runner's `cluster.SCHEDULER_CONFIG` (no stealing).
 SCHEDULER_SETTINGS_ENV = ({"name": "DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT", "value": NO_WORKERS_TIMEOUT},
                           {"name": "DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING", "value": "False"})
 
@@ -161,9 +159,7 @@ def build_dask_cluster(
         name, spec, *SEC.scratch_volumes(cluster.local_directory_size), _env(spec, *address, *processes.env))
     protocol = ["--protocol", "tls"] if cluster.tls else []
     scheduler = _container(
-        "scheduler",
-        spec,
-        default_image,
+        "scheduler", spec, default_image,
         command=["dask", "scheduler", *protocol, "--port", str(SCHEDULER_PORT),
                  "--dashboard-address", f":{DASHBOARD_PORT}"],
         ports=[
