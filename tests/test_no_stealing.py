@@ -13,6 +13,11 @@ from kmeans_partition.operator.builders import SCHEDULER_SETTINGS_ENV
 from kmeans_partition.runner.cluster import local_cluster, warn_if_stealing
 
 
+def mkdir(path):
+    path.mkdir()
+    return path
+
+
 def placed_tasks_run_where_placed(client: Client) -> list[bool]:
     """Occupy one worker, then give it six loosely placed tasks (as `memory_mode.spread` and
     `stage_support.placement` do) while the other is idle: did each run on its placed worker?"""
@@ -52,11 +57,6 @@ def test_a_given_scheduler_that_steals_is_reported_and_the_operators_settings_tu
         assert warn_if_stealing(client, procs.address) is False
         assert all(placed_tasks_run_where_placed(client))
     assert "steals work" not in caplog.text
-
-
-def mkdir(path):
-    path.mkdir()
-    return path
 
 
 def test_the_next_write_group_goes_to_the_worker_whose_write_just_ended():

@@ -110,9 +110,10 @@ class GroupWriter:
     def freed_slot(self, done) -> dict:
         """Submit options for the next group: the worker whose write task `done` just ended, loosely.
 
-        The clusters this tool starts do not steal work (`cluster.SCHEDULER_CONFIG`), and Dask puts a
-        group, whose pieces every worker holds, by the bytes it would move: often on a worker still
-        writing while the one that finished waits (2M x 128: the write +0.1-0.4 s, docs/benchmarks.md).
+        The clusters this tool starts do not steal work (`cluster.SCHEDULER_CONFIG`), so a group stays
+        where it was first put; left to Dask (by the bytes it would move: every worker holds pieces of
+        every group) a worker kept two groups in flight while another had none (2M x 128: the write's
+        CPU +0.4-1.4 s, docs/benchmarks.md).
         """
         holders = self.client.who_has([done]).get(done.key, ())
         return {"workers": [next(iter(holders))], "allow_other_workers": True} if holders else {}
