@@ -216,3 +216,32 @@ def test_embedded_cluster_workers_start_with_arrow_on_the_system_pool(monkeypatc
 
     with dask_client(None, n_workers=1) as client:
         assert list(client.run(pool).values()) == [("system", "system")]
+
+
+def test_a_steps_per_row_checks_hold_no_more_than_a_score_block():
+    """Tightening bounds and measuring the most-moved centroids gather rows (and their centroids)
+    in chunks: at d=384 their temporaries stay under the fit's 8 MB score block (chunks of 8192 rows
+    held 25 MB, which set the heap's high-water mark of the fit at 500k x 384)."""
+    import tracemalloc
+
+    from kmeans_partition.runner import kmeans as km
+    from kmeans_partition.runner import lloyd
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((20_000, 384)).astype(np.float32)
+    xa, x_sq = km.augment_rows(x), km.row_sq_norms(x)
+    c = x[:1000].copy()
+    ca = km.augment_centroids(c, ref=xa)
+    labels = rng.integers(0, 1000, len(x)).astype(np.int32)
+    rows = np.arange(len(x))
+    for measure in (lambda: lloyd._to_assigned(xa, x_sq, ca, labels, rows),
+                    lambda: lloyd._nearest_of(xa, x_sq, ca, labels, rows, np.arange(0, 1000, 7))):
+        tracemalloc.start()
+        try:
+            out = measure()
+            peak = tracemalloc.get_traced_memory()[1] - out.nbytes
+        finally:
+            tracemalloc.stop()
+        assert peak < 8 << 20
+    exact = ((x.astype(np.float64) - c[labels].astype(np.float64)) ** 2).sum(axis=1)
+    np.testing.assert_allclose(lloyd._to_assigned(xa, x_sq, ca, labels, rows), exact, rtol=1e-4, atol=1e-3)
