@@ -27,7 +27,7 @@ VARYING_KEYS = ("created", "timings", "manifest_path", "centroids_path", "report
 PHASES = {
     "read": ("reading", 1, "load_partition"),
     "init": ("initialising", 1, "nearest_candidate"),
-    "lloyd": ("iteration", 2, "lloyd_step"),
+    "lloyd": ("iteration", 2, "lloyd_steps"),
     "assign": ("assigning", 1, "assign_partition"),
     "write": ("writing", 1, "write_group"),
 }

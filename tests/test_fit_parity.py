@@ -1,5 +1,7 @@
 """The Dask fit against scikit-learn (float64 reference), on a real LocalCluster."""
 
+import time
+
 import numpy as np
 import pytest
 from distributed import Client, LocalCluster
@@ -75,21 +77,34 @@ def test_same_result_whatever_the_number_of_workers(dask_client):
     np.testing.assert_array_equal(runs[0].centroids, runs[1].centroids)
 
 
-def test_reduced_steps_keep_their_bounds_but_not_their_partial_sums(dask_client):
-    """A step's k x d partial sums are reduced once; held on as the next step's input they
-    would double the partials a worker keeps through the next iteration."""
+def test_a_step_keeps_each_workers_bounds_but_no_partial_sums(dask_client):
+    """After a step the workers hold each partition's bounds (one future per worker group) and no
+    k x d partial sums: held on as the next step's input they would double the partials kept."""
     from kmeans_partition.runner.bounds import RowBounds
-    from kmeans_partition.runner.fit import _lloyd_step
+    from kmeans_partition.runner.lloyd import LloydPartial
 
     x = blobs(1200, 8, 6, seed=2)
     parts, rows = scatter_partitions(dask_client, x, 4)
     model = DaskKMeans(dask_client, parts, rows, 6, batch=128, random_state=0)
-    centroids = x[:6].copy()
-    steps = model._map(_lloyd_step, parts, [None] * 4, centroids=model._scatter(centroids), drift=None, batch=128)
-    update = model._reduce(steps, centroids)
-    held = dask_client.gather(steps)
-    assert all(step[0] is None and isinstance(step[1], RowBounds) for step in held)
-    assert sum(len(step[1].labels) for step in held) == len(x) and update.centroids.shape == (6, 8)
+
+    def keys(dask_worker):
+        return list(dask_worker.data)
+
+    before = {key for held_keys in dask_client.run(keys).values() for key in held_keys}  # other tests'
+    update, held = model.step_all(x[:6].copy())
+    groups = dask_client.gather(held)
+    assert len(groups) == len(model.groups) == len(dask_client.scheduler_info()["workers"])
+    assert all(isinstance(b, RowBounds) for group in groups for b in group)
+    assert sum(len(b.labels) for group in groups for b in group) == len(x) and update.centroids.shape == (6, 8)
+
+    def partials_held(dask_worker, before):
+        values = [v for key, v in list(dask_worker.data.items()) if key not in before]
+        return sum(isinstance(v, LloydPartial) or (isinstance(v, tuple) and isinstance(v[0], dict)) for v in values)
+
+    deadline = time.monotonic() + 10  # the client's releases reach the workers a moment later
+    while sum(dask_client.run(partials_held, before=before).values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sum(dask_client.run(partials_held, before=before).values()) == 0
 
 
 _HELD_AT_COMBINE: list = []
@@ -109,30 +124,13 @@ def _counting_combine(left, right, keep):
     return combine_partials(left, right, keep)
 
 
-def _slow_step(*args, **kwargs):
-    """A Lloyd step that takes as long as a real partition's (the reduction is submitted meanwhile)."""
-    import time
-
-    from kmeans_partition.runner.fit import _lloyd_step
-
-    time.sleep(0.05)
-    return _lloyd_step(*args, **kwargs)
-
-
-def _slowed_map(original):
-    def _map(self, func, *args, **kwargs):
-        return original(self, _slow_step if func.__name__ == "_lloyd_step" else func, *args, **kwargs)
-
-    return _map
-
-
-def test_a_worker_holds_few_partials_while_a_step_is_reduced(monkeypatch):
-    """Each partial is freed once combined, and combines run as soon as both halves exist:
-    at no combine does the worker hold a partial per partition (it held every step's to the end)."""
+def test_a_worker_reduces_its_partitions_partials_in_its_step_task(monkeypatch):
+    """One task per worker and iteration steps its partitions and combines their partials as they
+    are made: no partial waits in the worker's Dask memory at any combine (with a task per
+    partition, a worker held several, up to one per partition before the reduction ran early)."""
     from kmeans_partition.runner import fit as fit_module
 
     monkeypatch.setattr(fit_module, "combine_partials", _counting_combine)
-    monkeypatch.setattr(fit_module.DaskKMeans, "_map", _slowed_map(fit_module.DaskKMeans._map))
     _HELD_AT_COMBINE.clear()
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
@@ -140,5 +138,5 @@ def test_a_worker_holds_few_partials_while_a_step_is_reduced(monkeypatch):
         parts, rows = scatter_partitions(client, x, 24)
         model = DaskKMeans(client, parts, rows, 6, batch=128, random_state=0)
         result = fit(model, "random", 2.0, 3, 0.0, initial_centroids=x[:6].copy())
-    assert result.n_iter == 3 and len(_HELD_AT_COMBINE) == 3 * 23
-    assert max(_HELD_AT_COMBINE) <= 12, _HELD_AT_COMBINE  # a few tree levels, not one per partition as before
+    assert result.n_iter == 3 and len(_HELD_AT_COMBINE) == 3 * 23 and len(model.groups) == 1
+    assert max(_HELD_AT_COMBINE) == 0, _HELD_AT_COMBINE

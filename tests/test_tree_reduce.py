@@ -93,3 +93,39 @@ def test_combined_far_rows_are_the_overall_farthest_in_partition_order():
     both = combine_partials(left, right, keep=4)
     assert both.far_dist.tolist() == [5, 4, 3, 3]
     assert both.far_rows[:, 0].tolist() == [10, 20, 11, 12]  # ties: lower partition, then lower row
+
+
+class ImmediateClient:
+    """Runs each submitted function at once; its "future" is the value (enough for the tree's plan)."""
+
+    def submit(self, func, *args, pure=False, priority=0, **kwargs):
+        return func(*args, **kwargs)
+
+
+def test_workers_partial_trees_finish_to_the_whole_trees_order():
+    """Any split of the leaves over workers (runs, alternating, scattered): each worker combines what
+    it can (`LocalTree`), the client's plan finishes the rest, and the result is `tree_reduce`'s."""
+    from kmeans_partition.runner.tree_reduce import LocalTree, finish_tree, local_nodes, node_of
+
+    def pair(a, b):
+        return f"({a}{b})"
+
+    def combine(left, left_key, right, right_key):
+        return pair(node_of(left, left_key), node_of(right, right_key))
+
+    rng = np.random.default_rng(0)
+    client = ImmediateClient()
+    for n in range(1, 41):
+        leaves = [chr(48 + i) for i in range(n)]
+        whole = tree_reduce(client, leaves, pair)
+        for owners in (np.zeros(n, int), np.arange(n) % 2, np.arange(n) * 3 // n, rng.integers(0, 4, n)):
+            sources = {}
+            for w in np.unique(owners):
+                indices = [int(i) for i in np.flatnonzero(owners == w)]
+                tree = LocalTree(n, pair)
+                for i in indices:
+                    tree.add(i, leaves[i])
+                result = (tree.nodes, None)
+                assert sorted(tree.nodes) == sorted(local_nodes(n, indices))
+                sources.update({node: (result, node) for node in tree.nodes})
+            assert finish_tree(client, n, sources, combine) == whole, (n, owners)

@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .fit import DaskKMeans, FitResult, _lloyd_step, fit
+from .fit import DaskKMeans, FitResult, fit
 from .output import OutputLocation, is_local
 from .read import replan
 
@@ -217,15 +217,13 @@ def resume_fit(model: DaskKMeans, checkpoint: Checkpoint, state: State) -> tuple
         rows_computed=state.rows_computed, history=[dict(item) for item in state.history],
     )
     if state.finished or state.converged:
-        return result, [None] * len(model.parts)
-    c_f = model._scatter(pair[0])
-    steps = model._map(_lloyd_step, model.parts, [None] * len(model.parts), centroids=c_f, drift=None,
-                       batch=model.batch)
-    redone = model._reduce(steps, pair[0]).centroids
+        return result, None
+    update, held = model.step_all(pair[0])
+    redone = update.centroids
     if not np.array_equal(redone, pair[1]):
         log.warning("iteration %d redone from the checkpoint gave other centroids (max difference %g); "
                     "going on from the saved ones", state.iteration, float(np.max(np.abs(redone - pair[1]))))
-    return result, steps
+    return result, held
 
 
 def fit_checkpointed(model: DaskKMeans, spec, tol_abs: float, checkpoint: Optional[Checkpoint],

@@ -1,9 +1,10 @@
 """Fitting k-means on Dask: initialisation (k-means|| or random) and Lloyd iterations.
 
-Partitions stay on the workers as futures. Every step submits one task per
-partition and reduces the partials on the workers in a fixed binary tree by
-partition index (`tree_reduce.py`), so results do not depend on the number of
-workers and only the k x d total comes to the client. Results lost with a worker
+Partitions stay on the workers as futures. Every Lloyd step submits one task per
+worker (its partitions, in index order) that reduces their partials as far as its
+share of a fixed binary tree by partition index goes; the rest of the tree is
+combined on the workers (`tree_reduce.py`), so results do not depend on the number
+of workers and only the k x d total comes to the client. Results lost with a worker
 are rebuilt from what the client holds (`recovery.py`).
 """
 
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 import itertools
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
-from distributed import Client, Future, as_completed
+from distributed import Client, Future, as_completed, wait
 
 from . import backend as be
 from . import kmeans as km
@@ -24,7 +26,7 @@ from .lloyd import LloydReduction, lloyd_partial
 from . import seeding
 from .partition import Partition
 from .recovery import is_lost, is_lost_error, note
-from .tree_reduce import add_arrays, combine_partials, tree_reduce
+from .tree_reduce import LocalTree, add_arrays, combine_partials, finish_tree, local_nodes, tree_reduce
 from .worker_memory import relax_malloc_trim, release_freed
 
 if TYPE_CHECKING:  # the client's; workers unpickling this module's tasks need not load the status models
@@ -62,13 +64,35 @@ def _lloyd_step(part: Partition, previous, centroids: np.ndarray, drift, batch: 
     return lloyd_partial(part.xa, part.x_sq, centroids, batch, previous, drift)
 
 
-#: Dask priority of the tasks that split and reduce a Lloyd step's results (the steps have 0).
+def _lloyd_steps(parts: list[Partition], previous: Optional[list], centroids: np.ndarray, drift, batch: int,
+                 indices: list[int], n_parts: int, keep: int) -> tuple[dict, list]:
+    """One worker's Lloyd step: each of its partitions (``indices``, increasing; ``previous``: their
+    last bounds or None), reduced as far as its share of the fixed tree goes (`LocalTree`).
+
+    Returns ({tree node: partial}, [bounds per partition]). One task per worker and iteration:
+    partitions' partials are combined (and freed) as they are made, none waits in Dask's memory.
+    """
+    tree = LocalTree(n_parts, partial(combine_partials, keep=keep))
+    bounds = []
+    for index, part, last in zip(indices, parts, previous or [None] * len(parts)):
+        step, state = _lloyd_step(part, None if last is None else (None, last), centroids, drift, batch)
+        tree.add(index, step)
+        bounds.append(state)
+    return tree.nodes, bounds
+
+
+#: Dask priority of the tasks that reduce a Lloyd step's results (the steps have 0).
 REDUCE_PRIORITY = 1
 
 
-def _bounds_only(step: tuple) -> tuple:
-    """(None, bounds): a step without its k x d partial sums, which the next step needs not."""
-    return None, step[1]
+def worker_groups(placement: list[dict]) -> list[tuple[list[int], dict]]:
+    """Partitions grouped by the worker their placement names, in index order, with its submit
+    options; a partition placed nowhere is a group of its own."""
+    groups: dict = {}
+    for i, where in enumerate(placement):
+        key = tuple(where.get("workers") or ()) or ("", i)
+        groups.setdefault(key, ([], where))[0].append(i)
+    return list(groups.values())
 
 
 # ---------------------------------------------------------------- client side
@@ -92,7 +116,13 @@ class DaskKMeans:
     ):
         self.client = client
         # Per partition, submit options that keep its tasks on the worker holding it (`stage.placement`).
-        self.placement = placement or [{}] * len(parts)
+        if placement is None:  # where the partitions are, once computed
+            from .stage_support import placement as held_by
+
+            wait(parts)
+            placement = held_by(client, parts)
+        self.placement = placement
+        self.groups = worker_groups(placement)  # one Lloyd task per worker and iteration
         self.parts = parts
         self.rows = np.asarray(rows_per_part, dtype=np.int64)
         self.k = n_clusters
@@ -226,67 +256,60 @@ class DaskKMeans:
         return centroids
 
     # -- Lloyd
-    def _redo_without_bounds(self, c_f: Future, centroids: np.ndarray) -> Callable[[int, Optional[Future]], Future]:
-        """A function submitting partition i's step from `centroids` again without bounds (given
-        the partition's surviving last bounds, its changed labels are still counted)."""
-        scattered = [c_f]
+    def step_all(self, centroids: np.ndarray, held: Optional[list] = None, drift=None):
+        """One Lloyd step of every partition from ``centroids``: (update, futures of each worker
+        group's bounds). ``held``: per group, the last step's (None: first step).
 
-        def redo(i: int, last: Optional[Future] = None) -> Future:
-            if is_lost(scattered[0]):  # the broadcast centroids went with the worker too
-                scattered[0] = self._scatter(centroids)
-            return self.client.submit(_lloyd_step, self.parts[i], last, scattered[0], None, self.batch, pure=False)
-
-        return redo
-
-    def _reduce(self, steps: list[Future], previous: np.ndarray, redo: Optional[Callable] = None):
-        """Reduce the steps' partials on the workers (fixed tree); only the total comes here.
-
-        `steps` (futures of (partial, bounds)) are replaced in place by their bounds alone
-        (`_bounds_only`) before the reduction, so only the tree holds each partial, until it is
-        combined: a worker keeps a few k x d partials at a time, not one per partition. When
-        results are lost with a worker, every partition's step is redone with `redo` (default:
-        from `previous`, without bounds) and reduced again.
+        Each worker group's task reduces its partitions' partials as far as its share of the fixed
+        tree goes; the rest of the tree is combined on the workers and only the total comes here.
+        When results are lost with a worker, every group's step is redone from ``centroids``
+        without pruning (a group's surviving bounds still count its changed labels).
         """
-        if redo is None:
-            redo = self._redo_without_bounds(self._scatter(previous), previous)
+        n, bounds = len(self.parts), list(held or [None] * len(self.groups))
+        c_f = self._scatter(centroids)
         for attempt in itertools.count():
-            pairs = list(zip(steps, self.placement))
-            first = dict(pure=False, priority=REDUCE_PRIORITY)  # before the next steps: frees their inputs
-            leaves = [self.client.submit(itemgetter(0), s, **first, **where) for s, where in pairs]
-            steps[:] = [self.client.submit(_bounds_only, s, **first, **where) for s, where in pairs]
-            total = tree_reduce(self.client, leaves, combine_partials, priority=REDUCE_PRIORITY, keep=self.k)
-            del leaves, pairs
+            results = [
+                self.client.submit(_lloyd_steps, [self.parts[i] for i in indices], last, c_f, drift, self.batch,
+                                   indices, n, self.k, pure=False, **where)
+                for (indices, where), last in zip(self.groups, bounds)
+            ]
+            held = [self.client.submit(itemgetter(1), r, pure=False, priority=REDUCE_PRIORITY, **where)
+                    for r, (_, where) in zip(results, self.groups)]
+            sources = {node: (r, node) for r, (indices, _) in zip(results, self.groups)
+                       for node in local_nodes(n, indices)}
+            total = finish_tree(self.client, n, sources, priority=REDUCE_PRIORITY, keep=self.k)
+            del results, sources
             for _ in as_completed([total]):  # finished, failed or cancelled (`wait` raises on the latter)
                 pass
             if not is_lost(total):
                 break
-            note("a Lloyd step", attempt, f"partitions {[i for i, s in enumerate(steps) if is_lost(s)]} lost")
+            note("a Lloyd step", attempt, f"groups {[g for (g, _), h in zip(self.groups, held) if is_lost(h)]} lost")
             self.recoveries.append("lloyd")
             self._recover_parts()
-            steps[:] = [redo(i, None if is_lost(s) else s) for i, s in enumerate(steps)]
+            if is_lost(c_f):  # the broadcast centroids went with the worker too
+                c_f = self._scatter(centroids)
+            bounds, drift = [None if last is None or is_lost(last) else last for last in bounds], None
         reduction = LloydReduction(1)
         reduction.add(0, self.client.gather(total))
-        return reduction.finish(previous)
+        return reduction.finish(centroids), held
 
     def lloyd(self, centroids: np.ndarray, max_iter: int, tol_abs: float,
               resume: Optional[tuple[FitResult, list]] = None, on_iteration=None) -> FitResult:
         """scikit-learn's Lloyd loop: stop on unchanged labels or shift <= tol_abs.
 
-        ``resume``: (the result so far, the last step's futures, bounds dropped) to continue
-        from (checkpoint.py); ``on_iteration(result, previous centroids)`` after each iteration."""
-        steps: list = [None] * len(self.parts)
+        ``resume``: (the result so far, the last step's bounds per worker group, `step_all`) to
+        continue from (checkpoint.py); ``on_iteration(result, previous centroids)`` after each iteration."""
+        bounds: Optional[list] = None
         drift = None
         result = FitResult(centroids=centroids.astype(np.float32), n_iter=0, converged=False)
         if resume is not None:
-            result, steps = resume
+            result, bounds = resume
             if result.converged:
                 return result
         for iteration in range(result.n_iter + 1, max_iter + 1):
             started = time.perf_counter()
             previous = result.centroids
-            c_f = self._scatter(result.centroids)
-            steps = self._map(_lloyd_step, self.parts, steps, centroids=c_f, drift=drift, batch=self.batch)
-            update = self._reduce(steps, result.centroids, self._redo_without_bounds(c_f, result.centroids))
+            update, bounds = self.step_all(result.centroids, bounds, drift)
             drift = update.drift if self.bounds else None
             result.centroids = update.centroids
             result.n_iter = iteration

@@ -55,3 +55,87 @@ def combine_partials(left: LloydPartial, right: LloydPartial, keep: int) -> Lloy
         far_rows=np.concatenate([left.far_rows, right.far_rows])[order],
         n_recomputed=left.n_recomputed + right.n_recomputed,
     )
+
+
+# ------------------------------------------------ the same tree, started on the workers
+
+def level_sizes(n: int) -> list[int]:
+    """Nodes per level of the tree over ``n`` leaves, leaves first (the root's level has 1)."""
+    sizes = [n]
+    while sizes[-1] > 1:
+        sizes.append((sizes[-1] + 1) // 2)
+    return sizes
+
+
+_MISSING = object()
+
+
+class LocalTree:
+    """The part of the tree one worker can combine from the leaves it holds, added in increasing
+    index order: a pair combines when both halves are here, in the whole tree's order, so a
+    reduction finished from the remaining `nodes` (`finish_tree`) equals `tree_reduce`'s bit for bit.
+
+    ``nodes``: (level, index) -> value of the nodes whose neighbour is elsewhere (or the root).
+    Without ``combine`` it only finds those nodes (the client's plan of the same tree).
+    """
+
+    def __init__(self, n: int, combine=None):
+        self.sizes = level_sizes(n)
+        self.combine = combine
+        self.nodes: dict[tuple[int, int], object] = {}
+
+    def add(self, index: int, value=None) -> None:
+        level, j = 0, index
+        while level < len(self.sizes) - 1:
+            if j % 2 == 0:
+                if j + 1 < self.sizes[level]:
+                    break  # waits for its right neighbour
+                level, j = level + 1, j // 2  # an odd last node moves up unchanged
+                continue
+            left = self.nodes.pop((level, j - 1), _MISSING)
+            if left is _MISSING:
+                break  # its left neighbour is on another worker
+            value = self.combine(left, value) if self.combine else None
+            level, j = level + 1, j // 2
+        self.nodes[(level, j)] = value
+
+
+def local_nodes(n: int, indices) -> list[tuple[int, int]]:
+    """The nodes a worker holding leaves ``indices`` (increasing) leaves for `finish_tree`."""
+    tree = LocalTree(n)
+    for index in indices:
+        tree.add(index)
+    return list(tree.nodes)
+
+
+def node_of(result, key):
+    """A node's value: ``result`` itself (a combined node) or, with a ``key``, from a worker's
+    ``(LocalTree.nodes, ...)`` result."""
+    return result if key is None else result[0][key]
+
+
+def combine_nodes(left, left_key, right, right_key, keep: int) -> LloydPartial:
+    return combine_partials(node_of(left, left_key), node_of(right, right_key), keep)
+
+
+def finish_tree(client: Client, n: int, sources: dict, combine=combine_nodes, priority: int = 0, **kwargs) -> Future:
+    """The root future of the tree over ``n`` leaves from ``sources``: (level, index) -> (future,
+    key) of the nodes the workers left (`local_nodes`); the rest is combined by ``combine(left,
+    left_key, right, right_key, **kwargs)`` tasks."""
+    sizes = level_sizes(n)
+
+    def resolve(level: int, j: int):
+        if (level, j) in sources:
+            return sources[(level, j)]
+        if level == 0:
+            raise KeyError(f"no worker holds leaf {j}")
+        left = resolve(level - 1, 2 * j)
+        if 2 * j + 1 >= sizes[level - 1]:
+            return left
+        right = resolve(level - 1, 2 * j + 1)
+        return client.submit(combine, *left, *right, pure=False, priority=priority, **kwargs), None
+
+    future, key = resolve(len(sizes) - 1, 0)
+    if key is not None:
+        future = client.submit(node_of, future, key, pure=False, priority=priority)
+    return future
