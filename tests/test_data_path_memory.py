@@ -99,16 +99,16 @@ def test_the_fits_first_step_drops_a_larger_score_block_left_by_the_init():
     Its first step drops the larger one (and the next steps keep the fit's); the reduction on its
     worker drops the sampling's block before it starts."""
     from kmeans_partition.runner import backend as be
-    from kmeans_partition.runner import fit, seeding
+    from kmeans_partition.runner import group_tasks, seeding
 
     x = blobs(3000, 6, 4, seed=5)
     part = make_partition(x)
     be.drop_scratch()
     big = be.scratch(np, x, (2048, 2000))  # what the sampling passes leave
-    fit._lloyd_step(part, None, x[[0, 1000, 2000, 2500]], None, 1 << 20)
+    group_tasks._lloyd_step(part, None, x[[0, 1000, 2000, 2500]], None, 1 << 20)
     fit_block = vars(be._SCRATCH)["block_np"]
     assert fit_block.size == 3000 * 4 and not np.shares_memory(fit_block, big)  # (rows, k)
-    fit._lloyd_step(part, None, x[[0, 1000, 2000, 2500]], None, 1 << 20)
+    group_tasks._lloyd_step(part, None, x[[0, 1000, 2000, 2500]], None, 1 << 20)
     assert vars(be._SCRATCH)["block_np"] is fit_block  # kept once it fits
     be.scratch(np, x, (2048, 2000))
     seeding.reduce_on_worker(x[:50].astype(np.float32), np.ones(50), 4, [0, 1], 3000)

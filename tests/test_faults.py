@@ -223,7 +223,7 @@ def lost_once(real, when, flag: Path):
 
 @pytest.mark.parametrize("where", ["lloyd", "init"])
 def test_fit_rebuilds_a_lost_step_or_init_round_with_identical_result(where, monkeypatch, tmp_path):
-    from kmeans_partition.runner import fit as fit_module
+    from kmeans_partition.runner import fit as fit_module, group_tasks
     from dask_support import scatter_partitions
 
     x = blobs(3000, 8, 6, seed=41)
@@ -242,7 +242,7 @@ def test_fit_rebuilds_a_lost_step_or_init_round_with_identical_result(where, mon
             with calls.open("a") as handle:
                 handle.write(".")
             return args[0].index == 2 and args[1] is not None and calls.stat().st_size > 10
-        monkeypatch.setattr(fit_module, "_lloyd_step", lost_once(fit_module._lloyd_step, when, flag))
+        monkeypatch.setattr(group_tasks, "_lloyd_step", lost_once(group_tasks._lloyd_step, when, flag))
     else:  # a pass of the k-means|| sampling after the first candidates
         monkeypatch.setattr(fit_module.seeding, "nearest_candidate", lost_once(
             fit_module.seeding.nearest_candidate, lambda a, kw: kw.get("offset", 0) > 0, flag))

@@ -128,9 +128,9 @@ def test_a_worker_reduces_its_partitions_partials_in_its_step_task(monkeypatch):
     """One task per worker and iteration steps its partitions and combines their partials as they
     are made: no partial waits in the worker's Dask memory at any combine (with a task per
     partition, a worker held several, up to one per partition before the reduction ran early)."""
-    from kmeans_partition.runner import fit as fit_module
+    from kmeans_partition.runner import group_tasks
 
-    monkeypatch.setattr(fit_module, "combine_partials", _counting_combine)
+    monkeypatch.setattr(group_tasks, "combine_partials", _counting_combine)
     _HELD_AT_COMBINE.clear()
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
             Client(cluster) as client:

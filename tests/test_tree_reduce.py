@@ -105,13 +105,10 @@ class ImmediateClient:
 def test_workers_partial_trees_finish_to_the_whole_trees_order():
     """Any split of the leaves over workers (runs, alternating, scattered): each worker combines what
     it can (`LocalTree`), the client's plan finishes the rest, and the result is `tree_reduce`'s."""
-    from kmeans_partition.runner.tree_reduce import LocalTree, finish_tree, local_nodes, node_of
+    from kmeans_partition.runner.tree_reduce import LocalTree, finish_tree, local_nodes
 
     def pair(a, b):
         return f"({a}{b})"
-
-    def combine(left, left_key, right, right_key):
-        return pair(node_of(left, left_key), node_of(right, right_key))
 
     rng = np.random.default_rng(0)
     client = ImmediateClient()
@@ -125,7 +122,6 @@ def test_workers_partial_trees_finish_to_the_whole_trees_order():
                 tree = LocalTree(n, pair)
                 for i in indices:
                     tree.add(i, leaves[i])
-                result = (tree.nodes, None)
                 assert sorted(tree.nodes) == sorted(local_nodes(n, indices))
-                sources.update({node: (result, node) for node in tree.nodes})
-            assert finish_tree(client, n, sources, combine) == whole, (n, owners)
+                sources.update(tree.nodes)
+            assert finish_tree(client, n, sources, pair) == whole, (n, owners)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from functools import partial
+import uuid
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import TYPE_CHECKING, Callable, Optional
@@ -22,12 +22,12 @@ from distributed import Client, Future, as_completed, wait
 
 from . import backend as be
 from . import kmeans as km
-from .lloyd import LloydReduction, lloyd_partial
 from . import seeding
+from .group_tasks import PerGroup, _each, _each_reduced, _lloyd_steps, worker_groups
+from .lloyd import LloydReduction
 from .partition import Partition
 from .recovery import is_lost, is_lost_error, note
-from .tree_reduce import LocalTree, add_arrays, combine_partials, finish_tree, local_nodes, tree_reduce
-from .worker_memory import relax_malloc_trim, release_freed
+from .tree_reduce import add_arrays, combine_partials, finish_tree, local_nodes, node_of
 
 if TYPE_CHECKING:  # the client's; workers unpickling this module's tasks need not load the status models
     from .progress import Progress
@@ -56,43 +56,8 @@ def _rows(part: Partition, local: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(be.to_host(be.take_rows(part.x, be.like(np.asarray(local, np.int64), part.xa))))
 
 
-def _lloyd_step(part: Partition, previous, centroids: np.ndarray, drift, batch: int) -> tuple:
-    relax_malloc_trim()
-    if previous is None and be.shrink_scratch(be.block_rows(be.namespace(part.xa), batch, len(centroids))
-                                              * len(centroids)):
-        release_freed()  # the k-means|| passes' larger score block (16 MB), before the fit's (8 at k=1000)
-    return lloyd_partial(part.xa, part.x_sq, centroids, batch, previous, drift)
-
-
-def _lloyd_steps(parts: list[Partition], previous: Optional[list], centroids: np.ndarray, drift, batch: int,
-                 indices: list[int], n_parts: int, keep: int) -> tuple[dict, list]:
-    """One worker's Lloyd step: each of its partitions (``indices``, increasing; ``previous``: their
-    last bounds or None), reduced as far as its share of the fixed tree goes (`LocalTree`).
-
-    Returns ({tree node: partial}, [bounds per partition]). One task per worker and iteration:
-    partitions' partials are combined (and freed) as they are made, none waits in Dask's memory.
-    """
-    tree = LocalTree(n_parts, partial(combine_partials, keep=keep))
-    bounds = []
-    for index, part, last in zip(indices, parts, previous or [None] * len(parts)):
-        step, state = _lloyd_step(part, None if last is None else (None, last), centroids, drift, batch)
-        tree.add(index, step)
-        bounds.append(state)
-    return tree.nodes, bounds
-
-
 #: Dask priority of the tasks that reduce a Lloyd step's results (the steps have 0).
 REDUCE_PRIORITY = 1
-
-
-def worker_groups(placement: list[dict]) -> list[tuple[list[int], dict]]:
-    """Partitions grouped by the worker their placement names, in index order, with its submit
-    options; a partition placed nowhere is a group of its own."""
-    groups: dict = {}
-    for i, where in enumerate(placement):
-        key = tuple(where.get("workers") or ()) or ("", i)
-        groups.setdefault(key, ([], where))[0].append(i)
-    return list(groups.values())
 
 
 # ---------------------------------------------------------------- client side
@@ -165,11 +130,30 @@ class DaskKMeans:
     def _scatter(self, array: np.ndarray) -> Future:
         return self.client.scatter(array, broadcast=True, hash=False)
 
-    def _map(self, func, *per_part_args, **common):
-        return [
-            self.client.submit(func, *args, pure=False, **where, **common)
-            for args, where in zip(zip(*per_part_args), self.placement)
-        ]
+    def _by_group(self, func, *columns, **common) -> PerGroup:
+        """``func`` over every partition, one task per worker group (`_each`); a column is a list
+        with an entry per partition or a `PerGroup` (the group's earlier results)."""
+        out = PerGroup()
+        for g, (indices, where) in enumerate(self.groups):
+            cols = [c[g] if isinstance(c, PerGroup) else [c[i] for i in indices] for c in columns]
+            out.append(self.client.submit(_each, func, *cols, pure=False, key=f"{func.__name__}-{uuid.uuid4().hex}",
+                                          **where, **common))
+        return out
+
+    def _left_nodes(self, results: list[Future]) -> dict:
+        """The tree nodes each group's `_each_reduced`-like result leaves for `finish_tree`, picked
+        out on its worker (only they travel, not the rest of the result)."""
+        n = len(self.parts)
+        return {node: self.client.submit(node_of, r, node, pure=False, priority=REDUCE_PRIORITY, **where)
+                for r, (indices, where) in zip(results, self.groups) for node in local_nodes(n, indices)}
+
+    def _gathered(self, grouped: PerGroup) -> list:
+        """The results of `_by_group` tasks, an entry per partition in partition order."""
+        out: list = [None] * len(self.parts)
+        for (indices, _), values in zip(self.groups, self.client.gather(list(grouped))):
+            for i, value in zip(indices, values):
+                out[i] = value
+        return out
 
     def fetch_rows(self, global_rows: np.ndarray) -> np.ndarray:
         """Rows by global index (sorted order of partitions), gathered in index order."""
@@ -216,29 +200,30 @@ class DaskKMeans:
         candidates = [self.fetch_rows(rng.integers(n_total, size=1))]
         first = self._scatter(candidates[0])
         none = [None] * len(self.parts)
-        states = self._map(seeding.nearest_candidate, self.parts, none, none, cands=first, offset=0, batch=self.batch)
+        states = self._by_group(seeding.nearest_candidate, self.parts, none, none, cands=first, offset=0,
+                                batch=self.batch)
         expected = oversampling_factor * self.k
         n_cands = 1
         for round_no in range(KMEANS_PARALLEL_ROUNDS):
-            phi = sum(self.client.gather(self._map(seeding.state_cost, states)))
+            phi = sum(self._gathered(self._by_group(seeding.state_cost, states)))
             seeds = [[self.random_state, round_no, p] for p in range(len(self.parts))]
-            samples = self.client.gather(
-                self._map(seeding.oversample, self.parts, states, seeds, phi=phi, expected=expected)
-            )
+            samples = self._gathered(self._by_group(seeding.oversample, self.parts, states, seeds, phi=phi,
+                                                    expected=expected))
             new = np.concatenate([rows for rows, _ in samples])
             if len(new) == 0:
                 break
             firsts = n_cands + np.cumsum([0] + [len(rows) for rows, _ in samples[:-1]])
             own = [(local, int(first)) for (_, local), first in zip(samples, firsts)]
             new_f = self._scatter(new)
-            states = self._map(
-                seeding.nearest_candidate, self.parts, states, own, cands=new_f, offset=n_cands, batch=self.batch
-            )
+            states = self._by_group(seeding.nearest_candidate, self.parts, states, own, cands=new_f, offset=n_cands,
+                                    batch=self.batch)
             candidates.append(new)
             n_cands += len(new)
         points = np.concatenate(candidates)
-        counts = self._map(seeding.candidate_weights, states, m=n_cands)
-        weights = self.client.gather(tree_reduce(self.client, counts, add_arrays))  # summed on the workers
+        n = len(self.parts)
+        counts = [self.client.submit(_each_reduced, seeding.candidate_weights, add_arrays, indices, n, state, m=n_cands,
+                                     pure=False, **where) for (indices, where), state in zip(self.groups, states)]
+        weights = self.client.gather(finish_tree(self.client, n, self._left_nodes(counts), add_arrays))  # on the workers
         if n_cands < self.k:  # too few candidates (tiny or highly duplicated data): top up uniformly
             extra = rng.choice(n_total, size=min(self.k, n_total), replace=False)
             points = np.concatenate([points, self.fetch_rows(extra)])
@@ -275,10 +260,9 @@ class DaskKMeans:
             ]
             held = [self.client.submit(itemgetter(1), r, pure=False, priority=REDUCE_PRIORITY, **where)
                     for r, (_, where) in zip(results, self.groups)]
-            sources = {node: (r, node) for r, (indices, _) in zip(results, self.groups)
-                       for node in local_nodes(n, indices)}
-            total = finish_tree(self.client, n, sources, priority=REDUCE_PRIORITY, keep=self.k)
-            del results, sources
+            total = finish_tree(self.client, n, self._left_nodes(results), combine_partials, priority=REDUCE_PRIORITY,
+                                keep=self.k)
+            del results
             for _ in as_completed([total]):  # finished, failed or cancelled (`wait` raises on the latter)
                 pass
             if not is_lost(total):

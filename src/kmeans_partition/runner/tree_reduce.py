@@ -108,20 +108,15 @@ def local_nodes(n: int, indices) -> list[tuple[int, int]]:
     return list(tree.nodes)
 
 
-def node_of(result, key):
-    """A node's value: ``result`` itself (a combined node) or, with a ``key``, from a worker's
-    ``(LocalTree.nodes, ...)`` result."""
-    return result if key is None else result[0][key]
+def node_of(result: tuple, key: tuple[int, int]):
+    """A node's value from a worker's ``(LocalTree.nodes, ...)`` result."""
+    return result[0][key]
 
 
-def combine_nodes(left, left_key, right, right_key, keep: int) -> LloydPartial:
-    return combine_partials(node_of(left, left_key), node_of(right, right_key), keep)
-
-
-def finish_tree(client: Client, n: int, sources: dict, combine=combine_nodes, priority: int = 0, **kwargs) -> Future:
-    """The root future of the tree over ``n`` leaves from ``sources``: (level, index) -> (future,
-    key) of the nodes the workers left (`local_nodes`); the rest is combined by ``combine(left,
-    left_key, right, right_key, **kwargs)`` tasks."""
+def finish_tree(client: Client, n: int, sources: dict, combine, priority: int = 0, **kwargs) -> Future:
+    """The root future of the tree over ``n`` leaves from ``sources``: (level, index) -> future of
+    the nodes the workers left (`local_nodes`); the rest is combined by ``combine(left, right,
+    **kwargs)`` tasks."""
     sizes = level_sizes(n)
 
     def resolve(level: int, j: int):
@@ -132,10 +127,6 @@ def finish_tree(client: Client, n: int, sources: dict, combine=combine_nodes, pr
         left = resolve(level - 1, 2 * j)
         if 2 * j + 1 >= sizes[level - 1]:
             return left
-        right = resolve(level - 1, 2 * j + 1)
-        return client.submit(combine, *left, *right, pure=False, priority=priority, **kwargs), None
+        return client.submit(combine, left, resolve(level - 1, 2 * j + 1), pure=False, priority=priority, **kwargs)
 
-    future, key = resolve(len(sizes) - 1, 0)
-    if key is not None:
-        future = client.submit(node_of, future, key, pure=False, priority=priority)
-    return future
+    return resolve(len(sizes) - 1, 0)
