@@ -140,3 +140,20 @@ def test_a_worker_reduces_its_partitions_partials_in_its_step_task(monkeypatch):
         result = fit(model, "random", 2.0, 3, 0.0, initial_centroids=x[:6].copy())
     assert result.n_iter == 3 and len(_HELD_AT_COMBINE) == 3 * 23 and len(model.groups) == 1
     assert max(_HELD_AT_COMBINE) == 0, _HELD_AT_COMBINE
+
+
+def test_a_step_drops_the_bounds_it_used_and_keeps_their_labels(dask_client):
+    """A worker's task frees each partition's last bounds once its step is done (two sets of a
+    worker's bounds lived to the end of the task); the labels stay for a redone step's count."""
+    x = blobs(1200, 8, 6, seed=2)
+    parts, rows = scatter_partitions(dask_client, x, 4)
+    model = DaskKMeans(dask_client, parts, rows, 6, batch=128, random_state=0)
+    first, held1 = model.step_all(x[:6].copy())
+    second, held2 = model.step_all(first.centroids, held1, first.drift)
+    before = [b for group in dask_client.gather(held2) for b in group]
+    assert all(b.upper is not None and b.lower is not None for b in before)  # the second step made bounds
+    model.step_all(second.centroids, held2, second.drift)
+    after = [b for group in dask_client.gather(held2) for b in group]
+    assert all(b.upper is None and b.lower is None and b.assigned_lower is None for b in after)
+    for old, new in zip(before, after):
+        np.testing.assert_array_equal(old.labels, new.labels)

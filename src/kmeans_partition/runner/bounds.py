@@ -46,6 +46,12 @@ class RowBounds:
     plain_left: int = 0  # steps still to run without bounds
     backoff: int = 1  # steps to run without bounds the next time pruning does not pay
 
+    def drop_bounds(self) -> None:
+        """Keep only the labels (used: the step after this one is done). A step redone from this
+        state runs without bounds anyway and still counts its changed labels; one with drift would
+        compute the bounds afresh. 12 of the 16 bytes a row."""
+        self.upper = self.lower = self.assigned_lower = None
+
 
 def max_norm(centroids: np.ndarray) -> float:
     """The largest centroid norm (float64, host)."""

@@ -40,6 +40,8 @@ def _lloyd_steps(parts: list[Partition], previous: Optional[list], centroids: np
     bounds = []
     for index, part, last in zip(indices, parts, previous or [None] * len(parts)):
         step, state = _lloyd_step(part, None if last is None else (None, last), centroids, drift, batch)
+        if last is not None:
+            last.drop_bounds()  # the group's last bounds are freed only with the task: two sets at its end
         tree.add(index, step)
         bounds.append(state)
     return tree.nodes, bounds
