@@ -57,8 +57,8 @@ def _each_reduced(func, add, indices: list[int], n_parts: int, *columns, **commo
     """`_each`, its results summed with ``add`` as far as the group's share of the fixed tree goes
     (`LocalTree`; finished by `finish_tree`)."""
     tree = LocalTree(n_parts, add)
-    for index, value in zip(indices, _each(func, *columns, **common)):
-        tree.add(index, value)
+    for index, args in zip(indices, zip(*columns)):
+        tree.add(index, func(*args, **common))  # added as made: a few values held at a time
     return tree.nodes, None
 
 
