@@ -1,11 +1,12 @@
 """Fitting k-means on Dask: initialisation (k-means|| or random) and Lloyd iterations.
 
-Partitions stay on the workers as futures. Every Lloyd step submits one task per
-worker (its partitions, in index order) that reduces their partials as far as its
-share of a fixed binary tree by partition index goes; the rest of the tree is
-combined on the workers (`tree_reduce.py`), so results do not depend on the number
-of workers and only the k x d total comes to the client. Results lost with a worker
-are rebuilt from what the client holds (`recovery.py`).
+Partitions stay on the workers as futures. Every pass over them (a k-means|| pass, a
+Lloyd step) is one task per worker group, its partitions in index order
+(`group_tasks.py`). A Lloyd task reduces its partitions' partials as far as its share
+of a fixed binary tree by partition index goes; the rest of the tree is combined on
+the workers (`tree_reduce.py`), so results do not depend on the number of workers and
+only the k x d total comes to the client. Results lost with a worker are rebuilt from
+what the client holds (`recovery.py`).
 """
 
 from __future__ import annotations
