@@ -3,6 +3,8 @@ the cases issue 10 found deleting other data now refuse or leave it alone."""
 
 from __future__ import annotations
 
+import uuid
+
 import boto3
 import pytest
 
@@ -17,7 +19,7 @@ OURS = ["_manifest.json", "kmeans_centroids.npy", "centroid=0/part-00000.parquet
 @pytest.fixture
 def bucket(s3_server):
     endpoint, options = s3_server
-    name = f"bkt-{abs(hash(object())) % 10**8}"
+    name = f"bkt-{uuid.uuid4().hex[:12]}"  # (hash(object()) repeated: a freed object's address comes back)
     s3_support.create_bucket(endpoint, name)
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
 
