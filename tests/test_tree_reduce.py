@@ -10,7 +10,7 @@ from distributed import Client, LocalCluster
 
 from kmeans_partition.runner.fit import DaskKMeans
 from kmeans_partition.runner.lloyd import LloydPartial
-from kmeans_partition.runner.tree_reduce import combine_partials, tree_reduce
+from kmeans_partition.runner.tree_reduce import combine_partials, finish_tree
 from dask_support import blobs, scatter_partitions
 
 K, N_PARTS, STEPS = 7, 5, 4
@@ -80,8 +80,9 @@ def test_tree_pairs_by_index():
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         leaves = [client.scatter(s) for s in "abcde"]
-        assert tree_reduce(client, leaves, lambda a, b: f"({a}{b})").result() == "(((ab)(cd))e)"
-        assert tree_reduce(client, leaves[:1], lambda a, b: a + b) is leaves[0]
+        as_leaves = {(0, i): leaf for i, leaf in enumerate(leaves)}
+        assert finish_tree(client, 5, as_leaves, lambda a, b: f"({a}{b})").result() == "(((ab)(cd))e)"
+        assert finish_tree(client, 1, {(0, 0): leaves[0]}, lambda a, b: a + b) is leaves[0]
 
 
 def test_combined_far_rows_are_the_overall_farthest_in_partition_order():
@@ -105,16 +106,22 @@ class ImmediateClient:
 def test_workers_partial_trees_finish_to_the_whole_trees_order():
     """Any split of the leaves over workers (runs, alternating, scattered): each worker combines what
     it can (`LocalTree`), the client's plan finishes the rest, and the result is `tree_reduce`'s."""
-    from kmeans_partition.runner.tree_reduce import LocalTree, finish_tree, local_nodes
+    from kmeans_partition.runner.tree_reduce import LocalTree, local_nodes
 
     def pair(a, b):
         return f"({a}{b})"
+
+    def whole_tree(values):  # the documented order, level by level
+        while len(values) > 1:
+            odd_last = values[len(values) // 2 * 2:]
+            values = [pair(values[i], values[i + 1]) for i in range(0, len(values) - 1, 2)] + odd_last
+        return values[0]
 
     rng = np.random.default_rng(0)
     client = ImmediateClient()
     for n in range(1, 41):
         leaves = [chr(48 + i) for i in range(n)]
-        whole = tree_reduce(client, leaves, pair)
+        whole = whole_tree(leaves)
         for owners in (np.zeros(n, int), np.arange(n) % 2, np.arange(n) * 3 // n, rng.integers(0, 4, n)):
             sources = {}
             for w in np.unique(owners):

@@ -224,7 +224,7 @@ class DaskKMeans:
         n = len(self.parts)
         counts = [self.client.submit(_each_reduced, seeding.candidate_weights, add_arrays, indices, n, state, m=n_cands,
                                      pure=False, **where) for (indices, where), state in zip(self.groups, states)]
-        weights = self.client.gather(finish_tree(self.client, n, self._left_nodes(counts), add_arrays))  # on the workers
+        weights = self.client.gather(finish_tree(self.client, n, self._left_nodes(counts), add_arrays))  # summed there
         if n_cands < self.k:  # too few candidates (tiny or highly duplicated data): top up uniformly
             extra = rng.choice(n_total, size=min(self.k, n_total), replace=False)
             points = np.concatenate([points, self.fetch_rows(extra)])

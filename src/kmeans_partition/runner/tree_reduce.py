@@ -2,7 +2,9 @@
 
 Pairs (0, 1), (2, 3), ... are combined first, then the pairs' results, and so on (an odd last
 one moves up unchanged): the float additions happen in the same order whatever the number of
-workers or the task timing, and only the root comes to the client.
+workers, how partitions are grouped on them or the task timing, and only the root comes to the
+client. Each worker's task combines the pairs it holds both halves of (`LocalTree`); tasks finish
+the rest (`finish_tree`).
 """
 
 from __future__ import annotations
@@ -13,22 +15,6 @@ import numpy as np
 from distributed import Client, Future
 
 from .lloyd import LloydPartial
-
-
-def tree_reduce(client: Client, leaves: list[Future], combine, priority: int = 0, **kwargs) -> Future:
-    """The root future of ``combine(left, right, **kwargs)`` over `leaves` in a fixed binary tree;
-    ``priority``: Dask's, of the combine tasks (above the leaves' tasks: a pair combines, and frees
-    its halves, as soon as both exist, before the worker computes further leaves)."""
-    if not leaves:
-        raise ValueError("nothing to reduce")
-    level = list(leaves)
-    while len(level) > 1:
-        up = [client.submit(combine, level[i], level[i + 1], pure=False, priority=priority, **kwargs)
-              for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            up.append(level[-1])
-        level = up
-    return level[0]
 
 
 def add_arrays(left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -56,8 +42,6 @@ def combine_partials(left: LloydPartial, right: LloydPartial, keep: int) -> Lloy
         n_recomputed=left.n_recomputed + right.n_recomputed,
     )
 
-
-# ------------------------------------------------ the same tree, started on the workers
 
 def level_sizes(n: int) -> list[int]:
     """Nodes per level of the tree over ``n`` leaves, leaves first (the root's level has 1)."""
@@ -115,8 +99,8 @@ def node_of(result: tuple, key: tuple[int, int]):
 
 def finish_tree(client: Client, n: int, sources: dict, combine, priority: int = 0, **kwargs) -> Future:
     """The root future of the tree over ``n`` leaves from ``sources``: (level, index) -> future of
-    the nodes the workers left (`local_nodes`); the rest is combined by ``combine(left, right,
-    **kwargs)`` tasks."""
+    the nodes the workers left (`local_nodes`; or every leaf, (0, i)); the rest is combined by
+    ``combine(left, right, **kwargs)`` tasks of Dask priority ``priority``."""
     sizes = level_sizes(n)
 
     def resolve(level: int, j: int):
