@@ -1,5 +1,6 @@
 """The Dask fit against scikit-learn (float64 reference), on a real LocalCluster."""
 
+import gc
 import time
 
 import numpy as np
@@ -81,7 +82,6 @@ def test_a_step_keeps_each_workers_bounds_but_no_partial_sums(dask_client):
     """After a step the workers hold each partition's bounds (one future per worker group) and no
     k x d partial sums: held on as the next step's input they would double the partials kept."""
     from kmeans_partition.runner.bounds import RowBounds
-    from kmeans_partition.runner.lloyd import LloydPartial
 
     x = blobs(1200, 8, 6, seed=2)
     parts, rows = scatter_partitions(dask_client, x, 4)
@@ -91,21 +91,35 @@ def test_a_step_keeps_each_workers_bounds_but_no_partial_sums(dask_client):
         return list(dask_worker.data)
 
     before = {key for held_keys in dask_client.run(keys).values() for key in held_keys}  # other tests'
-    update, held = model.step_all(x[:6].copy())
+    gc.disable()  # futures must go when their last reference does, not at a garbage collection
+    try:
+        update, held = model.step_all(x[:6].copy())
+        held_after = _partials_held_after_release(dask_client, before)
+    finally:
+        gc.enable()
+    assert held_after == 0
     groups = dask_client.gather(held)
     holders = {address for addresses in dask_client.who_has(parts).values() for address in addresses}
     assert len(groups) == len(model.groups) == len(holders)
     assert all(isinstance(b, RowBounds) for group in groups for b in group)
     assert sum(len(b.labels) for group in groups for b in group) == len(x) and update.centroids.shape == (6, 8)
 
-    def partials_held(dask_worker, before):
-        values = [v for key, v in list(dask_worker.data.items()) if key not in before]
-        return sum(isinstance(v, LloydPartial) or (isinstance(v, tuple) and isinstance(v[0], dict)) for v in values)
 
-    deadline = time.monotonic() + 10  # the client's releases reach the workers a moment later
-    while sum(dask_client.run(partials_held, before=before).values()) and time.monotonic() < deadline:
+
+def _partials_held(dask_worker, before):
+    from kmeans_partition.runner.lloyd import LloydPartial
+
+    values = [v for key, v in list(dask_worker.data.items()) if key not in before]
+    return sum(isinstance(v, LloydPartial) or (isinstance(v, tuple) and isinstance(v[0], dict)) for v in values)
+
+
+def _partials_held_after_release(client, before) -> int:
+    """Lloyd partials (or group results holding them) in the workers' memory, new since ``before``,
+    once the client's releases reached the workers (polled up to 10 s)."""
+    deadline = time.monotonic() + 10
+    while sum(client.run(_partials_held, before=before).values()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert sum(dask_client.run(partials_held, before=before).values()) == 0
+    return sum(client.run(_partials_held, before=before).values())
 
 
 _HELD_AT_COMBINE: list = []

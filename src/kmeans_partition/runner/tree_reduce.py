@@ -102,15 +102,19 @@ def finish_tree(client: Client, n: int, sources: dict, combine, priority: int = 
     the nodes the workers left (`local_nodes`; or every leaf, (0, i)); the rest is combined by
     ``combine(left, right, **kwargs)`` tasks of Dask priority ``priority``."""
     sizes = level_sizes(n)
+    return _node(client, sizes, sources, len(sizes) - 1, 0, combine, dict(pure=False, priority=priority, **kwargs))
 
-    def resolve(level: int, j: int):
-        if (level, j) in sources:
-            return sources[(level, j)]
-        if level == 0:
-            raise KeyError(f"no worker holds leaf {j}")
-        left = resolve(level - 1, 2 * j)
-        if 2 * j + 1 >= sizes[level - 1]:
-            return left
-        return client.submit(combine, left, resolve(level - 1, 2 * j + 1), pure=False, priority=priority, **kwargs)
 
-    return resolve(len(sizes) - 1, 0)
+def _node(client: Client, sizes: list[int], sources: dict, level: int, j: int, combine, options: dict):
+    """Node (level, j) of `finish_tree`: a module function, not a closure calling itself (that cycle
+    kept every iteration's futures, and so their results on the workers, until Python's next
+    garbage collection)."""
+    if (level, j) in sources:
+        return sources[(level, j)]
+    if level == 0:
+        raise KeyError(f"no worker holds leaf {j}")
+    left = _node(client, sizes, sources, level - 1, 2 * j, combine, options)
+    if 2 * j + 1 >= sizes[level - 1]:
+        return left
+    right = _node(client, sizes, sources, level - 1, 2 * j + 1, combine, options)
+    return client.submit(combine, left, right, **options)
