@@ -30,13 +30,16 @@ def blobs(n: int, d: int, k: int, seed: int, spread: float = 0.3) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def scatter_partitions(client: Client, x: np.ndarray, n_parts: int):
-    """Split rows into partitions held on the workers; returns (futures, rows per partition)."""
+def scatter_partitions(client: Client, x: np.ndarray, n_parts: int, contiguous: bool = False):
+    """Split rows into partitions held on the workers; returns (futures, rows per partition).
+    ``contiguous``: in runs of partition indexes per worker, as the job reads them (`memory_mode.spread`);
+    else where Dask puts them."""
     chunks = np.array_split(np.arange(len(x)), n_parts)
+    workers = sorted(client.scheduler_info()["workers"])
     futures = [
         client.submit(
             Partition.from_normalised, i, f"mem://part{i}", int(ix[0]), pa.array(ix.astype(np.int64)), x[ix],
-            pure=False,
+            pure=False, **({"workers": [workers[i * len(workers) // n_parts]]} if contiguous else {}),
         )
         for i, ix in enumerate(chunks)
     ]

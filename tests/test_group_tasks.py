@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import collections
 
-import numpy as np
-import pyarrow as pa
 from distributed import Client, LocalCluster, get_task_stream
 from dask.utils import key_split
 
 from kmeans_partition.runner.fit import DaskKMeans, fit
 from kmeans_partition.runner.group_tasks import worker_groups
-from kmeans_partition.runner.partition import Partition
 from dask_support import blobs, scatter_partitions
 
 
@@ -23,21 +20,11 @@ def test_groups_follow_the_placement_and_keep_unplaced_partitions_apart():
     assert [where for _, where in groups] == [a, {}, b, {}]
 
 
-def _contiguous_partitions(client, x, n_parts: int):
-    """Partitions in contiguous runs per worker, as the job reads them (`memory_mode.spread`)."""
-    workers = sorted(client.scheduler_info()["workers"])
-    chunks = np.array_split(np.arange(len(x)), n_parts)
-    parts = [client.submit(Partition.from_normalised, i, f"mem://part{i}", int(ix[0]), pa.array(ix.astype(np.int64)),
-                           x[ix], pure=False, workers=[workers[i * len(workers) // n_parts]])
-             for i, ix in enumerate(chunks)]
-    return parts, [len(ix) for ix in chunks]
-
-
-def _fit_counting_tasks(n_workers: int, n_parts: int, place=_contiguous_partitions):
+def _fit_counting_tasks(n_workers: int, n_parts: int, contiguous: bool = True):
     x = blobs(6000, 8, 6, seed=11)
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
-        parts, rows = place(client, x, n_parts)
+        parts, rows = scatter_partitions(client, x, n_parts, contiguous)
         model = DaskKMeans(client, parts, rows, 6, batch=256, random_state=4)
         with get_task_stream(client) as stream:
             result = fit(model, "k-means||", 2.0, max_iter=4, tol_abs=0.0)
@@ -56,7 +43,7 @@ def test_a_pass_is_one_task_per_worker_and_the_result_does_not_depend_on_the_gro
     # contiguous runs: each worker's partials are combined inside its tasks and a few tasks finish
     # the tree: fewer tasks than partitions per pass (a Lloyd step was 4 per partition)
     assert sum(names.values()) < 24 * (two.n_iter + passes), names
-    scattered, _, _ = _fit_counting_tasks(3, 24, scatter_partitions)  # any placement: the same result
+    scattered, _, _ = _fit_counting_tasks(3, 24, contiguous=False)  # any placement: the same result
     for other in (two, scattered):
         assert one.centroids.tobytes() == other.centroids.tobytes()
         assert one.inertia_history == other.inertia_history

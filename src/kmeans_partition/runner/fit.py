@@ -88,7 +88,9 @@ class DaskKMeans:
             wait(parts)
             placement = held_by(client, parts)
         self.placement = placement
-        self.groups = worker_groups(placement)  # one Lloyd task per worker and iteration
+        self.groups = worker_groups(placement)  # one task per worker group and pass
+        # the tree nodes each group's reduction leaves for `finish_tree` (fixed with the groups)
+        self.group_nodes = [local_nodes(len(parts), indices) for indices, _ in self.groups]
         self.parts = parts
         self.rows = np.asarray(rows_per_part, dtype=np.int64)
         self.k = n_clusters
@@ -144,9 +146,8 @@ class DaskKMeans:
     def _left_nodes(self, results: list[Future]) -> dict:
         """The tree nodes each group's `_each_reduced`-like result leaves for `finish_tree`, picked
         out on its worker (only they travel, not the rest of the result)."""
-        n = len(self.parts)
         return {node: self.client.submit(node_of, r, node, pure=False, priority=REDUCE_PRIORITY, **where)
-                for r, (indices, where) in zip(results, self.groups) for node in local_nodes(n, indices)}
+                for r, (_, where), nodes in zip(results, self.groups, self.group_nodes) for node in nodes}
 
     def _gathered(self, grouped: PerGroup) -> list:
         """The results of `_by_group` tasks, an entry per partition in partition order."""

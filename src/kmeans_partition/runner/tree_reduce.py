@@ -57,7 +57,7 @@ _MISSING = object()
 class LocalTree:
     """The part of the tree one worker can combine from the leaves it holds, added in increasing
     index order: a pair combines when both halves are here, in the whole tree's order, so a
-    reduction finished from the remaining `nodes` (`finish_tree`) equals `tree_reduce`'s bit for bit.
+    reduction finished from the remaining `nodes` (`finish_tree`) equals the whole tree's bit for bit.
 
     ``nodes``: (level, index) -> value of the nodes whose neighbour is elsewhere (or the root).
     Without ``combine`` it only finds those nodes (the client's plan of the same tree).
