@@ -3,6 +3,7 @@
 import json
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import gcs_support  # noqa: F401  (sets the gcsfs environment before gcsfs is imported)
@@ -10,6 +11,7 @@ from dask_support import blobs, dask_client  # noqa: F401
 from io_support import write_parquet
 from s3_support import create_bucket
 
+from kmeans_partition.runner import lease as lease_module
 from kmeans_partition.runner.lease import LEASE, Lease, LeaseError
 from kmeans_partition.runner.output import open_output
 from kmeans_partition.runner.stage import KMeansStage
@@ -91,12 +93,18 @@ def _race(location, action, n=6):
     return won, errors
 
 
-def test_expired_lease_is_taken_over_and_the_old_holder_loses_it(location):
-    old = Lease(location, "uid-1", 0.5)
+def _advance_lease_clock(monkeypatch, seconds: float) -> None:
+    """Move the lease module's clock ahead: expiry without sleeping, whatever the store's latency."""
+    real = lease_module.time
+    monkeypatch.setattr(lease_module, "time", SimpleNamespace(time=lambda: real.time() + seconds, sleep=real.sleep))
+
+
+def test_expired_lease_is_taken_over_and_the_old_holder_loses_it(location, monkeypatch):
+    old = Lease(location, "uid-1", 60)
     old.take()
     with pytest.raises(LeaseError):
         Lease(location, "uid-2", 60).take()
-    time.sleep(0.8)
+    _advance_lease_clock(monkeypatch, 61)
     new = Lease(location, "uid-2", 60)
     new.take()
     assert new.taken_over is not None and new.taken_over.run_id == old.holder.run_id
@@ -123,10 +131,10 @@ def test_same_resource_takes_over_its_own_live_lease(location):
 
 
 def test_renewal_keeps_the_lease_alive(location):
-    lease = Lease(location, "uid-1", 0.6)
+    lease = Lease(location, "uid-1", 1.5)  # renewed every 0.5 s: a slow store still renews in time
     lease.take()
     lease.start_renewing()
-    time.sleep(1.5)  # more than twice its lifetime
+    time.sleep(3.5)  # more than twice its lifetime
     assert _holder(location)["expires"] > time.time()
     with pytest.raises(LeaseError):
         Lease(location, "uid-2", 60).take()
