@@ -73,3 +73,16 @@ def test_random_init_baseline_row_and_target(capsys):
     ratio = ours["final inertia"] / rnd["final inertia"]
     assert f"converged inertia after k-means|| is {ratio:.4f}x that after random init" in out
     assert "sampling passes" in out and "local trials" in out
+
+
+def test_step_parts_runs_both_kernels_on_the_same_rows(capsys):
+    """`bench/step_parts.py` times scikit-learn's private Lloyd kernel: it must still import and do
+    the same step as ours (labels agree but for float32 near ties)."""
+    pytest.importorskip("sklearn")
+    spec = importlib.util.spec_from_file_location("step_parts", BENCH.parent / "step_parts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["3000", "16", "8"])
+    assert result["same labels"] >= 0.999
+    assert len(result["ours"]) == len(result["sklearn"]) == module.STEPS
+    assert "scikit-learn's time / ours" in capsys.readouterr().out
