@@ -29,12 +29,14 @@ def true_distances(x, c):
     return np.sqrt(((x.astype(np.float64)[:, None, :] - c.astype(np.float64)[None]) ** 2).sum(-1))
 
 
-@pytest.mark.parametrize("k,batch", [(40, 97), (3, 1000), (1, 50)])
-def test_pruned_steps_equal_full_steps(k, batch):
+@pytest.mark.parametrize("k,batch,costs", [(40, 97, PruningCosts()), (3, 1000, PruningCosts(always_bounds_from_k=1)),
+                                           (1, 50, PruningCosts(always_bounds_from_k=1))])
+def test_pruned_steps_equal_full_steps(k, batch, costs):
+    """(Below 10 clusters bounds never pay for their upkeep by default: there they are forced.)"""
     x = blobs(3000, 16, 12, seed=11, spread=0.25)
     c0 = x[np.random.default_rng(12).choice(len(x), k, replace=False)]
     full = list(run_steps(x, c0, 12, batch, pruned=False))
-    pruned = list(run_steps(x, c0, 12, batch, pruned=True))
+    pruned = list(run_steps(x, c0, 12, batch, pruned=True, costs=costs))
     last_labels = None
     for (c_f, p_f, b_f), (c_p, p_p, b_p) in zip(full, pruned):
         np.testing.assert_array_equal(c_p, c_f)
@@ -52,7 +54,7 @@ def test_pruned_steps_equal_full_steps(k, batch):
 
 
 def test_bounds_hold_for_exact_distances(on):
-    keep_bounds = PruningCosts(upkeep=-1.0)  # pruning always "pays": bounds every step
+    keep_bounds = PruningCosts(always_bounds_from_k=1)  # bounds every step
     x = blobs(2000, 24, 10, seed=13, spread=0.4)
     c0 = x[np.random.default_rng(14).choice(len(x), 30, replace=False)]
     checked = 0
@@ -71,32 +73,58 @@ def test_bounds_hold_for_exact_distances(on):
     assert checked >= 8
 
 
-def test_steps_without_bounds_when_pruning_does_not_pay():
-    never_pays = PruningCosts(upkeep=1e9)  # pruning never "pays": back off every time
+def test_steps_without_bounds_when_pruning_does_not_pay(on):
+    never_pays = PruningCosts(upkeep=1e9)  # the sample never predicts enough settled rows
     x = blobs(2000, 16, 10, seed=19, spread=0.25)
     c0 = x[np.random.default_rng(20).choice(len(x), 20, replace=False)]
     full = list(run_steps(x, c0, 14, 256, pruned=False))
-    pruned = list(run_steps(x, c0, 14, 256, pruned=True, costs=never_pays))
+    pruned = list(run_steps(x, c0, 14, 256, pruned=True, costs=never_pays, on=on))
     for (c_f, _, b_f), (c_p, _, b_p) in zip(full, pruned):
         np.testing.assert_array_equal(c_p, c_f)
-        np.testing.assert_array_equal(b_p.labels, b_f.labels)
-    kept = ["plain" if b.upper is None else "bounds" for _, _, b in pruned]
-    # plain, probe, try, then 1, 2, 4 plain steps between probe+try pairs
-    assert kept[:8] == ["plain", "bounds", "bounds", "plain", "bounds", "bounds", "plain", "plain"]
-    assert [b.backoff for _, _, b in pruned][:7] == [1, 1, 2, 2, 2, 4, 4]
+        np.testing.assert_array_equal(on.check(b_p.labels), b_f.labels)
+    assert all(b.upper is None and b.sample is not None for _, _, b in pruned)  # never a bounds step
+    assert sum(p.n_recomputed for _, p, _ in pruned) == 14 * len(x)
 
 
-def test_pruning_costs_set_the_schedule():
+def test_a_wrong_prediction_backs_off(monkeypatch):
+    """When the sample promises settled rows the bounds then do not deliver, the steps back off:
+    1, 2, 4 ... (at most ``max_backoff``) plain steps before the sample is asked again."""
     x = blobs(2000, 16, 10, seed=19, spread=0.25)
     c0 = x[np.random.default_rng(20).choice(len(x), 20, replace=False)]  # k = 20
+    monkeypatch.setattr(bd.BoundsSample, "settled_fraction", lambda *args: np.inf)
 
     def kept(costs):
         return ["plain" if b.upper is None else "bounds" for _, _, b in run_steps(x, c0, 14, 256, True, costs)]
 
-    pairs = ["bounds", "bounds", "plain", "plain"]  # probe+try, then at most 2 plain steps
+    assert kept(PruningCosts(upkeep=1e9))[:8] == ["plain", "bounds", "bounds", "plain", "bounds", "bounds",
+                                                  "plain", "plain"]
+    pairs = ["bounds", "bounds", "plain", "plain"]  # compute + try, then at most 2 plain steps
     capped = kept(PruningCosts(upkeep=1e9, max_backoff=2))
     assert capped == ["plain", "bounds", "bounds", "plain"] + pairs * 2 + pairs[:2]
     assert kept(PruningCosts(upkeep=1e9, always_bounds_from_k=20)) == ["plain"] + ["bounds"] * 13
+
+
+def test_the_sample_predicts_the_settled_share_of_all_rows():
+    """`BoundsSample` (1024 of 20,000 rows) against every row's bounds moved by the same drift."""
+    x = blobs(20000, 16, 12, seed=3, spread=0.25)
+    xa, x_sq = km.augment_rows(x), km.row_sq_norms(x)
+    centroids = x[np.random.default_rng(4).choice(len(x), 40, replace=False)]
+    keep = PruningCosts(always_bounds_from_k=1)
+    partial, state = lloyd_partial(xa, x_sq, centroids, 4096, costs=keep)
+    shares = []
+    for _ in range(4):
+        update = reduce_lloyd([partial], centroids)
+        partial, state_next = lloyd_partial(xa, x_sq, update.centroids, 4096, (partial, state), update.drift, keep)
+        if state.upper is not None:  # every row's bounds under `centroids`: the truth for this drift
+            upper, lower, _ = bd.shifted(state, update.drift)
+            truth = float(bd.settled(upper, lower, bd.score_error(x_sq, update.centroids)).mean())
+            sample = bd.BoundsSample.of(xa, x_sq, km.augment_centroids(centroids), centroids)
+            assert sample.rows.shape[0] <= bd.SAMPLE_ROWS
+            shares.append((sample.settled_fraction(x_sq, update.centroids, update.drift), truth))
+        centroids, state = update.centroids, state_next
+    assert len(shares) == 3 and any(0.1 < truth < 0.95 for _, truth in shares), shares
+    for predicted, truth in shares:
+        assert abs(predicted - truth) < 0.05, shares
 
 
 def test_check_costs_change_the_work_never_the_result():

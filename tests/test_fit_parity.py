@@ -9,6 +9,7 @@ from distributed import Client, LocalCluster
 from sklearn.cluster import KMeans
 
 from kmeans_partition.runner.fit import DaskKMeans, fit
+from kmeans_partition.runner.lloyd import PruningCosts
 from dask_support import blobs, dask_client, scatter_partitions  # noqa: F401
 
 
@@ -160,10 +161,11 @@ def test_a_worker_reduces_its_partitions_partials_in_its_step_task(monkeypatch):
 def test_a_step_drops_the_bounds_it_used_and_keeps_their_labels(dask_client):
     """A worker's task frees each partition's last bounds once its step is done (two sets of a
     worker's bounds lived to the end of the task); the labels stay for a redone step's count."""
-    x = blobs(1200, 8, 6, seed=2)
+    k = PruningCosts().always_bounds_from_k  # bounds every step (below, only where they pay)
+    x = blobs(2000, 8, 6, seed=2)
     parts, rows = scatter_partitions(dask_client, x, 4)
-    model = DaskKMeans(dask_client, parts, rows, 6, batch=128, random_state=0)
-    first, held1 = model.step_all(x[:6].copy())
+    model = DaskKMeans(dask_client, parts, rows, k, batch=128, random_state=0)
+    first, held1 = model.step_all(x[:k].copy())
     second, held2 = model.step_all(first.centroids, held1, first.drift)
     before = [b for group in dask_client.gather(held2) for b in group]
     assert all(b.upper is not None and b.lower is not None for b in before)  # the second step made bounds

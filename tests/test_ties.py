@@ -74,20 +74,22 @@ def test_bounded_steps_equal_plain_steps_on_near_ties():
     """Lloyd with bounds (subset GEMMs) and without: the same labels and centroids, bit for bit."""
     x, c0 = data(n=4000, pairs=15, seed=21)
     xa, x_sq = km.augment_rows(x), km.row_sq_norms(x)
-    keep = PruningCosts(upkeep=-1.0)
-    runs = []
+    keep = PruningCosts(always_bounds_from_k=1)  # bounds every step
+    runs, bounded_steps = [], 0
     for pruned in (False, True):
         centroids, previous, drift, labels = c0, None, None, []
         for _ in range(8):
             partial, state = lloyd_partial(xa, x_sq, centroids, 256, previous if pruned else None, drift, keep)
             update = reduce_lloyd([partial], centroids)
             labels.append(state.labels.copy())
+            bounded_steps += state.upper is not None and pruned
             previous, drift, centroids = (partial, state), update.drift, update.centroids
         runs.append((labels, centroids))
     for plain, bounded in zip(*[r[0] for r in runs]):
         np.testing.assert_array_equal(bounded, plain)
     np.testing.assert_array_equal(runs[1][1], runs[0][1])
     assert np.array_equal(runs[0][0][0], exact_labels(x, c0))
+    assert bounded_steps == 7
 
 
 def test_assign_labels_and_second_with_near_ties(on):

@@ -45,12 +45,51 @@ class RowBounds:
     yields: tuple[float, float] = (1.0, 1.0)
     plain_left: int = 0  # steps still to run without bounds
     backoff: int = 1  # steps to run without bounds the next time pruning does not pay
+    #: After a step without bounds (below ``PruningCosts.always_bounds_from_k``): bounds of a few
+    #: rows, from which the next step predicts whether computing bounds for all would pay.
+    sample: Optional["BoundsSample"] = None
 
     def drop_bounds(self) -> None:
         """Keep only the labels (used: the step after this one is done). A step redone from this
         state runs without bounds anyway and still counts its changed labels; one with drift would
         compute the bounds afresh. 12 of the 16 bytes a row."""
         self.upper = self.lower = self.assigned_lower = None
+
+
+#: Rows per partition whose bounds a step without bounds keeps (`BoundsSample`).
+SAMPLE_ROWS = 1024
+
+
+@dataclass
+class BoundsSample:
+    """Bounds of evenly spaced rows of a partition, kept by a step that kept no bounds."""
+
+    rows: np.ndarray  # (s,) row indices, on the partition's device
+    bounds: "RowBounds"  # their labels, upper, lower and assigned_lower (s,)
+
+    @classmethod
+    def of(cls, xa, x_sq, ca, centroids: np.ndarray) -> "BoundsSample":
+        """The sample's bounds under ``centroids`` ((k, d) host; ``ca`` their augmented form on
+        the rows' device), from one small GEMM: ``min(n, SAMPLE_ROWS)`` rows x k."""
+        from .kmeans import nearest_two
+
+        xp, n = be.namespace(xa), x_sq.shape[0]
+        rows = xp.arange(0, n, max(1, -(-n // SAMPLE_ROWS)), dtype=xp.int64, device=be.device(xa))
+        sq, err = xp.take(x_sq, rows), score_error(xp.take(x_sq, rows), centroids)
+        scores = xp.empty((rows.shape[0], ca.shape[0]), dtype=xp.float32, device=be.device(xa))
+        labels, first, second, _ = nearest_two(xp.take(xa, rows, axis=0), ca.T, scores)
+        upper, lower = from_distances(first + sq, second + sq, err)
+        return cls(rows, RowBounds(labels, upper, lower, lower_from_distance(first + sq, err)))
+
+    def settled_fraction(self, x_sq, centroids: np.ndarray, drift: np.ndarray) -> float:
+        """Share of the sample the bounds would settle after ``drift``: the step's own share,
+        had all rows kept bounds (the optional checks of `lloyd._settle` aside)."""
+        if self.rows.shape[0] == 0:
+            return 0.0
+        xp = be.namespace(x_sq)
+        upper, lower, _ = shifted(self.bounds, drift)
+        ok = settled(upper, lower, score_error(xp.take(x_sq, self.rows), centroids))
+        return float(xp.sum(xp.astype(ok, xp.float64))) / self.rows.shape[0]
 
 
 def max_norm(centroids: np.ndarray) -> float:

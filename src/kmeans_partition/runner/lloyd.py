@@ -23,6 +23,7 @@ import numpy as np
 from . import backend as be
 from . import bounds as bd
 from . import ties
+from .pruning import PruningCosts, bounds_pay, regrown, schedule, worth
 from .kmeans import BlockSums, augment_centroids, nearest, nearest_two
 
 #: Farthest rows each partition offers per Lloyd step for re-seeding empty clusters.
@@ -47,31 +48,6 @@ class LloydPartial:
     n_recomputed: int = 0  # rows that needed the full distance computation
 
 
-@dataclass(frozen=True)
-class PruningCosts:
-    """When bounds and their optional checks pay, costs in units of one row-centroid distance
-    in a GEMM (measured at d=384: a GEMM distance ~8 ns, a row copied out of place ~0.3 us,
-    a row and its centroid gathered for one dot product ~1 us). A check is only run where
-    the rows it settled last time (its yield) save more GEMM than it costs: with few
-    clusters a row's full GEMM is cheaper than checking it.
-    """
-
-    #: Bound upkeep per row (moving and checking the bounds, the second-smallest distance):
-    #: pruning pays while (settled fraction) x k exceeds it.
-    upkeep: float = 10
-    #: A row copied out of place (gathering stale rows, measuring the most-moved centroids).
-    gather: float = 40
-    #: A row and its centroid gathered for one dot product (tightening a row's bounds).
-    tighten: float = 130
-    #: From this many clusters on, bounds are always kept: the upkeep is a few percent of a
-    #: step while rows can start settling at any step (measured at k=1000, 500k x 384: backing
-    #: off in the early steps delayed pruning by 3 steps and cost more than it saved; at k=100
-    #: the upkeep is ~10% of a step).
-    always_bounds_from_k: int = 256
-    #: Longest run of steps without bounds after pruning did not pay (doubling from 1).
-    max_backoff: int = 16
-
-
 def lloyd_partial(
     xa: np.ndarray,
     x_sq: np.ndarray,
@@ -85,9 +61,10 @@ def lloyd_partial(
 
     ``previous`` is this partition's result of the last step and ``drift`` how far each
     centroid moved since; with both, rows whose label cannot change are skipped. Without
-    ``drift`` every row is computed and no bounds are kept. When pruning settles too few
-    rows to pay for its upkeep, the next steps run without bounds (1, 2, 4, ... steps)
-    before bounds are computed again. The cluster sums are always recomputed from all rows
+    ``drift`` every row is computed and no bounds are kept. Below ``always_bounds_from_k``
+    clusters, a step without bounds keeps a few rows' bounds, and bounds are computed for all
+    rows only when those predict that they pay; when pruning then settles too few rows, the
+    next 1, 2, 4, ... steps run without (`pruning.py`). The cluster sums are always recomputed from all rows
     (updating them with the rows that moved made centroids depend on the rounding history,
     which changed labels). ``costs`` decide when pruning and its checks pay.
     """
@@ -97,12 +74,14 @@ def lloyd_partial(
     centroids = np.ascontiguousarray(centroids, dtype=np.float32)
     ca, batch = augment_centroids(centroids, ref=xa), be.block_rows(xp, batch, k)
     last = None if previous is None or drift is None else previous[1]
-    if last is None or last.plain_left > 0:  # no bounds this step
+    if last is None or last.plain_left > 0 or not bounds_pay(last, x_sq, centroids, drift, costs):
         block_sums = BlockSums.for_rows(xa, k)
         labels, dist_sq = nearest(xa, x_sq, ca, batch, block_sums, centroids)
         n_recomputed, known, err = n, xp.ones(n, dtype=xp.bool, device=be.device(xa)), None
         state = bd.RowBounds(labels, plain_left=max(last.plain_left - 1, 0) if last else 0,
                              backoff=last.backoff if last else 1)
+        if k < costs.always_bounds_from_k:
+            state.sample = bd.BoundsSample.of(xa, x_sq, ca, centroids)
     else:
         err = bd.score_error(x_sq, centroids)
         if last.upper is None:  # the last step kept no bounds: compute them for the next
@@ -116,7 +95,7 @@ def lloyd_partial(
             labels, work.upper, work.lower, work.assigned_lower, work.yields, backoff=last.backoff
         )
         if last.upper is not None:
-            _schedule(state, k, 1.0 - n_recomputed / max(n, 1), costs)
+            schedule(state, k, 1.0 - n_recomputed / max(n, 1), costs)
     sums, counts = block_sums.result()
     sums, counts = be.to_host(sums[:, :d]), be.to_host(counts)
     upper_sq = None if err is None else xp.astype(state.upper, xp.float64) ** 2 + err
@@ -135,14 +114,6 @@ def lloyd_partial(
         n_recomputed=n_recomputed,
     )
     return partial, state
-
-
-def _schedule(state: bd.RowBounds, k: int, settled: float, costs: PruningCosts) -> None:
-    """After a step with bounds: keep them, or run the next steps without (backing off)."""
-    if k >= costs.always_bounds_from_k or settled * k > costs.upkeep:
-        state.backoff = 1
-    else:
-        state.plain_left, state.backoff = state.backoff, min(2 * state.backoff, costs.max_backoff)
 
 
 @dataclass
@@ -167,15 +138,6 @@ class RowWork:
                    xp.zeros(n, dtype=xp.bool, device=dev))
 
 
-def _worth(yield_fraction: float, k: int, cost: float) -> bool:
-    return yield_fraction * k > cost
-
-
-def _regrown(yield_fraction: float) -> float:
-    """A check not tried this step: double its estimate so it is probed again later."""
-    return min(1.0, 2.0 * max(yield_fraction, 1e-3))
-
-
 def _settle(
     xa, x_sq, ca, err, previous: bd.RowBounds, drift, costs: PruningCosts
 ) -> tuple[RowWork, np.ndarray]:
@@ -188,13 +150,13 @@ def _settle(
     work = RowWork.blank(x_sq, previous)
     tighten_yield, measure_yield = previous.yields
     moved = bd.most_drifted(drift)
-    if not _worth(measure_yield, k, costs.gather + moved.size):
+    if not worth(measure_yield, k, costs.gather + moved.size):
         moved = moved[:0]
     work.upper, work.lower, work.assigned_lower = bd.shifted(previous, drift, moved)
     stale = ~bd.settled(work.upper, work.lower, err)
     # Tighten (one dot product) only rows that the exact distance could settle.
     doubt = be.nonzero(xp, stale & bd.settled(work.assigned_lower, work.lower, err))
-    if doubt.shape[0] and _worth(tighten_yield, k, costs.tighten):
+    if doubt.shape[0] and worth(tighten_yield, k, costs.tighten):
         dist = _to_assigned(xa, x_sq, ca, work.labels, doubt)
         err_d, lower_d = xp.take(err, doubt), xp.take(work.lower, doubt)
         upper_d = bd.upper_from_distance(dist, err_d)
@@ -206,7 +168,7 @@ def _settle(
         stale = be.put(xp, stale, doubt, still)
         tighten_yield = 1.0 - _count(xp, still) / doubt.shape[0]
     else:
-        tighten_yield = _regrown(tighten_yield)
+        tighten_yield = regrown(tighten_yield)
     hopeful = be.nonzero(xp, ~stale)
     if moved.size:  # the most-moved centroids were left out of `lower`: measure them
         if hopeful.shape[0]:
@@ -218,7 +180,7 @@ def _settle(
             stale = be.put(xp, stale, hopeful, still)
             measure_yield = 1.0 - _count(xp, still) / hopeful.shape[0]
     else:
-        measure_yield = _regrown(measure_yield)
+        measure_yield = regrown(measure_yield)
     work.yields = (float(tighten_yield), float(measure_yield))
     return work, stale
 
