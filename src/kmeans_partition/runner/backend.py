@@ -24,7 +24,7 @@ import importlib
 import os
 import threading
 from types import ModuleType
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from array_api_compat import array_namespace, device, is_cupy_namespace, is_numpy_namespace

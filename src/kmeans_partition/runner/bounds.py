@@ -75,7 +75,8 @@ class BoundsSample:
 
         xp, n = be.namespace(xa), x_sq.shape[0]
         rows = xp.arange(0, n, max(1, -(-n // SAMPLE_ROWS)), dtype=xp.int64, device=be.device(xa))
-        sq, err = xp.take(x_sq, rows), score_error(xp.take(x_sq, rows), centroids)
+        sq = xp.take(x_sq, rows)
+        err = score_error(sq, centroids)
         scores = xp.empty((rows.shape[0], ca.shape[0]), dtype=xp.float32, device=be.device(xa))
         labels, first, second, _ = nearest_two(xp.take(xa, rows, axis=0), ca.T, scores)
         upper, lower = from_distances(first + sq, second + sq, err)

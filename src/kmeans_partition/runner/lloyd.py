@@ -23,8 +23,8 @@ import numpy as np
 from . import backend as be
 from . import bounds as bd
 from . import ties
-from .pruning import PruningCosts, bounds_pay, regrown, schedule, worth
 from .kmeans import BlockSums, augment_centroids, nearest, nearest_two
+from .pruning import PruningCosts, bounds_pay, regrown, schedule, worth
 
 #: Farthest rows each partition offers per Lloyd step for re-seeding empty clusters.
 RESEED_CANDIDATES = 32
@@ -64,9 +64,9 @@ def lloyd_partial(
     ``drift`` every row is computed and no bounds are kept. Below ``always_bounds_from_k``
     clusters, a step without bounds keeps a few rows' bounds, and bounds are computed for all
     rows only when those predict that they pay; when pruning then settles too few rows, the
-    next 1, 2, 4, ... steps run without (`pruning.py`). The cluster sums are always recomputed from all rows
-    (updating them with the rows that moved made centroids depend on the rounding history,
-    which changed labels). ``costs`` decide when pruning and its checks pay.
+    next 1, 2, 4, ... steps run without (`pruning.py`). The cluster sums are always recomputed
+    from all rows (updating them with the rows that moved made centroids depend on the rounding
+    history, which changed labels). ``costs`` decide when pruning and its checks pay.
     """
     xp = be.namespace(xa)
     k, d = centroids.shape

@@ -45,7 +45,8 @@ def bounds_pay(last: bd.RowBounds, x_sq, centroids: np.ndarray, drift, costs: Pr
     from ``always_bounds_from_k`` clusters; below, when the last step's `BoundsSample` predicts
     that bounds would settle enough rows now to pay (no sample: yes). Per row, in distances: a
     plain step costs k, one with bounds the upkeep plus (k + gather) for each unsettled row
-    (`lloyd._recompute` copies them out), so they pay from a settled share of (upkeep + gather) / (k + gather)."""
+    (`lloyd._recompute` copies them out), so they pay from a settled share of
+    (upkeep + gather) / (k + gather)."""
     k = centroids.shape[0]
     if last.upper is not None or k >= costs.always_bounds_from_k or last.sample is None:
         return True

@@ -24,7 +24,6 @@ from typing import Any, Optional
 import numpy as np
 
 from . import backend as be
-from . import kmeans as km
 from . import ties
 
 #: A row with a margin below a threshold counts as a boundary row at that threshold.
