@@ -80,7 +80,7 @@ def lloyd_partial(
         n_recomputed, known, err = n, xp.ones(n, dtype=xp.bool, device=be.device(xa)), None
         state = bd.RowBounds(labels, plain_left=max(last.plain_left - 1, 0) if last else 0,
                              backoff=last.backoff if last else 1)
-        if k < costs.always_bounds_from_k:
+        if k < costs.always_bounds_from_k and state.plain_left == 0:  # the next step asks it
             state.sample = bd.BoundsSample.of(xa, x_sq, ca, centroids)
     else:
         err = bd.score_error(x_sq, centroids)
