@@ -1,6 +1,6 @@
 """Where one plain Lloyd step's time goes, beside scikit-learn's Lloyd iteration on the same rows.
 
-    OPENBLAS_NUM_THREADS=1 python bench/step_parts.py [n d k]     # default 500k x 128, k=100
+    python bench/step_parts.py [n d k]     # default 500k x 128, k=100
 
 Both single-threaded on the same normalised blob rows and the same centroids (rows picked at
 random): ours is `lloyd_partial` without bounds (the GEMM in blocks, argmin, the near-tie check,
@@ -14,6 +14,7 @@ import sys
 import time
 
 import numpy as np
+from sklearn.cluster._k_means_lloyd import lloyd_iter_chunked_dense  # loads scipy's BLAS before the limit
 from threadpoolctl import threadpool_limits
 
 from kmeans_partition.runner import kmeans as km
@@ -29,8 +30,6 @@ def blob_rows(n: int, d: int, rng) -> np.ndarray:
 
 
 def sklearn_steps(x: np.ndarray, c: np.ndarray) -> tuple[list[float], np.ndarray]:
-    from sklearn.cluster._k_means_lloyd import lloyd_iter_chunked_dense
-
     n, k = x.shape[0], c.shape[0]
     weights, new, in_cluster = np.ones(n, np.float32), np.empty_like(c), np.zeros(k, np.float32)
     labels, shift, times = np.empty(n, np.int32), np.empty(k, np.float32), []
