@@ -21,9 +21,13 @@ ARG APP_UID=10001
 FROM ${PYTHON_IMAGE} AS cpu-build
 ARG PIP_VERSION
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# A C compiler for the fused host kernel (setup.py; the runtime image copies only the venv).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install "pip==${PIP_VERSION}"
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY docker/constraints.txt ./docker/constraints.txt
 COPY src ./src
 RUN /opt/venv/bin/pip install --constraint docker/constraints.txt ".[s3,gcs,operator]"
@@ -58,7 +62,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install "pip==${PIP_VERSION}"
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# setup.py's host kernel is optional and not built here (no compiler: GPU workers compute on CuPy).
+COPY pyproject.toml setup.py README.md ./
 COPY docker/constraints-gpu.txt ./docker/constraints-gpu.txt
 COPY src ./src
 RUN /opt/venv/bin/pip install --constraint docker/constraints-gpu.txt ".[s3,gcs,operator,gpu]" "cuml-cu12[dask]==${CUML_VERSION}" \

@@ -155,3 +155,14 @@ def test_the_resolve_check_uses_the_dockerfile_install():
     script = (REPO_ROOT / "scripts" / "check-gpu-resolve.sh").read_text()
     assert "docker/constraints-gpu.txt" in script and "cuml-cu12[dask]==" in script
     assert all(name in script for name in ("raft-dask-cu12", "dask-cudf-cu12"))
+
+
+def test_the_cpu_build_compiles_the_host_kernel():
+    """The CPU image's workers label blocks with the fused C kernel: its build stage has a compiler
+    before the install and copies setup.py, which declares the extension."""
+    runs = DOCKERFILE.stage("cpu-build").all("RUN")
+    compiler = next(i for i, run in enumerate(runs) if "apt-get install" in run and " gcc" in run)
+    install = next(i for i, run in enumerate(runs) if "pip install" in run and ".[" in run)
+    assert compiler < install
+    assert any("setup.py" in copy for copy in DOCKERFILE.stage("cpu-build").all("COPY"))
+    assert "_host_kernels.c" in (REPO_ROOT / "setup.py").read_text()

@@ -18,6 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import backend as be
+from . import host_kernels as hk
 from . import ties
 
 
@@ -75,19 +76,22 @@ def nearest(xa, x_sq, ca, batch: int, sums: Optional["BlockSums"] = None, centro
     block = be.scratch(xp, xa, (min(batch, n), k))
     ca_t = ca.T
     rule = None if centroids is None else ties.TieRule(centroids)
+    fused = rule is not None and hk.usable(xa)
     for start in range(0, n, batch):
         stop = min(start + batch, n)
         scores = be.matmul(xp, xa[start:stop, :], ca_t, out=block[: stop - start, :])
-        lab = xp.argmin(scores, axis=1)
-        first = xp.take_along_axis(scores, lab[:, None], axis=1)[:, 0]
-        labels[start:stop] = xp.astype(lab, xp.int32)
-        dist_sq[start:stop] = first + x_sq[start:stop]
-        if rule is not None:
-            found = rule.settle(xa[start:stop, :], x_sq[start:stop], scores, lab, first)
-            labels, dist_sq = ties.write_back(found, start, x_sq, labels, dist_sq)
-            if sums is not None:
-                sums.labels = labels  # a new array where `put` cannot write in place
+        if fused:  # the same labels, distances and ties in one pass per row (`host_kernels.py`)
+            found = rule.label_fused(xa[start:stop, :], x_sq[start:stop], scores, labels[start:stop],
+                                     dist_sq[start:stop])
+        else:
+            lab = xp.argmin(scores, axis=1)
+            first = xp.take_along_axis(scores, lab[:, None], axis=1)[:, 0]
+            labels[start:stop] = xp.astype(lab, xp.int32)
+            dist_sq[start:stop] = first + x_sq[start:stop]
+            found = None if rule is None else rule.settle(xa[start:stop, :], x_sq[start:stop], scores, lab, first)
+        labels, dist_sq = ties.write_back(found, start, x_sq, labels, dist_sq)
         if sums is not None:
+            sums.labels = labels  # a new array where `put` cannot write in place
             sums.advance(stop)
     return labels, be.maximum_(xp, dist_sq, 0.0)
 

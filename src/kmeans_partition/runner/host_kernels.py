@@ -1,0 +1,102 @@
+"""The fused host kernel (`_host_kernels.c`): one pass per score row instead of four NumPy passes.
+
+After each score GEMM on NumPy, `label_block` gives every row its label (lowest index of the
+smallest score, as ``argmin``), that score, and whether another score is within its near-tie limit
+(`ties.py`) - the same values as the NumPy path, bit for bit (`tests/test_host_kernels.py`). It is
+an optional compiled extension loaded with ctypes: where it was not built (no C compiler at
+install) or fails its check on load, `library()` is None and the engine runs its NumPy path.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import os
+import threading
+from typing import Optional
+
+import numpy as np
+
+_NAME = "_host_kernels"
+_lock = threading.Lock()
+_loaded: list = []  # [ctypes library or None] once looked up
+
+
+def library() -> Optional[ctypes.CDLL]:
+    """The loaded kernel library, or None where it is missing or computes a wrong result."""
+    with _lock:
+        if not _loaded:
+            _loaded.append(_checked(_load()))
+        return _loaded[0]
+
+
+def usable(x) -> bool:
+    """Whether ``x``'s blocks can go through the kernel: a NumPy array, and the library loaded."""
+    return isinstance(x, np.ndarray) and library() is not None
+
+
+def label_block(scores: np.ndarray, slack: Optional[np.ndarray], labels: np.ndarray, first: np.ndarray,
+                tie: Optional[np.ndarray]) -> int:
+    """Fill ``labels`` (m,) int32, ``first`` (m,) float32 and, with ``slack``, ``tie`` (m,) bool.
+
+    ``scores`` (m, k) float32 C-contiguous, k >= 1; ``slack`` (m,) float64: each row's near-tie
+    width (`ties.TieRule.slack`). ``tie[i]`` says whether a score other than the label's is <=
+    ``nextafter(float32(first[i] + slack[i]), inf)``. Returns the number of such rows (0 without
+    ``slack``). Raises ValueError on arrays of another shape, dtype or layout.
+    """
+    m, k = scores.shape
+    _check(scores, np.float32, (m, k), "scores")
+    _check(labels, np.int32, (m,), "labels")
+    _check(first, np.float32, (m,), "first")
+    if k < 1:
+        raise ValueError("label_block: scores need one column at least")
+    if slack is not None:
+        _check(slack, np.float64, (m,), "slack")
+        _check(tie, np.bool_, (m,), "tie")
+    lib = library()
+    if lib is None:
+        raise RuntimeError("label_block: the host kernel library is not loaded")
+    return _call(lib, scores, slack, labels, first, tie)
+
+
+def _call(lib: ctypes.CDLL, scores, slack, labels, first, tie) -> int:
+    pointer = (lambda a: None if a is None else a.ctypes.data)
+    return int(lib.kp_label_block(scores.ctypes.data, scores.shape[0], scores.shape[1], pointer(slack),
+                                  labels.ctypes.data, first.ctypes.data, pointer(tie)))
+
+
+def _check(a: np.ndarray, dtype, shape: tuple, name: str) -> None:
+    if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous:
+        got = f"{type(a).__name__} {getattr(a, 'dtype', '?')} {getattr(a, 'shape', '?')}"
+        raise ValueError(f"label_block: {name} must be a C-contiguous {np.dtype(dtype)} array of shape {shape}, "
+                         f"got {got}")
+    if name in ("labels", "first", "tie") and not a.flags.writeable:
+        raise ValueError(f"label_block: {name} must be writeable")
+
+
+def _load() -> Optional[ctypes.CDLL]:
+    here = os.path.dirname(os.path.abspath(__file__))
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(here, _NAME + suffix)
+        if os.path.isfile(path):
+            try:
+                lib = ctypes.CDLL(path)
+                fn = lib.kp_label_block
+            except (OSError, AttributeError):
+                return None
+            fn.restype = ctypes.c_int64
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                           ctypes.c_void_p, ctypes.c_void_p]
+            return lib
+    return None
+
+
+def _checked(lib: Optional[ctypes.CDLL]) -> Optional[ctypes.CDLL]:
+    """``lib`` if it labels a small block with a tie as NumPy does, else None."""
+    if lib is None:
+        return None
+    scores = np.array([[3.0, 1.0, 2.0, 1.0], [0.5, 0.25, 4.0, 0.75]], dtype=np.float32)
+    slack = np.array([0.0, 0.0])
+    labels, first, tie = np.empty(2, np.int32), np.empty(2, np.float32), np.empty(2, np.bool_)
+    n = _call(lib, scores, slack, labels, first, tie)
+    ok = n == 1 and labels.tolist() == [1, 1] and first.tolist() == [1.0, 0.25] and tie.tolist() == [True, False]
+    return lib if ok else None
