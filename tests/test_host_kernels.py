@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from kmeans_partition.runner import host_kernels as hk
+from kmeans_partition.runner import host_sums
 from kmeans_partition.runner import kmeans as km
 from kmeans_partition.runner import ties
 from kmeans_partition.runner.lloyd import lloyd_partial
@@ -122,3 +123,30 @@ def test_lloyd_step_and_labels_are_the_same_with_and_without_the_kernel(monkeypa
     np.testing.assert_array_equal(dist_kernel, dist_numpy)
     exact = ((x.astype(np.float64)[:, None, :] - c.astype(np.float64)[None, :, :]) ** 2).sum(axis=2)
     np.testing.assert_array_equal(labels_kernel, np.argmin(exact, axis=1))  # the float64 reference
+
+
+@needs_kernel
+@pytest.mark.parametrize("n, c, k", [(0, 5, 3), (1, 1, 1), (5000, 129, 40), (20000, 385, 7)])
+def test_segment_sum_equals_the_scipy_kernel_bit_for_bit(monkeypatch, n, c, k):
+    rng = np.random.default_rng(n + c)
+    rows = rng.standard_normal((n, c)).astype(np.float32)
+    labels = rng.integers(0, k, n).astype(np.int32)
+    fused = hk.segment_sum(labels, rows, k)
+    monkeypatch.setattr(hk, "library", lambda: None)
+    assert hk.segment_sum(labels, rows, k) is None
+    scipy_sums = host_sums.segment_sum(labels, rows, k)  # scipy's CSC kernel now
+    np.testing.assert_array_equal(fused, scipy_sums)
+    exact = np.zeros((k, c))
+    np.add.at(exact, labels, rows.astype(np.float64))
+    np.testing.assert_allclose(fused, exact, rtol=1e-4, atol=1e-3)  # float32 sums near the float64 reference
+
+
+@needs_kernel
+def test_segment_sum_refuses_a_label_out_of_range_and_leaves_other_dtypes_to_scipy():
+    rows = np.ones((3, 2), np.float32)
+    with pytest.raises(ValueError, match="label 5 outside"):
+        hk.segment_sum(np.array([0, 5, 1], np.int32), rows, 3)
+    with pytest.raises(ValueError, match="label -1 outside"):
+        hk.segment_sum(np.array([0, -1, 1], np.int32), rows, 3)
+    assert hk.segment_sum(np.array([0, 2, 1], np.int64), rows, 3) is None
+    assert hk.segment_sum(np.array([0, 2, 1], np.int32), rows.astype(np.float64), 3) is None

@@ -104,3 +104,19 @@ KP_CLONES int64_t kp_label_block(const float *scores, int64_t b, int64_t k, cons
     }
     return ties;
 }
+
+/* out (k, c) float32 += each row of rows (n, c), C order, into its label's row, in row order (the
+ * additions and their order of scipy's CSC product with a one-hot matrix: the same sums, bit for bit).
+ * Returns 0, or -1 (out untouched from that row on) at the first label outside [0, k). */
+KP_CLONES int64_t kp_segment_sum(const float *rows, int64_t n, int64_t c, const int32_t *labels, int64_t k,
+                                 float *out)
+{
+    for (int64_t i = 0; i < n; i++) {
+        int32_t label = labels[i];
+        if (label < 0 || label >= k) return -1;
+        float *sum = out + (int64_t)label * c;
+        const float *row = rows + i * c;
+        for (int64_t j = 0; j < c; j++) sum[j] += row[j];
+    }
+    return 0;
+}

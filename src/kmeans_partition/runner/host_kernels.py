@@ -1,8 +1,9 @@
-"""The fused host kernel (`_host_kernels.c`): one pass per score row instead of four NumPy passes.
+"""The fused host kernels (`_host_kernels.c`): per score row, two passes instead of four over the block.
 
 After each score GEMM on NumPy, `label_block` gives every row its label (lowest index of the
 smallest score, as ``argmin``), that score, and whether another score is within its near-tie limit
-(`ties.py`) - the same values as the NumPy path, bit for bit (`tests/test_host_kernels.py`). It is
+(`ties.py`) - the same values as the NumPy path, bit for bit (`tests/test_host_kernels.py`);
+`segment_sum` adds rows into their labels' sums as scipy's sparse kernel does. It is
 an optional compiled extension loaded with ctypes: where it was not built (no C compiler at
 install) or fails its check on load, `library()` is None and the engine runs its NumPy path.
 """
@@ -64,6 +65,23 @@ def _call(lib: ctypes.CDLL, scores, slack, labels, first, tie) -> int:
                                   labels.ctypes.data, first.ctypes.data, pointer(tie)))
 
 
+def segment_sum(labels: np.ndarray, rows: np.ndarray, k: int) -> Optional[np.ndarray]:
+    """(k, c) float32 sums of ``rows`` (n, c) float32 per label (``labels`` (n,) int32 in [0, k)),
+    each row added in order (`host_sums.segment_sum`'s sums, bit for bit); None where the library
+    is missing or the arrays are of another kind. Raises ValueError on a label outside [0, k).
+    """
+    lib = library()
+    if (lib is None or rows.dtype != np.float32 or rows.ndim != 2 or labels.dtype != np.int32
+            or labels.shape != (rows.shape[0],)):
+        return None
+    rows, labels = np.ascontiguousarray(rows), np.ascontiguousarray(labels)
+    out = np.zeros((k, rows.shape[1]), dtype=np.float32)
+    if lib.kp_segment_sum(rows.ctypes.data, rows.shape[0], rows.shape[1], labels.ctypes.data, k, out.ctypes.data):
+        bad = labels[(labels < 0) | (labels >= k)]
+        raise ValueError(f"segment_sum: label {int(bad[0])} outside [0, {k})")
+    return out
+
+
 def _check(a: np.ndarray, dtype, shape: tuple, name: str) -> None:
     if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous:
         got = f"{type(a).__name__} {getattr(a, 'dtype', '?')} {getattr(a, 'shape', '?')}"
@@ -80,12 +98,13 @@ def _load() -> Optional[ctypes.CDLL]:
         if os.path.isfile(path):
             try:
                 lib = ctypes.CDLL(path)
-                fn = lib.kp_label_block
+                label, sums = lib.kp_label_block, lib.kp_segment_sum
             except (OSError, AttributeError):
                 return None
-            fn.restype = ctypes.c_int64
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-                           ctypes.c_void_p, ctypes.c_void_p]
+            pointer, size = ctypes.c_void_p, ctypes.c_int64
+            label.restype = sums.restype = ctypes.c_int64
+            label.argtypes = [pointer, size, size, pointer, pointer, pointer, pointer]
+            sums.argtypes = [pointer, size, size, pointer, size, pointer]
             return lib
     return None
 
@@ -99,4 +118,6 @@ def _checked(lib: Optional[ctypes.CDLL]) -> Optional[ctypes.CDLL]:
     labels, first, tie = np.empty(2, np.int32), np.empty(2, np.float32), np.empty(2, np.bool_)
     n = _call(lib, scores, slack, labels, first, tie)
     ok = n == 1 and labels.tolist() == [1, 1] and first.tolist() == [1.0, 0.25] and tie.tolist() == [True, False]
-    return lib if ok else None
+    sums = np.zeros((2, 4), np.float32)
+    ok = ok and lib.kp_segment_sum(scores.ctypes.data, 2, 4, labels.ctypes.data, 2, sums.ctypes.data) == 0
+    return lib if ok and sums.tolist() == [[0.0] * 4, [3.5, 1.25, 6.0, 1.75]] else None
