@@ -10,7 +10,7 @@ from distributed import Client, LocalCluster
 
 from kmeans_partition.runner.fit import DaskKMeans
 from kmeans_partition.runner.lloyd import LloydPartial
-from kmeans_partition.runner.tree_reduce import combine_partials, finish_tree
+from kmeans_partition.runner.tree_reduce import ONE_TASK_BYTES, combine_partials, finish_tree
 from dask_support import blobs, scatter_partitions
 
 K, N_PARTS, STEPS = 7, 5, 4
@@ -83,6 +83,10 @@ def test_tree_pairs_by_index():
         as_leaves = {(0, i): leaf for i, leaf in enumerate(leaves)}
         assert finish_tree(client, 5, as_leaves, lambda a, b: f"({a}{b})").result() == "(((ab)(cd))e)"
         assert finish_tree(client, 1, {(0, 0): leaves[0]}, lambda a, b: a + b) is leaves[0]
+        one_task = finish_tree(client, 5, as_leaves, lambda a, b, mark: f"({a}{mark}{b})", node_bytes=1, mark="+")
+        assert one_task.result() == "(((a+b)+(c+d))+e)"
+        over = finish_tree(client, 5, as_leaves, lambda a, b: f"({a}{b})", node_bytes=ONE_TASK_BYTES)
+        assert over.result() == "(((ab)(cd))e)"  # too large for one task: a task per node, same order
 
 
 def test_combined_far_rows_are_the_overall_farthest_in_partition_order():
@@ -99,7 +103,10 @@ def test_combined_far_rows_are_the_overall_farthest_in_partition_order():
 class ImmediateClient:
     """Runs each submitted function at once; its "future" is the value (enough for the tree's plan)."""
 
+    calls = 0
+
     def submit(self, func, *args, pure=False, priority=0, **kwargs):
+        self.calls += 1
         return func(*args, **kwargs)
 
 
@@ -132,3 +139,6 @@ def test_workers_partial_trees_finish_to_the_whole_trees_order():
                 assert sorted(tree.nodes) == sorted(local_nodes(n, indices))
                 sources.update(tree.nodes)
             assert finish_tree(client, n, sources, pair) == whole, (n, owners)
+            client.calls = 0
+            assert finish_tree(client, n, sources, pair, node_bytes=1) == whole, (n, owners)  # in one task
+            assert client.calls == (1 if len(sources) > 1 else 0)

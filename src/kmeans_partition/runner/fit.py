@@ -25,7 +25,7 @@ from . import backend as be
 from . import kmeans as km
 from . import seeding
 from .group_tasks import PerGroup, _each, _each_reduced, _lloyd_steps, worker_groups
-from .lloyd import LloydReduction
+from .lloyd import LloydReduction, partial_bytes
 from .partition import Partition
 from .recovery import is_lost, is_lost_error, note
 from .tree_reduce import add_arrays, combine_partials, finish_tree, local_nodes, node_of
@@ -225,7 +225,8 @@ class DaskKMeans:
         n = len(self.parts)
         counts = [self.client.submit(_each_reduced, seeding.candidate_weights, add_arrays, indices, n, state, m=n_cands,
                                      pure=False, **where) for (indices, where), state in zip(self.groups, states)]
-        weights = self.client.gather(finish_tree(self.client, n, self._left_nodes(counts), add_arrays))  # summed there
+        weights = self.client.gather(finish_tree(self.client, n, self._left_nodes(counts), add_arrays,
+                                                 node_bytes=8 * n_cands))  # summed there
         if n_cands < self.k:  # too few candidates (tiny or highly duplicated data): top up uniformly
             extra = rng.choice(n_total, size=min(self.k, n_total), replace=False)
             points = np.concatenate([points, self.fetch_rows(extra)])
@@ -263,7 +264,7 @@ class DaskKMeans:
             held = [self.client.submit(itemgetter(1), r, pure=False, priority=REDUCE_PRIORITY, **where)
                     for r, (_, where) in zip(results, self.groups)]
             total = finish_tree(self.client, n, self._left_nodes(results), combine_partials, priority=REDUCE_PRIORITY,
-                                keep=self.k)
+                                node_bytes=partial_bytes(*centroids.shape), keep=self.k)
             del results
             for _ in as_completed([total]):  # finished, failed or cancelled (`wait` raises on the latter)
                 pass

@@ -48,6 +48,12 @@ class LloydPartial:
     n_recomputed: int = 0  # rows that needed the full distance computation
 
 
+def partial_bytes(k: int, d: int) -> int:
+    """The most bytes a (combined) `LloydPartial` of ``k`` clusters in ``d`` dimensions holds: the
+    float64 sums and int64 counts, and up to ``k`` far rows (float32) with their distances."""
+    return k * (8 * d + 8) + k * (4 * d + 8)
+
+
 def lloyd_partial(
     xa: np.ndarray,
     x_sq: np.ndarray,
