@@ -80,7 +80,7 @@ def nearest(xa, x_sq, ca, batch: int, sums: Optional["BlockSums"] = None, centro
     for start in range(0, n, batch):
         stop = min(start + batch, n)
         scores = be.matmul(xp, xa[start:stop, :], ca_t, out=block[: stop - start, :])
-        if fused:  # the same labels, distances and ties in one pass per row (`host_kernels.py`)
+        if fused:  # the same labels, distances and ties, two passes per row in cache (`host_kernels.py`)
             found = rule.label_fused(xa[start:stop, :], x_sq[start:stop], scores, labels[start:stop],
                                      dist_sq[start:stop])
         else:
