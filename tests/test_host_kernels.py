@@ -1,6 +1,6 @@
 """The fused host kernel (`host_kernels.label_block`) against NumPy's argmin and near-tie count, and
 the engine's results with and without it, bit for bit."""
-import os
+import shutil
 import types
 
 import numpy as np
@@ -31,11 +31,12 @@ def run_kernel(scores, slack):
     return labels, first, near, n_near
 
 
-def test_the_ci_build_has_the_kernel():
-    """CI installs with a C compiler: the suite must exercise the fused path there, not skip it."""
-    if os.environ.get("CI", "").lower() not in ("1", "true"):
-        pytest.skip("only checked in CI")
-    assert hk.library() is not None
+def test_the_kernel_is_built_wherever_a_c_compiler_is():
+    """The install (scripts/setup.sh, CI's too) builds the kernel where a C compiler exists, so the
+    suite runs the fused path there; only a machine without one runs the NumPy path alone."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    assert hk.library() is not None or compiler is None, (
+        f"{compiler} exists but the host kernel was not built or failed its check: reinstall (scripts/setup.sh)")
 
 
 @needs_kernel
