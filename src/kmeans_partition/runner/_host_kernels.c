@@ -1,11 +1,11 @@
 /* Fused per-row work after one score GEMM on the host (`host_kernels.py` loads this with ctypes).
  *
- * Two passes over each row of a (b, k) float32 score block, while the row is in cache, do what
- * NumPy does in four passes over the block (argmin, the gather of the smallest score, the near-tie
- * comparison and its count):
- * the label (lowest index of the smallest score, as NumPy's argmin), that score, and whether another
- * score lies within the row's near-tie limit (`ties.py`). Results equal NumPy's bit for bit for
- * finite scores (the reader rejects non-finite rows): minima and comparisons are exact in any order.
+ * kp_label_block: two passes over each row of a (b, k) float32 score block, while the row is in
+ * cache, do what NumPy does in four passes over the block (argmin, the gather of the smallest score,
+ * the near-tie comparison and its count): the label (lowest index of the smallest score, as NumPy's
+ * argmin), that score, and whether another score lies within the row's near-tie limit (`ties.py`).
+ * Results equal NumPy's bit for bit for finite scores (the reader rejects non-finite rows): minima
+ * and comparisons are exact in any order. kp_segment_sum: per-label row sums (`host_sums.py`).
  * Plain C without the Python API: built as an optional extension, the NumPy path runs without it.
  */
 #include <stdint.h>

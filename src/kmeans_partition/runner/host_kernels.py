@@ -110,7 +110,7 @@ def _load() -> Optional[ctypes.CDLL]:
 
 
 def _checked(lib: Optional[ctypes.CDLL]) -> Optional[ctypes.CDLL]:
-    """``lib`` if it labels a small block with a tie as NumPy does, else None."""
+    """``lib`` if it labels a small block with a tie as NumPy does and sums its rows right, else None."""
     if lib is None:
         return None
     scores = np.array([[3.0, 1.0, 2.0, 1.0], [0.5, 0.25, 4.0, 0.75]], dtype=np.float32)

@@ -77,12 +77,13 @@ def nearest(xa, x_sq, ca, batch: int, sums: Optional["BlockSums"] = None, centro
     ca_t = ca.T
     rule = None if centroids is None else ties.TieRule(centroids)
     fused = rule is not None and hk.usable(xa)
+    slack = rule.slack(x_sq) if fused else None
     for start in range(0, n, batch):
         stop = min(start + batch, n)
         scores = be.matmul(xp, xa[start:stop, :], ca_t, out=block[: stop - start, :])
         if fused:  # the same labels, distances and ties, two passes per row in cache (`host_kernels.py`)
             found = rule.label_fused(xa[start:stop, :], x_sq[start:stop], scores, labels[start:stop],
-                                     dist_sq[start:stop])
+                                     dist_sq[start:stop], slack[start:stop])
         else:
             lab = xp.argmin(scores, axis=1)
             first = xp.take_along_axis(scores, lab[:, None], axis=1)[:, 0]

@@ -62,11 +62,12 @@ class TieRule:
         """`settle_block` for a block of rows (``x_sq`` their squared norms)."""
         return settle_block(xa, scores, labels, first, self.slack(x_sq), self.centroids, second)
 
-    def label_fused(self, xa, x_sq, scores, labels, dist_sq) -> Optional["Ties"]:
+    def label_fused(self, xa, x_sq, scores, labels, dist_sq, slack) -> Optional["Ties"]:
         """Label a NumPy block with the fused host kernel (`host_kernels.label_block`): writes the
         labels (int32) and squared distances (float32, before ties) into ``labels`` and ``dist_sq``
-        (the block's (m,) views) and returns the decided near ties, as `settle` does after argmin."""
-        slack = self.slack(x_sq)
+        (the block's (m,) views) and returns the decided near ties, as `settle` does after argmin.
+        ``slack``: `slack` of the block's rows (computed once for all blocks: one call per block
+        cost ~0.15 ms, 3% of a step at k=100)."""
         first, near = np.empty(scores.shape[0], dtype=np.float32), np.empty(scores.shape[0], dtype=np.bool_)
         n_near = hk.label_block(scores, slack, labels, first, near)
         np.add(first, x_sq, out=dist_sq)
