@@ -190,7 +190,10 @@ class OursOnCluster:
 
 
 def _scatter_partitions(client, x: np.ndarray, partition_rows: int, workers: int):
-    """About ``partition_rows`` rows per partition, a multiple of ``workers`` partitions; built on the workers."""
+    """About ``partition_rows`` rows per partition, a multiple of ``workers`` partitions; built on the
+    workers in contiguous runs of partition indexes, as the job places them (`memory_mode.spread`:
+    neighbours combine their partial sums where they are). Scattered without a placement, Dask
+    alternated them, and every partial crossed between workers in each Lloyd step's reduction."""
     import pyarrow as pa
     from distributed import wait
 
@@ -198,13 +201,15 @@ def _scatter_partitions(client, x: np.ndarray, partition_rows: int, workers: int
 
     n_parts = min(len(x), workers * max(1, round(len(x) / partition_rows / workers)))
     chunks = np.array_split(np.arange(len(x)), n_parts)
-    raw = [client.scatter(x[ix[0] : ix[-1] + 1]) for ix in chunks]
+    addresses = sorted(client.scheduler_info()["workers"])
+    where = [[addresses[i * len(addresses) // n_parts]] for i in range(n_parts)]
+    raw = [client.scatter(x[ix[0] : ix[-1] + 1], workers=w) for ix, w in zip(chunks, where)]
     parts = [
         client.submit(
             Partition.from_normalised, i, f"mem://part{i}", int(ix[0]),
-            pa.array(ix.astype(np.int64)), r, pure=False,
+            pa.array(ix.astype(np.int64)), r, pure=False, workers=w,
         )
-        for i, (ix, r) in enumerate(zip(chunks, raw))
+        for i, (ix, r, w) in enumerate(zip(chunks, raw, where))
     ]
     wait(parts)
     del raw  # the partitions hold their own augmented copy
