@@ -10,6 +10,7 @@ the rest (`finish_tree`).
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 from distributed import Client, Future
@@ -114,37 +115,30 @@ def finish_tree(client: Client, n: int, sources: dict, combine, priority: int = 
     options = dict(pure=False, priority=priority)
     if len(sources) > 1 and 0 <= node_bytes * len(sources) <= ONE_TASK_BYTES:
         keys = sorted(sources)
-        return client.submit(_finish_here, sizes, keys, combine, kwargs, *[sources[key] for key in keys], **options)
-    return _node(client, sizes, sources, len(sizes) - 1, 0, combine, dict(options, **kwargs))
+        return client.submit(_finish_here, sizes, keys, partial(combine, **kwargs), *[sources[key] for key in keys],
+                             **options)
+    return _node(sizes, sources, len(sizes) - 1, 0, partial(_submit_pair, client, combine, dict(options, **kwargs)))
 
 
-def _finish_here(sizes: list[int], keys: list, combine, kwargs: dict, *values):
+def _finish_here(sizes: list[int], keys: list, pair, *values):
     """`finish_tree`'s one task: the root from the nodes ``keys`` (their ``values``)."""
-    nodes = dict(zip(keys, values))
-
-    def value(level: int, j: int):
-        if (level, j) in nodes:
-            return nodes[(level, j)]
-        if level == 0:
-            raise KeyError(f"no worker holds leaf {j}")
-        left = value(level - 1, 2 * j)
-        if 2 * j + 1 >= sizes[level - 1]:
-            return left
-        return combine(left, value(level - 1, 2 * j + 1), **kwargs)
-
-    return value(len(sizes) - 1, 0)
+    return _node(sizes, dict(zip(keys, values)), len(sizes) - 1, 0, pair)
 
 
-def _node(client: Client, sizes: list[int], sources: dict, level: int, j: int, combine, options: dict):
-    """Node (level, j) of `finish_tree`: a module function, not a closure calling itself (that cycle
-    kept every iteration's futures, and so their results on the workers, until Python's next
-    garbage collection)."""
-    if (level, j) in sources:
-        return sources[(level, j)]
+def _submit_pair(client: Client, combine, options: dict, left, right) -> Future:
+    return client.submit(combine, left, right, **options)
+
+
+def _node(sizes: list[int], nodes: dict, level: int, j: int, pair):
+    """Node (level, j) of the tree from the ``nodes`` held (values or futures), pairs joined by
+    ``pair(left, right)``. A module function, not a closure calling itself (that cycle kept every
+    iteration's futures, and so their results on the workers, until Python's next garbage
+    collection; in the one task it would keep the nodes)."""
+    if (level, j) in nodes:
+        return nodes[(level, j)]
     if level == 0:
         raise KeyError(f"no worker holds leaf {j}")
-    left = _node(client, sizes, sources, level - 1, 2 * j, combine, options)
+    left = _node(sizes, nodes, level - 1, 2 * j, pair)
     if 2 * j + 1 >= sizes[level - 1]:
         return left
-    right = _node(client, sizes, sources, level - 1, 2 * j + 1, combine, options)
-    return client.submit(combine, left, right, **options)
+    return pair(left, _node(sizes, nodes, level - 1, 2 * j + 1, pair))
