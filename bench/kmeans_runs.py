@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
@@ -197,12 +198,13 @@ def _scatter_partitions(client, x: np.ndarray, partition_rows: int, workers: int
     import pyarrow as pa
     from distributed import wait
 
+    from kmeans_partition.runner.memory_mode import spread
     from kmeans_partition.runner.partition import Partition
 
     n_parts = min(len(x), workers * max(1, round(len(x) / partition_rows / workers)))
     chunks = np.array_split(np.arange(len(x)), n_parts)
-    addresses = sorted(client.scheduler_info()["workers"])
-    where = [[addresses[i * len(addresses) // n_parts]] for i in range(n_parts)]
+    sizes = [SimpleNamespace(nbytes=len(ix) * x.shape[1] * x.itemsize) for ix in chunks]
+    where = [options["workers"] for options in spread(sizes, client.scheduler_info()["workers"])]
     raw = [client.scatter(x[ix[0] : ix[-1] + 1], workers=w) for ix, w in zip(chunks, where)]
     parts = [
         client.submit(

@@ -46,13 +46,13 @@ def label_block(scores: np.ndarray, slack: Optional[np.ndarray], labels: np.ndar
     """
     m, k = scores.shape
     _check(scores, np.float32, (m, k), "scores")
-    _check(labels, np.int32, (m,), "labels")
-    _check(first, np.float32, (m,), "first")
+    _check(labels, np.int32, (m,), "labels", output=True)
+    _check(first, np.float32, (m,), "first", output=True)
     if k < 1:
         raise ValueError("label_block: scores need one column at least")
     if slack is not None:
         _check(slack, np.float64, (m,), "slack")
-        _check(tie, np.bool_, (m,), "tie")
+        _check(tie, np.bool_, (m,), "tie", output=True)
     lib = library()
     if lib is None:
         raise RuntimeError("label_block: the host kernel library is not loaded")
@@ -82,12 +82,12 @@ def segment_sum(labels: np.ndarray, rows: np.ndarray, k: int) -> Optional[np.nda
     return out
 
 
-def _check(a: np.ndarray, dtype, shape: tuple, name: str) -> None:
+def _check(a: np.ndarray, dtype, shape: tuple, name: str, output: bool = False) -> None:
     if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous:
         got = f"{type(a).__name__} {getattr(a, 'dtype', '?')} {getattr(a, 'shape', '?')}"
         raise ValueError(f"label_block: {name} must be a C-contiguous {np.dtype(dtype)} array of shape {shape}, "
                          f"got {got}")
-    if name in ("labels", "first", "tie") and not a.flags.writeable:
+    if output and not a.flags.writeable:
         raise ValueError(f"label_block: {name} must be writeable")
 
 
